@@ -1,0 +1,345 @@
+"""The Vectorizer: awkward chunks of flat and jagged branches → padded, masked, normalised X.
+
+Built once from a :class:`~mlaas4hep.specs.DatasetSpec` and a branch selection, it fixes
+the feature layout (``Jet_pt[0]``, ``Jet_pt[1]``, …), each jagged branch's padding length
+(from the spec's length histogram: its maximum by default, a quantile, or an override)
+and the normalisation constants. Applied to a chunk it returns ``X`` (float32,
+``[n_events, n_features]``), ``mask`` (bool, True where a real value sits) and the
+number of values clipped per branch; longer events never crash, they are clipped and
+counted. ``inverse`` gives the awkward arrays back.
+
+Its whole configuration is a small JSON-able dict (``to_dict``/``from_dict``), saved in
+the model bundle so that serving applies exactly the preprocessing used in training,
+without needing the dataset spec or any code from the user.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import awkward as ak
+import numpy as np
+
+from mlaas4hep import kernels
+from mlaas4hep.errors import BranchError, ConfigError
+from mlaas4hep.sources import flat_values, jagged_parts, select_branches
+from mlaas4hep.specs import BranchStats, DatasetSpec
+
+Normalization = Literal["minmax", "zscore", "none"]
+NonFinite = Literal["mask", "keep", "zero", "raise"]
+_NONFINITE_CODES = {
+    "mask": kernels.NONFINITE_MASK,
+    "keep": kernels.NONFINITE_KEEP,
+    "zero": kernels.NONFINITE_ZERO,
+    "raise": kernels.NONFINITE_KEEP,
+}
+CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FeatureBlock:
+    """The columns of one branch: where they start, how many, and how values are scaled."""
+
+    name: str
+    kind: str
+    dtype: str
+    column: int
+    length: int
+    shift: float
+    scale: float
+
+    @property
+    def stop(self) -> int:
+        return self.column + self.length
+
+    def feature_names(self) -> list[str]:
+        if self.kind == "flat":
+            return [self.name]
+        return [f"{self.name}[{i}]" for i in range(self.length)]
+
+
+@dataclass
+class VectorizedChunk:
+    """The output of the Vectorizer for one chunk."""
+
+    X: np.ndarray
+    mask: np.ndarray
+    clipped: dict[str, int] = field(default_factory=dict)
+    nonfinite: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.X.shape[0]
+
+
+def _scale(stats: BranchStats, normalization: str) -> tuple[float, float]:
+    if normalization == "none" or stats.finite == 0:
+        return 0.0, 1.0
+    if normalization == "minmax":
+        low, high = float(stats.min), float(stats.max)
+        return low, (high - low) or 1.0
+    if normalization == "zscore":
+        return stats.mean, stats.std or 1.0
+    raise ConfigError(
+        f"normalization must be 'minmax', 'zscore' or 'none', not {normalization!r}"
+    )
+
+
+def _padding_length(name: str, stats: BranchStats, rule: int | str) -> int:
+    if isinstance(rule, bool):
+        raise ConfigError(f"padding for {name!r} must be an int, 'max' or 'pNN', not {rule!r}")
+    if isinstance(rule, int):
+        if rule < 0:
+            raise ConfigError(f"padding for {name!r} must be >= 0, not {rule}")
+        return rule
+    if rule == "max":
+        return stats.max_length
+    if isinstance(rule, str) and rule.startswith("p"):
+        try:
+            q = float(rule[1:]) / 100.0
+        except ValueError:
+            q = -1.0
+        if 0.0 < q <= 1.0:
+            return stats.length_quantile(q)
+    raise ConfigError(
+        f"padding for {name!r} must be an int, 'max' or a quantile such as 'p99', not {rule!r}"
+    )
+
+
+class Vectorizer:
+    """Turns chunks of branches into ``X``/``mask`` matrices with a fixed feature layout."""
+
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        *,
+        normalization: Normalization = "minmax",
+        pad_value: float = 0.0,
+        padding: int | str | Mapping[str, int | str] = "max",
+        nonfinite: NonFinite = "mask",
+    ) -> None:
+        usable = {name: s for name, s in spec.branches.items() if not s.conflict}
+        names = select_branches(
+            {**usable, **{n: s for n, s in spec.branches.items() if s.conflict}},
+            include,
+            exclude,
+            where="the dataset spec",
+        )
+        rules = padding if isinstance(padding, Mapping) else {"*": padding}
+        blocks: list[FeatureBlock] = []
+        column = 0
+        for name in names:
+            stats = spec.branch(name)  # a clear error for conflicting branches
+            length = 1
+            if stats.kind == "jagged":
+                rule = _first_rule(name, rules, default="max")
+                length = _padding_length(name, stats, rule)
+            shift, scale = _scale(stats, normalization)
+            blocks.append(
+                FeatureBlock(name, stats.kind, stats.dtype, column, length, shift, scale)
+            )
+            column += length
+        self._init(blocks, normalization, pad_value, nonfinite)
+
+    def _init(
+        self, blocks: list[FeatureBlock], normalization: str, pad_value: float, nonfinite: str
+    ) -> None:
+        if nonfinite not in _NONFINITE_CODES:
+            raise ConfigError(
+                f"nonfinite must be one of {sorted(_NONFINITE_CODES)}, not {nonfinite!r}"
+            )
+        if not blocks:
+            raise ConfigError("the Vectorizer needs at least one branch")
+        self.blocks = blocks
+        self.normalization = normalization
+        self.pad_value = float(pad_value)
+        self.nonfinite = nonfinite
+        self._by_name = {block.name: block for block in blocks}
+
+    # --- layout ---------------------------------------------------------------------
+    @property
+    def branches(self) -> list[str]:
+        return [block.name for block in self.blocks]
+
+    @property
+    def n_features(self) -> int:
+        return self.blocks[-1].stop
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [name for block in self.blocks for name in block.feature_names()]
+
+    def block(self, name: str) -> FeatureBlock:
+        return self._by_name[name]
+
+    # --- forward --------------------------------------------------------------------
+    def transform(self, chunk: Mapping[str, Any] | ak.Array) -> VectorizedChunk:
+        """``X``, ``mask`` and per-branch clip counts for a chunk of events."""
+        columns = _columns(chunk, self.branches)
+        n = _num_events(columns, self.branches)
+        X = np.empty((n, self.n_features), dtype=np.float32)  # noqa: N806 - X is the name
+        mask = np.empty((n, self.n_features), dtype=bool)
+        out = VectorizedChunk(X, mask)
+        code = _NONFINITE_CODES[self.nonfinite]
+        pad = np.float32(self.pad_value)
+        for block in self.blocks:
+            inv = 1.0 / block.scale
+            data = columns[block.name]
+            if block.kind == "flat":
+                values = _flat(block.name, data)
+                bad = kernels.fill_flat(X, mask, block.column, values, block.shift, inv, pad, code)
+            else:
+                offsets, content = _jagged(block.name, data)
+                clipped, bad = kernels.fill_jagged(
+                    X, mask, block.column, block.length, offsets, content,
+                    block.shift, inv, pad, code,
+                )  # fmt: skip
+                if clipped:
+                    out.clipped[block.name] = int(clipped)
+            if bad:
+                out.nonfinite[block.name] = int(bad)
+                if self.nonfinite == "raise":
+                    raise ValueError(f"branch {block.name!r} holds {bad} NaN/inf value(s)")
+        return out
+
+    __call__ = transform
+
+    # --- inverse --------------------------------------------------------------------
+    def inverse(self, X: np.ndarray, mask: np.ndarray) -> dict[str, ak.Array | np.ndarray]:  # noqa: N803
+        """The branches back from ``X``/``mask`` (exact up to float32 and clipping).
+
+        A jagged list ends after its last real value; masked values inside it (non-finite
+        input) come back as NaN, as do masked flat values.
+        """
+        out: dict[str, ak.Array | np.ndarray] = {}
+        for block in self.blocks:
+            values = X[:, block.column : block.stop].astype(np.float64) * block.scale
+            values += block.shift
+            real = mask[:, block.column : block.stop]
+            if block.kind == "flat":
+                out[block.name] = _restore(values[:, 0], real[:, 0], block.dtype)
+                continue
+            reversed_first = np.argmax(real[:, ::-1], axis=1)
+            counts = np.where(real.any(axis=1), block.length - reversed_first, 0)
+            inside = np.arange(block.length) < counts[:, None]
+            content = _restore(values[inside], real[inside], block.dtype)
+            out[block.name] = ak.unflatten(content, counts)
+        return out
+
+    # --- persistence ----------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The whole configuration as plain JSON-able data (for the model bundle)."""
+        return {
+            "config_version": CONFIG_VERSION,
+            "normalization": self.normalization,
+            "pad_value": self.pad_value,
+            "nonfinite": self.nonfinite,
+            "blocks": [
+                {
+                    "name": b.name,
+                    "kind": b.kind,
+                    "dtype": b.dtype,
+                    "length": b.length,
+                    "shift": b.shift,
+                    "scale": b.scale,
+                }
+                for b in self.blocks
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Vectorizer:
+        if data.get("config_version") != CONFIG_VERSION:
+            raise ConfigError(
+                f"vectorizer config_version {data.get('config_version')!r} is not supported "
+                f"(this release reads {CONFIG_VERSION})"
+            )
+        blocks, column = [], 0
+        try:
+            for b in data["blocks"]:
+                length = int(b["length"]) if b["kind"] == "jagged" else 1
+                blocks.append(
+                    FeatureBlock(
+                        str(b["name"]), str(b["kind"]), str(b["dtype"]), column, length,
+                        float(b["shift"]), float(b["scale"]),
+                    )  # fmt: skip
+                )
+                column += length
+            self = cls.__new__(cls)
+            self._init(blocks, data["normalization"], data["pad_value"], data["nonfinite"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ConfigError(f"malformed vectorizer configuration: {err!r}") from err
+        return self
+
+    def __repr__(self) -> str:
+        return (
+            f"Vectorizer({len(self.blocks)} branches, {self.n_features} features, "
+            f"normalization={self.normalization!r})"
+        )
+
+
+def _first_rule(name: str, rules: Mapping[str, int | str], default: int | str) -> int | str:
+    if name in rules:
+        return rules[name]
+    for pattern, rule in rules.items():
+        if fnmatch.fnmatchcase(name, pattern):
+            return rule
+    return default
+
+
+def _columns(chunk: Mapping[str, Any] | ak.Array, names: Sequence[str]) -> Mapping[str, Any]:
+    if isinstance(chunk, ak.Array):
+        fields = set(chunk.fields)
+        missing = [n for n in names if n not in fields]
+        if missing:
+            raise BranchError(f"the chunk lacks the branch(es) {', '.join(missing)}")
+        return {n: chunk[n] for n in names}
+    missing = [n for n in names if n not in chunk]
+    if missing:
+        raise BranchError(f"the chunk lacks the branch(es) {', '.join(missing)}")
+    return chunk
+
+
+def _num_events(columns: Mapping[str, Any], names: Sequence[str]) -> int:
+    lengths = {n: len(columns[n]) for n in names}
+    distinct = set(lengths.values())
+    if len(distinct) > 1:
+        detail = ", ".join(f"{n}: {k}" for n, k in lengths.items())
+        raise BranchError(f"branches have different numbers of events ({detail})")
+    return distinct.pop()
+
+
+def _flat(name: str, data: Any) -> np.ndarray:
+    try:
+        values = flat_values(data)
+    except (ValueError, TypeError) as err:
+        raise BranchError(f"branch {name!r} must hold one number per event: {err}") from err
+    if values.ndim != 1 or values.dtype.kind not in "biuf":
+        raise BranchError(f"branch {name!r} must hold one number per event")
+    return values
+
+
+def _jagged(name: str, data: Any) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        offsets, content = jagged_parts(data)
+    except (ValueError, TypeError) as err:
+        raise BranchError(f"branch {name!r} must hold a list of numbers per event") from err
+    if content.dtype.kind not in "biuf" or content.ndim != 1:
+        raise BranchError(f"branch {name!r} must hold a list of numbers per event")
+    return offsets, content
+
+
+def _restore(values: np.ndarray, real: np.ndarray, dtype: str) -> np.ndarray:
+    target = np.dtype(dtype)
+    if target.kind == "f":
+        restored = values.astype(target)
+        restored[~real] = np.nan
+        return restored
+    if target.kind == "b":
+        return values > 0.5
+    info = np.iinfo(target)
+    return np.clip(np.rint(values), info.min, info.max).astype(target)
