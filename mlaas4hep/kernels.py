@@ -18,11 +18,18 @@ NONFINITE_ZERO = 2  # replaced by 0 before normalisation, mask True
 
 
 @numba.njit(cache=True, nogil=True)
-def fill_flat(X, M, col, values, shift, inv_scale, pad, mode):  # noqa: N803 - math names
-    """Write one flat branch into column ``col``; returns the number of non-finite values."""
+def fill_flat(X, M, rows, col, values, shift, inv_scale, pad, mode):
+    """Write one flat branch into column ``col``; returns the number of non-finite values.
+
+    Event ``e`` goes to row ``rows[e]`` of ``X``/``M``; a negative row drops the event
+    (it failed a cut, or belongs to another split).
+    """
     bad = 0
-    for e in range(values.shape[0]):
-        v = np.float64(values[e])
+    for i in range(values.shape[0]):
+        e = rows[i]
+        if e < 0:
+            continue
+        v = np.float64(values[i])
         if not np.isfinite(v):
             bad += 1
             if mode == NONFINITE_MASK:
@@ -37,17 +44,20 @@ def fill_flat(X, M, col, values, shift, inv_scale, pad, mode):  # noqa: N803 - m
 
 
 @numba.njit(cache=True, nogil=True)
-def fill_jagged(X, M, col, length, offsets, content, shift, inv_scale, pad, mode):  # noqa: N803
+def fill_jagged(X, M, rows, col, length, offsets, content, shift, inv_scale, pad, mode):
     """Write one jagged branch into columns ``[col, col + length)``, padding and clipping.
 
-    Returns ``(clipped, nonfinite)``: values beyond ``length`` dropped, and non-finite
-    values met among those kept.
+    Rows as in :func:`fill_flat`. Returns ``(clipped, nonfinite)``: values beyond
+    ``length`` dropped, and non-finite values met among those kept.
     """
     clipped = 0
     bad = 0
-    for e in range(offsets.shape[0] - 1):
-        start = offsets[e]
-        count = offsets[e + 1] - start
+    for i in range(offsets.shape[0] - 1):
+        e = rows[i]
+        if e < 0:
+            continue
+        start = offsets[i]
+        count = offsets[i + 1] - start
         if count > length:
             clipped += count - length
             count = length

@@ -14,7 +14,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -232,7 +232,7 @@ def classify_branches(tree: Any) -> tuple[dict[str, BranchInfo], dict[str, str]]
             continue  # a grouping branch: its leaves are listed on their own
         try:
             interp = branch.interpretation
-        except Exception as err:  # noqa: BLE001 - uproot raises many types here
+        except Exception as err:
             skipped[name] = f"no interpretation ({_describe(err)})"
             continue
         info = _branch_info(name, branch, interp)
@@ -262,7 +262,8 @@ def _branch_info(name: str, branch: Any, interp: Any) -> BranchInfo | None:
         if dtype is None or len(content.inner_shape) > 0:
             return None
         counter = getattr(branch, "count_branch", None)
-        return BranchInfo(name, "jagged", dtype.name, counter=counter.name if counter else None)
+        counter_name = counter.name if counter is not None else None
+        return BranchInfo(name, "jagged", dtype.name, counter=counter_name)
     return None
 
 
@@ -353,6 +354,20 @@ def flat_values(array: ak.Array | np.ndarray) -> np.ndarray:
     return np.asarray(ak.to_numpy(array))
 
 
+def columns_of(chunk: Mapping[str, Any] | ak.Array, names: Sequence[str]) -> Mapping[str, Any]:
+    """The named columns of a chunk (a dict of arrays or an awkward record array)."""
+    if isinstance(chunk, ak.Array):
+        fields = set(chunk.fields)
+        missing = [n for n in names if n not in fields]
+        if missing:
+            raise BranchError(f"the chunk lacks the branch(es) {', '.join(missing)}")
+        return {n: chunk[n] for n in names}
+    missing = [n for n in names if n not in chunk]
+    if missing:
+        raise BranchError(f"the chunk lacks the branch(es) {', '.join(missing)}")
+    return chunk
+
+
 def file_identity(url: str) -> dict[str, Any]:
     """A content identity of a file: its size plus a checksum (local, XRootD) or ETag (S3).
 
@@ -386,10 +401,7 @@ def _local_identity(path: str) -> dict[str, Any]:
 
 
 def _s3_identity(url: str) -> dict[str, Any]:
-    from mlaas4hep.extras import require
-
-    s3fs = require("s3fs")
-    info = s3fs.S3FileSystem(skip_instance_cache=True).info(url)
+    info = _s3fs().info(url)
     identity: dict[str, Any] = {"size": int(info["size"]), "etag": info.get("ETag", "").strip('"')}
     if info.get("VersionId"):
         identity["version_id"] = info["VersionId"]
@@ -414,3 +426,61 @@ def _xrootd_identity(url: str) -> dict[str, Any]:
     else:
         identity["mtime"] = int(stat.modtime)
     return identity
+
+
+def expand_sources(items: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """File URLs from paths, directories, glob patterns and ``s3://`` prefixes.
+
+    A local directory or an ``s3://bucket/prefix/`` gives every ``*.root`` file under
+    it; a glob is expanded; anything else (including ``root://`` URLs) is kept as is.
+    """
+    found: list[str] = []
+    for item in items:
+        text = os.fspath(item)
+        kind = scheme(text)
+        if kind == "file":
+            path = Path(normalize_url(text))
+            if path.is_dir():
+                found += sorted(str(p) for p in path.rglob("*.root"))
+            elif _GLOB_CHARS & set(text):
+                found += sorted(str(Path(p).resolve()) for p in _glob(text))
+            else:
+                found.append(str(path))
+        elif kind == "s3" and (text.endswith("/") or _GLOB_CHARS & set(text)):
+            fs = _s3fs()
+            pattern = text if _GLOB_CHARS & set(text) else text + "**/*.root"
+            found += sorted(f"s3://{p}" for p in fs.glob(pattern))
+        else:
+            found.append(text)
+    return list(dict.fromkeys(found))
+
+
+def _glob(pattern: str) -> list[str]:
+    import glob
+
+    return glob.glob(os.path.expanduser(pattern), recursive=True)
+
+
+def _s3fs() -> Any:
+    from mlaas4hep.extras import require
+
+    return require("s3fs").S3FileSystem(skip_instance_cache=True)
+
+
+def read_text(url: str) -> str:
+    """The text of a small document (a spec, a config) at a local path or ``s3://`` URL."""
+    if scheme(url) == "s3":
+        with _s3fs().open(url, "rb") as handle:
+            return handle.read().decode()
+    return Path(url).read_text()
+
+
+def write_text(url: str, text: str) -> None:
+    """Write a small document to a local path (parents created) or an ``s3://`` URL."""
+    if scheme(url) == "s3":
+        with _s3fs().open(url, "wb") as handle:
+            handle.write(text.encode())
+        return
+    path = Path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)

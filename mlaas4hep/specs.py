@@ -399,22 +399,25 @@ class DatasetSpec:
             raise BranchError(f"branch {name!r} cannot be used: {summary.conflict}")
         return summary.stats
 
-    def problems(self) -> list[str]:
-        """Human-readable inconsistencies: branches missing from some files or conflicting."""
+    def problems(self, max_names: int = 8) -> list[str]:
+        """Human-readable inconsistencies: conflicting branches, and branches missing from
+        some files (grouped by the files that lack them, so 900 branches give one line)."""
         out = []
+        missing: dict[tuple[str, ...], list[str]] = {}
         for name, summary in self.branches.items():
             if summary.conflict:
                 out.append(f"branch {name!r}: {summary.conflict}")
             if summary.missing_in:
-                out.append(
-                    f"branch {name!r} is missing from {len(summary.missing_in)} file(s): "
-                    + ", ".join(summary.missing_in)
-                )
+                missing.setdefault(summary.missing_in, []).append(name)
             if summary.stats.dtypes:
                 out.append(
                     f"branch {name!r} has different dtypes across files "
                     f"({', '.join(summary.stats.dtypes)}); promoted to {summary.stats.dtype}"
                 )
+        for files, names in missing.items():
+            shown = ", ".join(names[:max_names])
+            more = f" (+{len(names) - max_names} more)" if len(names) > max_names else ""
+            out.append(f"{len(names)} branch(es) missing from {', '.join(files)}: {shown}{more}")
         return out
 
     def __eq__(self, other: object) -> bool:

@@ -25,7 +25,7 @@ import numpy as np
 
 from mlaas4hep import kernels
 from mlaas4hep.errors import BranchError, ConfigError
-from mlaas4hep.sources import flat_values, jagged_parts, select_branches
+from mlaas4hep.sources import columns_of, flat_values, jagged_parts, select_branches
 from mlaas4hep.specs import BranchStats, DatasetSpec
 
 Normalization = Literal["minmax", "zscore", "none"]
@@ -82,9 +82,7 @@ def _scale(stats: BranchStats, normalization: str) -> tuple[float, float]:
         return low, (high - low) or 1.0
     if normalization == "zscore":
         return stats.mean, stats.std or 1.0
-    raise ConfigError(
-        f"normalization must be 'minmax', 'zscore' or 'none', not {normalization!r}"
-    )
+    raise ConfigError(f"normalization must be 'minmax', 'zscore' or 'none', not {normalization!r}")
 
 
 def _padding_length(name: str, stats: BranchStats, rule: int | str) -> int:
@@ -139,9 +137,7 @@ class Vectorizer:
                 rule = _first_rule(name, rules, default="max")
                 length = _padding_length(name, stats, rule)
             shift, scale = _scale(stats, normalization)
-            blocks.append(
-                FeatureBlock(name, stats.kind, stats.dtype, column, length, shift, scale)
-            )
+            blocks.append(FeatureBlock(name, stats.kind, stats.dtype, column, length, shift, scale))
             column += length
         self._init(blocks, normalization, pad_value, nonfinite)
 
@@ -177,13 +173,32 @@ class Vectorizer:
         return self._by_name[name]
 
     # --- forward --------------------------------------------------------------------
-    def transform(self, chunk: Mapping[str, Any] | ak.Array) -> VectorizedChunk:
-        """``X``, ``mask`` and per-branch clip counts for a chunk of events."""
-        columns = _columns(chunk, self.branches)
+    def transform(
+        self,
+        chunk: Mapping[str, Any] | ak.Array,
+        *,
+        out: VectorizedChunk | None = None,
+        rows: np.ndarray | None = None,
+    ) -> VectorizedChunk:
+        """``X``, ``mask`` and per-branch clip counts for a chunk of events.
+
+        With ``out`` and ``rows``, event ``i`` is written to row ``rows[i]`` of ``out``
+        (dropped where negative): the ChunkStream fills a shuffled chunk from several
+        files this way without any intermediate copy.
+        """
+        columns = columns_of(chunk, self.branches)
         n = _num_events(columns, self.branches)
-        X = np.empty((n, self.n_features), dtype=np.float32)  # noqa: N806 - X is the name
-        mask = np.empty((n, self.n_features), dtype=bool)
-        out = VectorizedChunk(X, mask)
+        if rows is None:
+            rows = np.arange(n, dtype=np.int64)
+        elif len(rows) != n:
+            raise ValueError(f"rows has {len(rows)} entries for {n} events")
+        if out is None:
+            size = int(rows.max()) + 1 if n else 0
+            out = VectorizedChunk(
+                np.empty((size, self.n_features), dtype=np.float32),
+                np.empty((size, self.n_features), dtype=bool),
+            )
+        X, mask = out.X, out.mask
         code = _NONFINITE_CODES[self.nonfinite]
         pad = np.float32(self.pad_value)
         for block in self.blocks:
@@ -191,17 +206,19 @@ class Vectorizer:
             data = columns[block.name]
             if block.kind == "flat":
                 values = _flat(block.name, data)
-                bad = kernels.fill_flat(X, mask, block.column, values, block.shift, inv, pad, code)
+                bad = kernels.fill_flat(
+                    X, mask, rows, block.column, values, block.shift, inv, pad, code
+                )
             else:
                 offsets, content = _jagged(block.name, data)
                 clipped, bad = kernels.fill_jagged(
-                    X, mask, block.column, block.length, offsets, content,
+                    X, mask, rows, block.column, block.length, offsets, content,
                     block.shift, inv, pad, code,
                 )  # fmt: skip
                 if clipped:
-                    out.clipped[block.name] = int(clipped)
+                    out.clipped[block.name] = out.clipped.get(block.name, 0) + int(clipped)
             if bad:
-                out.nonfinite[block.name] = int(bad)
+                out.nonfinite[block.name] = out.nonfinite.get(block.name, 0) + int(bad)
                 if self.nonfinite == "raise":
                     raise ValueError(f"branch {block.name!r} holds {bad} NaN/inf value(s)")
         return out
@@ -209,7 +226,7 @@ class Vectorizer:
     __call__ = transform
 
     # --- inverse --------------------------------------------------------------------
-    def inverse(self, X: np.ndarray, mask: np.ndarray) -> dict[str, ak.Array | np.ndarray]:  # noqa: N803
+    def inverse(self, X: np.ndarray, mask: np.ndarray) -> dict[str, ak.Array | np.ndarray]:
         """The branches back from ``X``/``mask`` (exact up to float32 and clipping).
 
         A jagged list ends after its last real value; masked values inside it (non-finite
@@ -223,8 +240,10 @@ class Vectorizer:
             if block.kind == "flat":
                 out[block.name] = _restore(values[:, 0], real[:, 0], block.dtype)
                 continue
-            reversed_first = np.argmax(real[:, ::-1], axis=1)
-            counts = np.where(real.any(axis=1), block.length - reversed_first, 0)
+            counts = np.zeros(len(real), dtype=np.int64)
+            if block.length:
+                reversed_first = np.argmax(real[:, ::-1], axis=1)
+                counts = np.where(real.any(axis=1), block.length - reversed_first, 0)
             inside = np.arange(block.length) < counts[:, None]
             content = _restore(values[inside], real[inside], block.dtype)
             out[block.name] = ak.unflatten(content, counts)
@@ -264,9 +283,14 @@ class Vectorizer:
                 length = int(b["length"]) if b["kind"] == "jagged" else 1
                 blocks.append(
                     FeatureBlock(
-                        str(b["name"]), str(b["kind"]), str(b["dtype"]), column, length,
-                        float(b["shift"]), float(b["scale"]),
-                    )  # fmt: skip
+                        str(b["name"]),
+                        str(b["kind"]),
+                        str(b["dtype"]),
+                        column,
+                        length,
+                        float(b["shift"]),
+                        float(b["scale"]),
+                    )
                 )
                 column += length
             self = cls.__new__(cls)
@@ -289,19 +313,6 @@ def _first_rule(name: str, rules: Mapping[str, int | str], default: int | str) -
         if fnmatch.fnmatchcase(name, pattern):
             return rule
     return default
-
-
-def _columns(chunk: Mapping[str, Any] | ak.Array, names: Sequence[str]) -> Mapping[str, Any]:
-    if isinstance(chunk, ak.Array):
-        fields = set(chunk.fields)
-        missing = [n for n in names if n not in fields]
-        if missing:
-            raise BranchError(f"the chunk lacks the branch(es) {', '.join(missing)}")
-        return {n: chunk[n] for n in names}
-    missing = [n for n in names if n not in chunk]
-    if missing:
-        raise BranchError(f"the chunk lacks the branch(es) {', '.join(missing)}")
-    return chunk
 
 
 def _num_events(columns: Mapping[str, Any], names: Sequence[str]) -> int:

@@ -1,0 +1,224 @@
+"""The ``mlaas4hep`` command line: inspect files, compute dataset specs, stream chunks.
+
+Each command is a thin layer over the library: parse arguments, call the core, print a
+readable summary (rich) and exit with a status a shell script can test (0 success,
+1 failure, 2 usage error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from mlaas4hep.errors import MlaasError
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlaas4hep",
+        description="Machine Learning as a Service for High-Energy Physics.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    inspect = commands.add_parser("inspect", help="show the tree, entries and branches of a file")
+    inspect.add_argument("file", help="local path, root://host:port//path or s3://bucket/key")
+    inspect.add_argument("--tree", help="tree name (found automatically when unique)")
+    inspect.add_argument("--include", nargs="+", help="branch names or glob patterns")
+    inspect.add_argument("--exclude", nargs="+", help="branch names or glob patterns to drop")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    specs = commands.add_parser("specs", help="compute the DatasetSpec of files")
+    specs.add_argument("files", nargs="+", help="files, directories, globs, or s3:// prefixes")
+    specs.add_argument("-o", "--output", default="dataset-spec.json", help="where to write it")
+    specs.add_argument("--workers", type=int, default=1, help="parallel processes")
+    specs.add_argument("--tree", help="tree name (found automatically when unique)")
+    specs.add_argument("--include", nargs="+", help="branch names or glob patterns")
+    specs.add_argument("--exclude", nargs="+", help="branch names or glob patterns to drop")
+    specs.add_argument("--strict", action="store_true", help="fail on the first bad file")
+    specs.add_argument("--step-size", default="64 MB", help="events or bytes per read")
+
+    stream = commands.add_parser("stream", help="stream mixed, vectorised chunks (a dry run)")
+    stream.add_argument("files", nargs="+", help="files, directories, globs, or s3:// prefixes")
+    stream.add_argument("--spec", required=True, help="DatasetSpec JSON (from `mlaas4hep specs`)")
+    stream.add_argument("--include", nargs="+", help="branches to vectorise")
+    stream.add_argument("--exclude", nargs="+", help="branches to leave out")
+    stream.add_argument("--chunk-size", type=int, default=10_000)
+    stream.add_argument("--signal", nargs="+", default=[], help="files (or globs) labelled 1")
+    stream.add_argument("--split", choices=["train", "validation", "test"])
+    stream.add_argument("--cut", help="selection expression, e.g. 'nJet >= 4'")
+    stream.add_argument("--seed", type=int, default=0)
+    stream.add_argument("--normalization", default="minmax", choices=["minmax", "zscore", "none"])
+    stream.add_argument("--padding", default="max", help="padding length: int, 'max' or 'p99'")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"inspect": _inspect, "specs": _specs, "stream": _stream}[args.command]
+    try:
+        return handler(args)
+    except MlaasError as err:
+        console.print(f"[bold red]error:[/] {err}")
+        return 1
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from mlaas4hep.sources import open_tree
+
+    with open_tree(args.file, args.tree) as root_tree:
+        names = root_tree.select(args.include, args.exclude, warn=False)
+        info = {
+            "file": root_tree.url,
+            "tree": root_tree.tree_name,
+            "entries": root_tree.num_entries,
+            "branches": {
+                n: {
+                    "kind": root_tree.branches[n].kind,
+                    "dtype": root_tree.branches[n].dtype,
+                    **({"counter": c} if (c := root_tree.branches[n].counter) else {}),
+                }
+                for n in names
+            },
+            "skipped": root_tree.skipped,
+        }
+    if args.json:
+        out.print_json(json.dumps(info))
+        return 0
+    out.print(f"[bold]{info['file']}[/]  tree [cyan]{info['tree']}[/], {info['entries']} entries")
+    table = Table("branch", "kind", "dtype", "counter")
+    for name, branch in info["branches"].items():
+        table.add_row(name, branch["kind"], branch["dtype"], branch.get("counter", ""))
+    out.print(table)
+    kinds: dict[str, int] = {}
+    for branch in info["branches"].values():
+        kinds[branch["kind"]] = kinds.get(branch["kind"], 0) + 1
+    summary = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
+    out.print(f"{len(info['branches'])} numeric branches ({summary})")
+    if info["skipped"]:
+        listed = ", ".join(f"{n} ({why})" for n, why in info["skipped"].items())
+        out.print(f"[yellow]skipped non-numeric:[/] {listed}")
+    return 0
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _specs(args: argparse.Namespace) -> int:
+    from mlaas4hep.sources import expand_sources, write_text
+    from mlaas4hep.specs import compute_dataset_spec
+
+    urls = expand_sources(args.files)
+    started = time.perf_counter()
+    with _progress() as progress, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # skipped branches are listed in each FileSpec
+        task = progress.add_task("specs", total=len(urls))
+
+        def advance(url: str, error: str | None) -> None:
+            progress.advance(task)
+            if error:
+                progress.console.print(f"[red]failed[/] {error}")
+
+        run = compute_dataset_spec(
+            urls,
+            args.tree,
+            args.include,
+            args.exclude,
+            workers=args.workers,
+            strict=args.strict,
+            step_size=_step_size(args.step_size),
+            progress=advance,
+        )
+    elapsed = time.perf_counter() - started
+    dataset = run.dataset
+    if not dataset.files:
+        console.print("[bold red]error:[/] no file could be read; no spec written")
+        return 1
+    write_text(args.output, dataset.to_json(indent=1))
+    rate = dataset.entries / elapsed if elapsed > 0 else float("inf")
+    out.print(
+        f"wrote {args.output}: {len(dataset.files)} files, {dataset.entries} events, "
+        f"{len(dataset.branches)} branches in {elapsed:.2f} s ({rate:,.0f} events/s)"
+    )
+    for problem in dataset.problems():
+        console.print(f"[yellow]warning:[/] {problem}")
+    if run.failures:
+        console.print(f"[yellow]{len(run.failures)} file(s) could not be read:[/]")
+        for error in run.failures.values():
+            console.print(f"  {error}")
+    return 0
+
+
+def _step_size(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
+
+
+def _stream(args: argparse.Namespace) -> int:
+    import fnmatch
+
+    import numpy as np
+
+    from mlaas4hep.sources import expand_sources, read_text
+    from mlaas4hep.specs import DatasetSpec
+    from mlaas4hep.stream import ChunkStream
+    from mlaas4hep.vectorizer import Vectorizer
+
+    spec = DatasetSpec.from_json(read_text(args.spec))
+    urls = expand_sources(args.files)
+    labels = {
+        url: float(any(fnmatch.fnmatch(url, p) or url.endswith("/" + p) for p in args.signal))
+        for url in urls
+    }
+    padding: int | str = int(args.padding) if args.padding.isdigit() else args.padding
+    vectorizer = Vectorizer(
+        spec, args.include, args.exclude, normalization=args.normalization, padding=padding
+    )
+    stream = ChunkStream(
+        labels, vectorizer=vectorizer, chunk_size=args.chunk_size, split=args.split,
+        cut=args.cut, seed=args.seed,
+    )  # fmt: skip
+    out.print(f"{vectorizer}; {stream.num_events} events in {stream.num_chunks} chunks")
+    started = time.perf_counter()
+    events = signal = 0
+    clipped: dict[str, int] = {}
+    with _progress() as progress:
+        task = progress.add_task("chunks", total=stream.num_chunks)
+        for chunk in stream.chunks():
+            events += len(chunk)
+            signal += int(np.count_nonzero(chunk.y)) if chunk.y is not None else 0
+            for name, count in chunk.clipped.items():
+                clipped[name] = clipped.get(name, 0) + count
+            progress.advance(task)
+    elapsed = time.perf_counter() - started
+    out.print(
+        f"streamed {events} events ({signal} signal) in {elapsed:.2f} s "
+        f"({events / max(elapsed, 1e-9):,.0f} events/s), {vectorizer.n_features} features"
+    )
+    if clipped:
+        out.print(f"values clipped by padding: {clipped}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,541 @@
+"""ChunkStream: the paper's training data flow, streamed from many ROOT files.
+
+Every chunk holds ``chunk_size`` events mixed from all files in proportion n_i/N (see
+:mod:`mlaas4hep.mixing`); every event of every file is delivered exactly once per epoch,
+the last chunk being smaller where needed. Files are read in blocks aligned with their
+baskets (cheap to decompress, bounded memory: one block per file at a time). Per epoch
+the block order of each file is shuffled with the seed, and events are shuffled within
+each chunk as they are written into it.
+
+A deterministic train/validation/test split by event, labels (per file or from a
+branch/expression), a selection cut and per-event weights come with each chunk.
+``shard(index, count)`` gives a stream that reads its own contiguous part of every
+block (equal in events of its split), so each shard keeps the same file mix, all shards
+have the same number of events to within one per block, and together they deliver every
+event once.
+Chunks become ``X``/``mask`` through a :class:`~mlaas4hep.vectorizer.Vectorizer`
+writing straight into the shuffled rows, without intermediate copies.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import os
+import queue
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import awkward as ak
+import numpy as np
+
+from mlaas4hep.errors import BranchError, ConfigError
+from mlaas4hep.expressions import Expression
+from mlaas4hep.mixing import SPLITS, chunk_plan, key_hash, split_mask
+from mlaas4hep.sources import RootTree, normalize_url, open_tree
+from mlaas4hep.vectorizer import VectorizedChunk, Vectorizer
+
+DEFAULT_BLOCK_SIZE = 50_000
+
+
+@dataclass
+class Chunk:
+    """One chunk of mixed events.
+
+    ``X``/``mask`` when the stream has a Vectorizer, else ``arrays`` (branch → array);
+    ``y`` and ``w`` when labels/weights are configured; ``file_index``/``entry`` say
+    where every row came from (``files[file_index]``).
+    """
+
+    files: list[str]
+    file_index: np.ndarray
+    entry: np.ndarray
+    X: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    y: np.ndarray | None = None
+    w: np.ndarray | None = None
+    arrays: dict[str, Any] | None = None
+    clipped: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.entry)
+
+
+@dataclass
+class Batch:
+    """A training batch: features, mask, labels and weights (the last two may be None)."""
+
+    X: np.ndarray
+    mask: np.ndarray
+    y: np.ndarray | None
+    w: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+
+@dataclass
+class _Block:
+    start: int
+    stop: int
+    members: int
+
+
+@dataclass
+class _FileLayout:
+    index: int
+    key: str
+    label: float | None
+    blocks: list[_Block]
+
+    @property
+    def events(self) -> int:
+        return sum(block.members for block in self.blocks)
+
+
+@dataclass
+class _Piece:
+    file: int
+    arrays: dict[str, Any]
+    keep: np.ndarray
+    entries: np.ndarray
+
+
+class _Cursor:
+    """Reads one file's blocks in a given order and hands out its member events in turn."""
+
+    def __init__(self, stream: ChunkStream, layout: _FileLayout, order: np.ndarray) -> None:
+        self.stream = stream
+        self.layout = layout
+        self.order = list(order)
+        self.tree: RootTree | None = None
+        self.arrays: dict[str, Any] = {}
+        self.members = np.zeros(0, dtype=np.int64)
+        self.start = 0
+        self.position = 0
+
+    def take(self, count: int) -> Iterator[_Piece]:
+        while count > 0:
+            if self.position >= len(self.members):
+                self._load_next()
+                continue
+            stop = min(self.position + count, len(self.members))
+            local = self.members[self.position : stop]
+            low, high = int(local[0]), int(local[-1]) + 1
+            keep = np.zeros(high - low, dtype=bool)
+            keep[local - low] = True
+            yield _Piece(
+                file=self.layout.index,
+                arrays={name: array[low:high] for name, array in self.arrays.items()},
+                keep=keep,
+                entries=np.arange(self.start + low, self.start + high, dtype=np.int64),
+            )
+            count -= stop - self.position
+            self.position = stop
+
+    def _load_next(self) -> None:
+        if not self.order:
+            raise RuntimeError(f"internal error: {self.layout.key} has no events left to read")
+        block = self.layout.blocks[self.order.pop(0)]
+        if self.tree is None:
+            self.tree = open_tree(self.layout.key, self.stream.tree)
+        self.arrays = self.tree.arrays(self.stream.read_branches, block.start, block.stop)
+        entries = np.arange(block.start, block.stop, dtype=np.int64)
+        mask = self.stream._members(self.layout.key, entries)
+        self.members = np.flatnonzero(mask)
+        self.start = block.start
+        self.position = 0
+
+    def close(self) -> None:
+        if self.tree is not None:
+            self.tree.close()
+            self.tree = None
+
+
+class ChunkStream:
+    """Chunks of events mixed in proportion from many ROOT files (local, root://, s3://)."""
+
+    def __init__(
+        self,
+        files: Sequence[str | os.PathLike[str]] | Mapping[str, float],
+        *,
+        vectorizer: Vectorizer | None = None,
+        branches: Sequence[str] | None = None,
+        tree: str | None = None,
+        chunk_size: int = 10_000,
+        labels: Mapping[str, float] | None = None,
+        label: str | None = None,
+        weight: str | None = None,
+        cut: str | None = None,
+        seed: int = 0,
+        shuffle: bool = True,
+        split: str | None = None,
+        fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+        split_seed: int = 0,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        prefetch: int = 1,
+        open_workers: int = 8,
+    ) -> None:
+        if isinstance(files, Mapping):
+            labels = {**dict(files), **dict(labels or {})}
+            files = list(files)
+        self.files = list(dict.fromkeys(normalize_url(f) for f in files))
+        if not self.files:
+            raise ConfigError("a ChunkStream needs at least one file")
+        if chunk_size <= 0 or block_size <= 0:
+            raise ConfigError("chunk_size and block_size must be positive")
+        if split is not None and split not in SPLITS:
+            raise ConfigError(f"split must be one of {SPLITS} or None, not {split!r}")
+        if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-9:
+            raise ConfigError(
+                f"fractions must be three non-negative numbers summing to 1: {fractions}"
+            )
+        self.vectorizer = vectorizer
+        self.tree = tree
+        self.chunk_size = int(chunk_size)
+        self.label_expr = Expression(label) if label else None
+        self.weight_expr = Expression(weight) if weight else None
+        self.cut_expr = Expression(cut) if cut else None
+        self.file_labels = _resolve_labels(self.files, labels) if labels else None
+        if self.file_labels is not None and self.label_expr is not None:
+            raise ConfigError("give labels per file or a label expression, not both")
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.split = split
+        self.fractions = tuple(float(f) for f in fractions)
+        self.split_seed = int(split_seed)
+        self.block_size = int(block_size)
+        self.prefetch = int(prefetch)
+        self.open_workers = int(open_workers)
+        self.shards: tuple[tuple[int, int], ...] = ()
+        wanted = list(branches) if branches is not None else []
+        if vectorizer is not None:
+            wanted += vectorizer.branches
+        for expr in (self.label_expr, self.weight_expr, self.cut_expr):
+            if expr is not None:
+                wanted += expr.names
+        self.output_branches = list(branches) if branches is not None else None
+        self.read_branches = list(dict.fromkeys(wanted))
+        if not self.read_branches:
+            raise ConfigError("nothing to read: give a vectorizer or a list of branches")
+        self._clusters: list[np.ndarray] | None = None
+        self._layouts: list[_FileLayout] | None = None
+
+    # --- derived streams --------------------------------------------------------------
+    def _copy(self, **changes: Any) -> ChunkStream:
+        clone = object.__new__(ChunkStream)
+        clone.__dict__.update(self.__dict__)
+        clone.__dict__.update(changes)
+        clone._layouts = None
+        return clone
+
+    def shard(self, index: int, count: int) -> ChunkStream:
+        """The part of this stream that worker ``index`` of ``count`` reads."""
+        if not 0 <= index < count:
+            raise ConfigError(f"shard index must be within [0, {count}), not {index}")
+        return self._copy(shards=(*self.shards, (int(index), int(count))))
+
+    def with_split(self, split: str | None) -> ChunkStream:
+        """The same stream restricted to another split (same files, same seed)."""
+        if split is not None and split not in SPLITS:
+            raise ConfigError(f"split must be one of {SPLITS} or None, not {split!r}")
+        return self._copy(split=split)
+
+    # --- layout -----------------------------------------------------------------------
+    def _open_all(self) -> list[np.ndarray]:
+        """Open every file once: check its branches and find its basket-aligned blocks."""
+        if self._clusters is None:
+            with ThreadPoolExecutor(max_workers=max(1, self.open_workers)) as pool:
+                self._clusters = list(pool.map(self._file_clusters, self.files))
+        return self._clusters
+
+    def _file_clusters(self, url: str) -> np.ndarray:
+        with open_tree(url, self.tree) as root_tree:
+            missing = [b for b in self.read_branches if b not in root_tree.branches]
+            if missing:
+                raise BranchError(f"branch(es) {', '.join(missing)} not found in {url}")
+            bounds = root_tree.cluster_boundaries(self.read_branches)
+        return _merge_clusters(bounds, self.block_size)
+
+    def _members(self, key: str, entries: np.ndarray) -> np.ndarray:
+        return split_mask(key, entries, self.split, self.fractions, self.split_seed)
+
+    def _layout(self) -> list[_FileLayout]:
+        if self._layouts is None:
+            layouts = []
+            for index, (key, bounds) in enumerate(zip(self.files, self._open_all(), strict=True)):
+                blocks = []
+                for start, stop in itertools.pairwise(bounds):
+                    entries = np.arange(start, stop, dtype=np.int64)
+                    members = entries[self._members(key, entries)]
+                    first, last = _shard_range(0, len(members), self.shards)
+                    if last > first:
+                        block = _Block(
+                            int(members[first]), int(members[last - 1]) + 1, last - first
+                        )
+                        blocks.append(block)
+                label = None if self.file_labels is None else self.file_labels[key]
+                layouts.append(_FileLayout(index, key, label, blocks))
+            self._layouts = layouts
+        return self._layouts
+
+    @property
+    def events_per_file(self) -> dict[str, int]:
+        """Events of each file in this stream (its split and shard, before any cut)."""
+        return {layout.key: layout.events for layout in self._layout()}
+
+    @property
+    def num_events(self) -> int:
+        return sum(self.events_per_file.values())
+
+    @property
+    def num_chunks(self) -> int:
+        return -(-self.num_events // self.chunk_size)
+
+    # --- iteration --------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Chunk]:
+        return self.chunks()
+
+    def chunks(self, epoch: int = 0) -> Iterator[Chunk]:
+        """The chunks of one epoch (a different shuffle for each epoch number)."""
+        generator = self._chunks(epoch)
+        return _prefetched(generator, self.prefetch) if self.prefetch > 0 else generator
+
+    def _chunks(self, epoch: int) -> Iterator[Chunk]:
+        layouts = self._layout()
+        sizes = np.array([layout.events for layout in layouts], dtype=np.int64)
+        plan = chunk_plan(sizes, self.chunk_size)
+        cursors = [_Cursor(self, layout, self._block_order(layout, epoch)) for layout in layouts]
+        try:
+            for k in range(len(plan) - 1):
+                pieces = []
+                for i in np.flatnonzero(plan[k + 1] - plan[k]):
+                    pieces += cursors[i].take(int(plan[k + 1, i] - plan[k, i]))
+                yield self._assemble(pieces, epoch, k)
+        finally:
+            for cursor in cursors:
+                cursor.close()
+
+    def _block_order(self, layout: _FileLayout, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(len(layout.blocks))
+        rng = np.random.default_rng([self.seed, epoch, key_hash(layout.key) & 0xFFFFFFFF])
+        return rng.permutation(len(layout.blocks))
+
+    def _assemble(self, pieces: list[_Piece], epoch: int, k: int) -> Chunk:
+        for piece in pieces:
+            if self.cut_expr is not None:
+                piece.keep &= self.cut_expr.evaluate(piece.arrays).astype(bool)
+        kept = [int(np.count_nonzero(piece.keep)) for piece in pieces]
+        n = sum(kept)
+        if self.shuffle:
+            shard_id = [index * 1_000_003 + count for index, count in self.shards]
+            rng = np.random.default_rng([self.seed, epoch, k, *shard_id])
+            destination = rng.permutation(n)
+        else:
+            destination = np.arange(n)
+        chunk = Chunk(
+            files=self.files,
+            file_index=np.empty(n, dtype=np.int32),
+            entry=np.empty(n, dtype=np.int64),
+        )
+        out = None
+        if self.vectorizer is not None:
+            out = VectorizedChunk(
+                np.empty((n, self.vectorizer.n_features), dtype=np.float32),
+                np.empty((n, self.vectorizer.n_features), dtype=bool),
+            )
+        labels = np.empty(n, dtype=np.float32) if self._has_labels else None
+        weights = np.empty(n, dtype=np.float32) if self.weight_expr is not None else None
+        raw: dict[str, list[Any]] = {name: [] for name in self.output_branches or []}
+        start = 0
+        for piece, count in zip(pieces, kept, strict=True):
+            rows = np.full(len(piece.keep), -1, dtype=np.int64)
+            targets = destination[start : start + count]
+            rows[piece.keep] = targets
+            start += count
+            chunk.file_index[targets] = piece.file
+            chunk.entry[targets] = piece.entries[piece.keep]
+            if out is not None:
+                self.vectorizer.transform(piece.arrays, out=out, rows=rows)
+            if labels is not None:
+                labels[targets] = self._piece_labels(piece)[piece.keep]
+            if weights is not None:
+                weights[targets] = self.weight_expr.evaluate(piece.arrays)[piece.keep]
+            for name in raw:
+                raw[name].append(piece.arrays[name][piece.keep])
+        if out is not None:
+            chunk.X, chunk.mask, chunk.clipped = out.X, out.mask, out.clipped
+        chunk.y, chunk.w = labels, weights
+        if raw:
+            order = np.argsort(destination)
+            chunk.arrays = {
+                name: ak.concatenate(parts)[order] if parts else ak.Array([])
+                for name, parts in raw.items()
+            }
+        return chunk
+
+    @property
+    def _has_labels(self) -> bool:
+        return self.file_labels is not None or self.label_expr is not None
+
+    def _piece_labels(self, piece: _Piece) -> np.ndarray:
+        if self.label_expr is not None:
+            return self.label_expr.evaluate(piece.arrays).astype(np.float32)
+        value = self._layout()[piece.file].label
+        return np.full(len(piece.keep), value, dtype=np.float32)
+
+    # --- batches for training ---------------------------------------------------------
+    def batches(self, batch_size: int, epoch: int = 0, drop_last: bool = False) -> Iterator[Batch]:
+        """Batches of ``batch_size`` rows across chunk boundaries (needs a Vectorizer)."""
+        if self.vectorizer is None:
+            raise ConfigError("batches need a Vectorizer to build X and mask")
+        pending: list[Batch] = []
+        held = 0
+        for chunk in self.chunks(epoch):
+            assert chunk.X is not None and chunk.mask is not None
+            batch = Batch(chunk.X, chunk.mask, chunk.y, chunk.w)
+            position = 0
+            if held:
+                need = batch_size - held
+                pending.append(_slice(batch, 0, need))
+                held += min(need, len(batch))
+                position = need
+                if held < batch_size:
+                    continue
+                yield _concat(pending)
+                pending, held = [], 0
+            while position + batch_size <= len(batch):
+                yield _slice(batch, position, position + batch_size)
+                position += batch_size
+            if position < len(batch):
+                pending, held = [_slice(batch, position, len(batch))], len(batch) - position
+        if held and not drop_last:
+            yield _concat(pending)
+
+    def to_tf_dataset(self, batch_size: int, epoch: int = 0, *, with_mask: bool = False) -> Any:
+        """A ``tf.data.Dataset`` of ``(features, y[, w])`` batches (TensorFlow imported lazily)."""
+        from mlaas4hep.frameworks import tf_dataset
+
+        return tf_dataset(self, batch_size, epoch, with_mask=with_mask)
+
+    def to_torch(self, batch_size: int, epoch: int = 0, *, with_mask: bool = False) -> Any:
+        """A ``torch.utils.data.IterableDataset`` of batches (PyTorch imported lazily)."""
+        from mlaas4hep.frameworks import torch_dataset
+
+        return torch_dataset(self, batch_size, epoch, with_mask=with_mask)
+
+    def __repr__(self) -> str:
+        shard = f", shard={self.shards}" if self.shards else ""
+        return (
+            f"ChunkStream({len(self.files)} files, chunk_size={self.chunk_size}, "
+            f"split={self.split!r}{shard})"
+        )
+
+
+def _slice(batch: Batch, start: int, stop: int) -> Batch:
+    return Batch(
+        batch.X[start:stop],
+        batch.mask[start:stop],
+        None if batch.y is None else batch.y[start:stop],
+        None if batch.w is None else batch.w[start:stop],
+    )
+
+
+def _concat(parts: list[Batch]) -> Batch:
+    if len(parts) == 1:
+        return parts[0]
+    return Batch(
+        np.concatenate([p.X for p in parts]),
+        np.concatenate([p.mask for p in parts]),
+        None if parts[0].y is None else np.concatenate([p.y for p in parts]),
+        None if parts[0].w is None else np.concatenate([p.w for p in parts]),
+    )
+
+
+def _merge_clusters(bounds: np.ndarray, target: int) -> np.ndarray:
+    """Group consecutive basket clusters into blocks of at least ``target`` entries."""
+    bounds = np.asarray(bounds, dtype=np.int64)
+    if len(bounds) < 2:
+        return np.array([0, 0], dtype=np.int64)
+    kept = [int(bounds[0])]
+    for edge in bounds[1:-1]:
+        if edge - kept[-1] >= target:
+            kept.append(int(edge))
+    kept.append(int(bounds[-1]))
+    return np.asarray(kept, dtype=np.int64)
+
+
+def _shard_range(start: int, stop: int, shards: tuple[tuple[int, int], ...]) -> tuple[int, int]:
+    """The part of ``[start, stop)`` that a (nested) shard takes: equal contiguous parts."""
+    for index, count in shards:
+        length = stop - start
+        start, stop = start + length * index // count, start + length * (index + 1) // count
+    return start, stop
+
+
+def _resolve_labels(files: list[str], labels: Mapping[str, float]) -> dict[str, float]:
+    """Match each file to a label: by full URL, by file name, or by a glob pattern."""
+    normalized = {normalize_url(k) if "*" not in k else k: float(v) for k, v in labels.items()}
+    resolved = {}
+    for url in files:
+        name = url.rsplit("/", 1)[-1]
+        if url in normalized:
+            resolved[url] = normalized[url]
+        elif name in labels:
+            resolved[url] = float(labels[name])
+        else:
+            match = [
+                v
+                for k, v in labels.items()
+                if fnmatch.fnmatchcase(url, k) or fnmatch.fnmatchcase(name, k)
+            ]
+            if not match:
+                raise ConfigError(f"no label given for file {url}")
+            resolved[url] = float(match[0])
+    return resolved
+
+
+def _prefetched(generator: Iterator[Chunk], depth: int) -> Iterator[Chunk]:
+    """Run ``generator`` in a background thread, ``depth`` chunks ahead of the consumer."""
+    slots: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in generator:
+                while not stop.is_set():
+                    try:
+                        slots.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put(("done", None))
+        except BaseException as err:
+            slots.put(("error", err))
+        finally:
+            generator.close()
+
+    worker = threading.Thread(target=produce, name="chunkstream-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = slots.get()
+            if kind == "item":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+    finally:
+        stop.set()
+        while worker.is_alive():
+            try:
+                slots.get_nowait()
+            except queue.Empty:
+                worker.join(timeout=0.05)

@@ -1,0 +1,58 @@
+"""Small ROOT files with known content, written by the tests themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import uproot
+
+
+def jagged(rng: np.random.Generator, n: int, mean: float, scale: float = 30.0) -> ak.Array:
+    counts = rng.poisson(mean, n)
+    return ak.unflatten(rng.exponential(scale, counts.sum()).astype(np.float32), counts)
+
+
+def write_events(
+    path: Path,
+    n: int,
+    seed: int,
+    *,
+    basket: int | None = None,
+    extra: dict | None = None,
+    tree: str = "Events",
+) -> Path:
+    """A NanoAOD-like file: nJet/Jet_pt/Jet_eta jagged, MET_pt/nPV/event flat.
+
+    ``basket`` writes the tree in several extend() calls (several clusters).
+    """
+    rng = np.random.default_rng(seed)
+    counts = rng.poisson(4, n)
+    data = {
+        "Jet": ak.zip(
+            {
+                "pt": ak.unflatten(rng.exponential(40, counts.sum()).astype(np.float32), counts),
+                "eta": ak.unflatten(rng.normal(0, 1.5, counts.sum()).astype(np.float32), counts),
+            }
+        ),
+        "MET_pt": rng.exponential(50, n).astype(np.float32),
+        "nPV": rng.poisson(20, n).astype(np.int32),
+        "event": np.arange(n, dtype=np.uint64) + np.uint64(seed * 1_000_000),
+        "isGood": rng.random(n) < 0.7,
+    }
+    if extra:
+        data.update(extra)
+    step = basket or n
+    with uproot.recreate(path) as file:
+        for start in range(0, n, step):
+            part = {k: v[start : start + step] for k, v in data.items()}
+            if start == 0:
+                # mktree: assigning a dict would write an RNTuple with recent uproot.
+                ttree = file.mktree(tree, {k: _type(v) for k, v in part.items()})
+            ttree.extend(part)
+    return path
+
+
+def _type(array):
+    return array.dtype if isinstance(array, np.ndarray) else array.type

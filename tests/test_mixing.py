@@ -1,0 +1,61 @@
+"""Proportional mixing (Webster apportionment) and the deterministic split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mlaas4hep.mixing import apportion, chunk_plan, split_mask
+
+sizes_strategy = st.lists(st.integers(0, 5_000), min_size=1, max_size=12).filter(
+    lambda s: sum(s) > 0
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes_strategy, st.data())
+def test_apportion_is_exact_proportional_and_nested(sizes, data):
+    sizes = np.array(sizes)
+    total = int(sizes.sum())
+    m1 = data.draw(st.integers(0, total))
+    m2 = data.draw(st.integers(m1, total))
+    a1, a2 = apportion(sizes, m1), apportion(sizes, m2)
+    assert a1.sum() == m1 and a2.sum() == m2
+    assert np.all(a1 <= a2) and np.all(a2 <= sizes) and np.all(a1 >= 0)
+    # Webster's method stays within one event of the quota, but for rare exceptions
+    assert np.all(np.abs(a1 - m1 * sizes / total) < 2.0)
+    assert np.mean(np.abs(a1 - m1 * sizes / total) < 1.0) >= 0.75
+
+
+@settings(max_examples=100, deadline=None)
+@given(sizes_strategy, st.integers(1, 3_000))
+def test_chunk_plan_covers_every_event_once(sizes, chunk_size):
+    plan = chunk_plan(np.array(sizes), chunk_size)
+    per_chunk = np.diff(plan, axis=0)
+    assert np.array_equal(plan[0], np.zeros(len(sizes))) and np.array_equal(plan[-1], sizes)
+    assert np.all(per_chunk >= 0)
+    totals = per_chunk.sum(axis=1)
+    assert np.all(totals[:-1] == chunk_size) and 0 < totals[-1] <= chunk_size
+
+
+def test_paper_example_mix():
+    # 3 files of 1000, 3000 and 6000 events, chunks of 100: 10/30/60 in every chunk
+    plan = chunk_plan(np.array([1000, 3000, 6000]), 100)
+    assert np.all(np.diff(plan, axis=0) == [10, 30, 60])
+
+
+def test_split_is_deterministic_disjoint_and_complete():
+    entries = np.arange(100_000)
+    parts = [
+        split_mask("s3://b/f.root", entries, s, (0.7, 0.2, 0.1), seed=3)
+        for s in ("train", "validation", "test")
+    ]
+    stacked = np.stack(parts)
+    assert np.all(stacked.sum(axis=0) == 1)
+    assert [p.mean() for p in parts] == pytest.approx([0.7, 0.2, 0.1], abs=0.01)
+    again = split_mask("s3://b/f.root", entries[::-1], "train", (0.7, 0.2, 0.1), seed=3)
+    assert np.array_equal(again[::-1], parts[0])
+    other_file = split_mask("s3://b/g.root", entries, "train", (0.7, 0.2, 0.1), seed=3)
+    assert not np.array_equal(other_file, parts[0])

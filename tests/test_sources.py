@@ -1,0 +1,142 @@
+"""Reading: trees from real files, branch classification and selection, clear errors."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import uproot
+from rootfiles import write_events
+
+from mlaas4hep.errors import BranchError, ReadError
+from mlaas4hep.sources import (
+    NonNumericBranchWarning,
+    expand_sources,
+    file_identity,
+    jagged_parts,
+    open_tree,
+)
+
+
+def test_nanoaod_branches_are_classified(shared_data):
+    with open_tree(shared_data / "nanoAOD_2015_CMS_Open_Data_ttbar.root") as tree:
+        assert tree.tree_name == "Events"
+        assert tree.num_entries == 200
+        kinds: dict[tuple[str, str], int] = {}
+        for info in tree.branches.values():
+            kinds[info.kind, info.dtype] = kinds.get((info.kind, info.dtype), 0) + 1
+        assert len(tree.branches) == 947
+        assert kinds["flat", "bool"] == 464
+        assert kinds["jagged", "float32"] == 217
+        assert kinds["flat", "float32"] == 83
+        assert kinds["jagged", "int32"] == 61
+        assert kinds["jagged", "uint8"] == 34
+        assert kinds["jagged", "bool"] == 32
+        assert tree.branches["Jet_pt"].counter == "nJet"
+        assert tree.branches["event"].dtype == "uint64"
+
+
+@pytest.mark.parametrize("name", ["uproot-HZZ.root", "uproot-HZZ-lz4.root"])
+def test_hzz_reads_jagged_chunks(shared_data, name):
+    with open_tree(shared_data / name) as tree:
+        assert tree.tree_name == "events"
+        chunks = list(tree.iterate(["Jet_Px", "NJet"], step_size=1000))
+        assert [len(c["NJet"]) for c in chunks] == [1000, 1000, 421]
+        for chunk in chunks:
+            offsets, _ = jagged_parts(chunk["Jet_Px"])
+            assert np.array_equal(np.diff(offsets), chunk["NJet"].to_numpy())
+
+
+def test_string_branch_is_skipped_with_a_warning(shared_data):
+    with open_tree(shared_data / "uproot-Zmumu.root") as tree:
+        assert "Type" in tree.skipped
+        with pytest.warns(NonNumericBranchWarning, match="Type"):
+            names = tree.select()
+        assert len(names) == 19 and "Type" not in names
+
+
+def test_selection_globs_include_exclude_and_order(shared_data):
+    with open_tree(shared_data / "uproot-HZZ.root") as tree:
+        names = tree.select(["MET_*", "Jet_P?"], ["Jet_Pz"])
+        assert names == ["MET_px", "MET_py", "Jet_Px", "Jet_Py"]
+        with pytest.raises(BranchError, match="'Nope' not found in .*uproot-HZZ.root"):
+            tree.select(["Nope"])
+        with pytest.raises(BranchError, match="Zzz"):
+            tree.select(["Zzz*"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert tree.select(["NJet"]) == ["NJet"]
+
+
+def test_only_selected_branches_are_read(shared_data):
+    with open_tree(shared_data / "uproot-HZZ.root") as tree:
+        chunk = tree.arrays(["MET_px"], 0, 10)
+        assert list(chunk) == ["MET_px"] and len(chunk["MET_px"]) == 10
+
+
+def test_truncated_file_names_the_file(shared_data, tmp_path):
+    broken = tmp_path / "truncated.root"
+    broken.write_bytes((shared_data / "uproot-HZZ.root").read_bytes()[:60_000])
+    with pytest.raises(ReadError, match="truncated.root") as info, open_tree(broken) as tree:
+        list(tree.iterate(tree.select()))
+    assert isinstance(info.value, OSError)
+
+
+def test_not_a_root_file(tmp_path):
+    junk = tmp_path / "junk.root"
+    junk.write_bytes(b"this is not ROOT" * 100)
+    with pytest.raises(ReadError, match="junk.root"):
+        open_tree(junk)
+
+
+def test_missing_file():
+    with pytest.raises(ReadError, match="no such file"):
+        open_tree("/nonexistent/file.root")
+
+
+def test_tree_detection(tmp_path):
+    path = tmp_path / "two.root"
+    with uproot.recreate(path) as file:
+        file.mktree("a", {"x": np.float32}).extend({"x": np.ones(3, np.float32)})
+        file.mktree("b", {"x": np.float32}).extend({"x": np.ones(3, np.float32)})
+        file["hist"] = np.histogram(np.ones(3))
+    with pytest.raises(ReadError, match=r"several TTrees \(a, b\)"):
+        open_tree(path)
+    with open_tree(path, "b") as tree:
+        assert tree.num_entries == 3
+    with pytest.raises(ReadError, match="no TTree named 'c'"):
+        open_tree(path, "c")
+    empty = tmp_path / "empty.root"
+    with uproot.recreate(empty) as file:
+        file["hist"] = np.histogram(np.ones(3))
+    with pytest.raises(ReadError, match="holds no TTree"):
+        open_tree(empty)
+
+
+def test_empty_tree(tmp_path):
+    path = tmp_path / "empty-tree.root"
+    with uproot.recreate(path) as file:
+        file.mktree("Events", {"x": np.float32})
+    with open_tree(path) as tree:
+        assert tree.num_entries == 0
+        assert [len(c["x"]) for c in tree.iterate(["x"])] in ([], [0])
+
+
+def test_identity_changes_with_content(tmp_path):
+    a = write_events(tmp_path / "a.root", 100, seed=1)
+    b = tmp_path / "b.root"
+    shutil.copy(a, b)
+    assert file_identity(str(a)) == file_identity(str(b))
+    write_events(b, 100, seed=2)
+    assert file_identity(str(a)) != file_identity(str(b))
+
+
+def test_expand_sources(shared_data):
+    found = expand_sources([shared_data])
+    assert len(found) == 4 and all(f.endswith(".root") for f in found)
+    assert expand_sources([str(shared_data / "uproot-HZZ*.root")]) == sorted(
+        str(p) for p in shared_data.glob("uproot-HZZ*.root")
+    )
+    assert expand_sources(["root://host:1094//data/a.root"]) == ["root://host:1094//data/a.root"]

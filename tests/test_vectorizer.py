@@ -1,0 +1,174 @@
+"""Vectorizer: layout, normalisation, padding, clipping, NaN handling, exact inverse."""
+
+from __future__ import annotations
+
+import awkward as ak
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mlaas4hep.errors import BranchError, ConfigError
+from mlaas4hep.sources import BranchInfo, open_tree
+from mlaas4hep.specs import DatasetSpec, FileSpec, array_stats, compute_file_spec
+from mlaas4hep.vectorizer import Vectorizer
+
+
+@pytest.fixture(scope="module")
+def hzz(shared_data):
+    spec = DatasetSpec([compute_file_spec(shared_data / "uproot-HZZ.root")])
+    with open_tree(shared_data / "uproot-HZZ.root") as tree:
+        chunk = tree.arrays(tree.select())
+    return spec, chunk
+
+
+def test_layout_and_feature_names(hzz):
+    spec, chunk = hzz
+    v = Vectorizer(spec, ["NJet", "Jet_Px", "Jet_Py"])
+    jet_len = spec.branch("Jet_Px").max_length
+    assert v.n_features == 1 + 2 * jet_len
+    assert v.feature_names[:3] == ["NJet", "Jet_Px[0]", "Jet_Px[1]"]
+    out = v(chunk)
+    assert out.X.dtype == np.float32 and out.mask.dtype == bool
+    assert out.X.shape == (2421, v.n_features) and out.clipped == {}
+    counts = ak.to_numpy(ak.num(chunk["Jet_Px"]))
+    assert np.array_equal(out.mask[:, 1 : 1 + jet_len].sum(axis=1), counts)
+    assert out.mask[:, 0].all()
+
+
+def test_minmax_maps_training_data_into_unit_interval(hzz):
+    spec, chunk = hzz
+    out = Vectorizer(spec)(chunk)
+    real = out.X[out.mask]
+    assert real.min() >= 0.0 and real.max() <= 1.0
+    assert np.all(out.X[~out.mask] == 0.0)
+
+
+def test_zscore_has_zero_mean_unit_std(hzz):
+    spec, chunk = hzz
+    out = Vectorizer(spec, ["MET_px"], normalization="zscore")(chunk)
+    assert out.X[:, 0].mean() == pytest.approx(0.0, abs=1e-5)
+    assert out.X[:, 0].std() == pytest.approx(1.0, abs=1e-4)
+    raw = Vectorizer(spec, ["MET_px"], normalization="none")(chunk)
+    assert np.array_equal(raw.X[:, 0], chunk["MET_px"].to_numpy())
+
+
+def test_padding_overrides_clip_and_count(hzz):
+    spec, chunk = hzz
+    v = Vectorizer(
+        spec, ["Jet_Px", "Muon_Px"], padding={"Jet_*": 2, "Muon_Px": "p90"}, pad_value=np.nan
+    )
+    assert v.block("Jet_Px").length == 2
+    counts = ak.to_numpy(ak.num(chunk["Jet_Px"]))
+    out = v(chunk)
+    assert out.clipped["Jet_Px"] == np.maximum(counts - 2, 0).sum()
+    assert np.isnan(out.X[~out.mask]).all()
+    with pytest.raises(ConfigError, match="padding for 'Jet_Px'"):
+        Vectorizer(spec, ["Jet_Px"], padding={"Jet_Px": "lots"})
+    with pytest.raises(ConfigError, match="normalization"):
+        Vectorizer(spec, ["Jet_Px"], normalization="log")
+
+
+def test_missing_branch_is_a_clear_error(hzz):
+    spec, chunk = hzz
+    with pytest.raises(BranchError, match="Nope"):
+        Vectorizer(spec, ["Nope"])
+    v = Vectorizer(spec, ["Jet_Px", "MET_px"])
+    with pytest.raises(BranchError, match="lacks the branch.*MET_px"):
+        v({"Jet_Px": chunk["Jet_Px"]})
+    with pytest.raises(BranchError, match="different numbers of events"):
+        v({"Jet_Px": chunk["Jet_Px"], "MET_px": chunk["MET_px"][:5]})
+    with pytest.raises(BranchError, match="one number per event"):
+        v({"Jet_Px": chunk["Jet_Px"], "MET_px": chunk["Jet_Px"]})
+
+
+def _spec_of(columns: dict) -> DatasetSpec:
+    infos = {}
+    for name, arr in columns.items():
+        kind = "jagged" if isinstance(arr, ak.Array) and arr.ndim == 2 else "flat"
+        dtype = (ak.to_numpy(ak.flatten(arr)) if kind == "jagged" else np.asarray(arr)).dtype
+        infos[name] = array_stats(BranchInfo(name, kind, np.dtype(dtype).name), arr)
+    return DatasetSpec(
+        [FileSpec("mem://x", "t", len(next(iter(columns.values()))), {"k": 1}, infos)]
+    )
+
+
+def test_nonfinite_values_are_masked_counted_or_rejected():
+    columns = {
+        "x": np.array([1.0, np.nan, 3.0, np.inf], dtype=np.float32),
+        "j": ak.Array([[1.0, np.nan], [], [2.0], [np.inf, 5.0]]),
+    }
+    spec = _spec_of(columns)
+    out = Vectorizer(spec)(columns)
+    assert out.nonfinite == {"j": 2, "x": 2}
+    v = Vectorizer(spec, ["x"])
+    masked = v(columns)
+    assert list(masked.mask[:, 0]) == [True, False, True, False]
+    assert np.isfinite(masked.X).all()
+    zeroed = Vectorizer(spec, ["x"], nonfinite="zero")(columns)
+    assert zeroed.mask.all()
+    with pytest.raises(ValueError, match="'x' holds 2 NaN/inf"):
+        Vectorizer(spec, ["x"], nonfinite="raise")(columns)
+    jagged = Vectorizer(spec, ["j"])
+    out = jagged(columns)
+    assert out.mask[0].tolist()[:2] == [True, False]
+    back = jagged.inverse(out.X, out.mask)["j"]
+    assert ak.to_list(ak.num(back)) == [1, 0, 1, 2]  # a list ends after its last real value
+    assert ak.to_list(back[3])[1] == pytest.approx(5.0)
+    assert np.isnan(ak.to_list(back[3])[0])
+
+
+def test_config_round_trip_gives_identical_output(hzz):
+    spec, chunk = hzz
+    v = Vectorizer(spec, ["Jet_*", "MET_*"], normalization="zscore", padding={"Jet_*": "p99"})
+    again = Vectorizer.from_dict(v.to_dict())
+    assert again.feature_names == v.feature_names
+    assert np.array_equal(again(chunk).X, v(chunk).X)
+    with pytest.raises(ConfigError, match="config_version"):
+        Vectorizer.from_dict({**v.to_dict(), "config_version": 7})
+
+
+def test_nanoaod_whole_file_vectorizes(shared_data):
+    path = shared_data / "nanoAOD_2015_CMS_Open_Data_ttbar.root"
+    spec = DatasetSpec([compute_file_spec(path)])
+    v = Vectorizer(spec, ["Jet_*", "Muon_*", "nJet", "HLT_*"], exclude=["HLT_*Mu*"])
+    with open_tree(path) as tree:
+        out = v(tree.arrays(v.branches))
+    assert out.X.shape == (200, v.n_features) and out.clipped == {}
+    assert np.isfinite(out.X).all()
+
+
+jagged_lists = st.lists(
+    st.lists(st.floats(-1e6, 1e6, allow_nan=False, width=32), max_size=6), min_size=1, max_size=30
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(jagged_lists, st.sampled_from(["minmax", "zscore", "none"]), st.integers(0, 7))
+def test_inverse_gives_the_arrays_back(lists, normalization, pad):
+    n = len(lists)
+    rng = np.random.default_rng(len(lists))
+    columns = {
+        "j": ak.Array(lists, with_name=None),
+        "i": ak.Array([[int(v) for v in row] for row in lists]) if lists else ak.Array([[]]),
+        "f": rng.normal(size=n).astype(np.float64),
+        "b": rng.random(n) < 0.5,
+    }
+    columns["j"] = ak.values_astype(columns["j"], np.float32)
+    columns["i"] = ak.values_astype(columns["i"], np.int64)
+    spec = _spec_of(columns)
+    v = Vectorizer(spec, normalization=normalization, padding={"j": pad})
+    out = v(columns)
+    back = v.inverse(out.X, out.mask)
+    clipped = ak.to_list(columns["j"][:, :pad])
+    assert ak.to_list(ak.num(back["j"])) == [len(r) for r in clipped]
+    np.testing.assert_allclose(
+        ak.to_numpy(ak.flatten(back["j"])),
+        np.asarray([x for r in clipped for x in r], dtype=np.float64),
+        rtol=1e-5,
+        atol=1e-5 * (1 + max((abs(x) for r in lists for x in r), default=0)),
+    )
+    assert ak.to_list(back["i"]) == ak.to_list(columns["i"])
+    np.testing.assert_allclose(back["f"], columns["f"], rtol=1e-5, atol=1e-5)
+    assert np.array_equal(back["b"], columns["b"])
+    assert out.clipped.get("j", 0) == sum(max(len(r) - pad, 0) for r in lists)
