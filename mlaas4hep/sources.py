@@ -96,8 +96,14 @@ class RootTree:
 
     def __init__(self, url: str | os.PathLike[str], tree: str | None = None) -> None:
         self.url = normalize_url(url)
+        options: dict[str, Any] = {}
+        if scheme(self.url) == "root":
+            _configure_xrootd_client()
+            # uproot's own XRootD source: through fsspec-xrootd, the xrootd 6 bindings
+            # reject the numpy integer offsets that uproot passes for basket reads.
+            options["handler"] = uproot.source.xrootd.XRootDSource
         try:
-            self._file = uproot.open(self.url, object_cache=None, array_cache=None)
+            self._file = uproot.open(self.url, object_cache=None, array_cache=None, **options)
         except _READ_FAILURES as err:
             raise _map_transport_error(self.url, err) from err
         try:
@@ -192,6 +198,29 @@ class RootTree:
             except _READ_FAILURES as err:
                 raise _map_transport_error(self.url, err) from err
             yield chunk
+
+
+_XROOTD_CONFIGURED = False
+
+
+def _configure_xrootd_client() -> None:
+    """Fail fast on unreachable XRootD servers (the client's default retries for 10 min).
+
+    ``XRD_CONNECTIONWINDOW``/``XRD_CONNECTIONRETRY`` set by the user win; otherwise a
+    server gets 10 s (``MLAAS4HEP_XROOTD_CONNECT_TIMEOUT``) and 2 attempts.
+    """
+    global _XROOTD_CONFIGURED
+    if _XROOTD_CONFIGURED:
+        return
+    from mlaas4hep.extras import require
+
+    client = require("XRootD.client")
+    if "XRD_CONNECTIONWINDOW" not in os.environ:
+        window = int(os.environ.get("MLAAS4HEP_XROOTD_CONNECT_TIMEOUT", "10"))
+        client.EnvPutInt("ConnectionWindow", window)
+    if "XRD_CONNECTIONRETRY" not in os.environ:
+        client.EnvPutInt("ConnectionRetry", 2)
+    _XROOTD_CONFIGURED = True
 
 
 def open_tree(url: str | os.PathLike[str], tree: str | None = None) -> RootTree:
@@ -411,6 +440,7 @@ def _s3_identity(url: str) -> dict[str, Any]:
 def _xrootd_identity(url: str) -> dict[str, Any]:
     from mlaas4hep.extras import require
 
+    _configure_xrootd_client()
     client = require("XRootD.client")
     flags = require("XRootD.client.flags")
     server, _, path = url.partition("//")[2].partition("/")
