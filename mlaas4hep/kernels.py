@@ -1,9 +1,11 @@
 """Compiled kernels of the per-event data path (numba).
 
-The Vectorizer writes every value of a chunk exactly once into the output matrix; in
-numpy that takes several temporary index arrays per branch, here it is one pass over
-the offsets and the content. Each kernel is specialised per input dtype on first use
-and cached on disk, so a worker pays the compilation once.
+The Vectorizer writes every real value of a chunk exactly once into the output matrix
+(padding is laid down beforehand by one ``fill``), walking the events in small blocks so
+that the rows being written stay in cache while every branch of the block is copied in.
+The spec pass gets min, max, sum, sum of squares and NaN/inf counts of a branch in one
+pass instead of five. Kernels are specialised per input dtype on first use and cached
+on disk, so a worker pays the compilation once.
 """
 
 from __future__ import annotations
@@ -12,68 +14,133 @@ import numba
 import numpy as np
 
 #: How non-finite input values are treated (codes shared with the Vectorizer).
-NONFINITE_MASK = 0  # padding value in X, False in the mask
+NONFINITE_MASK = 0  # left as padding in X, False in the mask
 NONFINITE_KEEP = 1  # passed through (normalised NaN/inf)
 NONFINITE_ZERO = 2  # replaced by 0 before normalisation, mask True
 
-
-@numba.njit(cache=True, nogil=True)
-def fill_flat(X, M, rows, col, values, shift, inv_scale, pad, mode):
-    """Write one flat branch into column ``col``; returns the number of non-finite values.
-
-    Event ``e`` goes to row ``rows[e]`` of ``X``/``M``; a negative row drops the event
-    (it failed a cut, or belongs to another split).
-    """
-    bad = 0
-    for i in range(values.shape[0]):
-        e = rows[i]
-        if e < 0:
-            continue
-        v = np.float64(values[i])
-        if not np.isfinite(v):
-            bad += 1
-            if mode == NONFINITE_MASK:
-                X[e, col] = pad
-                M[e, col] = False
-                continue
-            if mode == NONFINITE_ZERO:
-                v = 0.0
-        X[e, col] = (v - shift) * inv_scale
-        M[e, col] = True
-    return bad
+#: Columns of the per-branch parameter table given to :func:`fill_rows`.
+P_COLUMN, P_LENGTH, P_SHIFT, P_INV_SCALE, P_JAGGED = range(5)
+ROW_BLOCK = 64
 
 
 @numba.njit(cache=True, nogil=True)
-def fill_jagged(X, M, rows, col, length, offsets, content, shift, inv_scale, pad, mode):
-    """Write one jagged branch into columns ``[col, col + length)``, padding and clipping.
-
-    Rows as in :func:`fill_flat`. Returns ``(clipped, nonfinite)``: values beyond
-    ``length`` dropped, and non-finite values met among those kept.
-    """
-    clipped = 0
-    bad = 0
-    for i in range(offsets.shape[0] - 1):
+def _fill_branch(X, M, rows, lo, hi, content, offsets, params, mode, clipped, bad, b):
+    col = np.int64(params[P_COLUMN])
+    length = np.int64(params[P_LENGTH])
+    shift = params[P_SHIFT]
+    inv = params[P_INV_SCALE]
+    jagged = params[P_JAGGED] > 0.5
+    for i in range(lo, hi):
         e = rows[i]
         if e < 0:
             continue
-        start = offsets[i]
-        count = offsets[i + 1] - start
-        if count > length:
-            clipped += count - length
-            count = length
+        if jagged:
+            start = offsets[i]
+            count = offsets[i + 1] - start
+            if count > length:
+                clipped[b] += count - length
+                count = length
+        else:
+            start = i
+            count = 1
         for j in range(count):
             v = np.float64(content[start + j])
             if not np.isfinite(v):
-                bad += 1
+                bad[b] += 1
                 if mode == NONFINITE_MASK:
-                    X[e, col + j] = pad
-                    M[e, col + j] = False
                     continue
                 if mode == NONFINITE_ZERO:
                     v = 0.0
-            X[e, col + j] = (v - shift) * inv_scale
+            X[e, col + j] = (v - shift) * inv
             M[e, col + j] = True
-        for j in range(count, length):
-            X[e, col + j] = pad
-            M[e, col + j] = False
+
+
+@numba.njit(cache=True, nogil=True)
+def fill_rows(
+    X, M, rows, mode, contents_f32, offsets_f32, params_f32, contents_f64, offsets_f64, params_f64
+):
+    """Write the real values of every branch into ``X``/``M`` (already holding padding).
+
+    Event ``i`` goes to row ``rows[i]``; a negative row drops it (a cut, another split).
+    Branches come in two typed lists (float32 content, and everything else as float64)
+    with their offsets (unused for flat branches) and a row of parameters each. Returns
+    per-branch counts of clipped values and of non-finite values met.
+    """
+    n32 = len(contents_f32)
+    n64 = len(contents_f64)
+    clipped = np.zeros(n32 + n64, dtype=np.int64)
+    bad = np.zeros(n32 + n64, dtype=np.int64)
+    n = rows.shape[0]
+    for lo in range(0, n, ROW_BLOCK):
+        hi = min(lo + ROW_BLOCK, n)
+        for b in range(n32):
+            _fill_branch(
+                X,
+                M,
+                rows,
+                lo,
+                hi,
+                contents_f32[b],
+                offsets_f32[b],
+                params_f32[b],
+                mode,
+                clipped,
+                bad,
+                b,
+            )
+        for b in range(n64):
+            _fill_branch(
+                X,
+                M,
+                rows,
+                lo,
+                hi,
+                contents_f64[b],
+                offsets_f64[b],
+                params_f64[b],
+                mode,
+                clipped,
+                bad,
+                n32 + b,
+            )
     return clipped, bad
+
+
+@numba.njit(cache=True, nogil=True)
+def moments(values):
+    """``(nan, posinf, neginf, min, max, sum, sumsq, finite)`` of the values, in one pass."""
+    nan = 0
+    posinf = 0
+    neginf = 0
+    finite = 0
+    low = np.inf
+    high = -np.inf
+    total = 0.0
+    squares = 0.0
+    for k in range(values.shape[0]):
+        v = np.float64(values[k])
+        if np.isfinite(v):
+            finite += 1
+            total += v
+            squares += v * v
+            low = min(low, v)
+            high = max(high, v)
+        elif np.isnan(v):
+            nan += 1
+        elif v > 0:
+            posinf += 1
+        else:
+            neginf += 1
+    return nan, posinf, neginf, low, high, total, squares, finite
+
+
+@numba.njit(cache=True, nogil=True)
+def length_histogram(offsets):
+    """Counts of events per list length (index = length), from a jagged array's offsets."""
+    longest = 0
+    for i in range(offsets.shape[0] - 1):
+        longest = max(longest, offsets[i + 1] - offsets[i])
+    hist = np.zeros(longest + 1, dtype=np.int64)
+    for i in range(offsets.shape[0] - 1):
+        hist[offsets[i + 1] - offsets[i]] += 1
+    return hist

@@ -155,9 +155,18 @@ class RootTree:
         return np.asarray(offsets, dtype=np.int64)
 
     def arrays(
-        self, branches: Sequence[str], entry_start: int = 0, entry_stop: int | None = None
+        self,
+        branches: Sequence[str],
+        entry_start: int = 0,
+        entry_stop: int | None = None,
+        *,
+        executor: Any = None,
     ) -> dict[str, ak.Array]:
-        """Read ``branches`` for entries ``[entry_start, entry_stop)`` as awkward arrays."""
+        """Read ``branches`` for entries ``[entry_start, entry_stop)`` as awkward arrays.
+
+        ``executor`` (a ``concurrent.futures`` executor) decompresses baskets in parallel.
+        """
+        options = {"decompression_executor": executor} if executor is not None else {}
         try:
             out = self.tree.arrays(
                 list(branches),
@@ -165,6 +174,7 @@ class RootTree:
                 entry_stop=entry_stop,
                 library="ak",
                 how=dict,
+                **options,
             )
         except _READ_FAILURES as err:
             raise _map_transport_error(self.url, err) from err
@@ -347,13 +357,46 @@ def _match(names: list[str], pattern: str) -> list[str]:
     return [pattern] if pattern in names else []
 
 
-def jagged_parts(array: ak.Array | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class JaggedView:
+    """A jagged column as numpy ``offsets`` (absolute, into ``content``) and ``content``.
+
+    Slicing a range of events is two integer operations, where slicing an awkward array
+    builds new layout objects: the ChunkStream hands these to the Vectorizer.
+    """
+
+    offsets: np.ndarray
+    content: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, where: slice) -> JaggedView:
+        start, stop, step = where.indices(len(self))
+        if step != 1:
+            raise ValueError("a JaggedView only takes contiguous slices")
+        return JaggedView(self.offsets[start : stop + 1], self.content)
+
+    @classmethod
+    def of(cls, array: ak.Array | np.ndarray) -> JaggedView:
+        offsets, content = jagged_parts(array)
+        return cls(offsets, content)
+
+
+def numpy_column(array: ak.Array | np.ndarray, kind: str) -> np.ndarray | JaggedView:
+    """A column as numpy data: the values of a flat branch, a JaggedView of a jagged one."""
+    return flat_values(array) if kind == "flat" else JaggedView.of(array)
+
+
+def jagged_parts(array: ak.Array | np.ndarray | JaggedView) -> tuple[np.ndarray, np.ndarray]:
     """``(offsets, content)`` of a one-level jagged or fixed-size array, as numpy views.
 
     ``offsets`` has ``len(array) + 1`` entries and may not start at 0 (a sliced array);
     ``content`` is the flat values, indexed by ``offsets``. No copy for the layouts uproot
     produces (ListOffsetArray/RegularArray over a NumpyArray).
     """
+    if isinstance(array, JaggedView):
+        return array.offsets, array.content
     if isinstance(array, np.ndarray):
         n, length = array.shape[0], array.shape[1]
         return np.arange(n + 1, dtype=np.int64) * length, array.reshape(-1)

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from mlaas4hep import kernels
 from mlaas4hep.errors import BranchError, MlaasError, SchemaVersionError, SpecError
 from mlaas4hep.sources import (
     BranchInfo,
@@ -185,7 +186,7 @@ def _as_python(value: Any, dtype: np.dtype) -> float | int | bool:
 
 
 def values_stats(kind: str, dtype: np.dtype, values: np.ndarray) -> BranchStats:
-    """Statistics of a flat array of values, vectorised, with a fast path without NaN/inf."""
+    """Statistics of a flat array of values, in one compiled pass."""
     count = int(values.size)
     if count == 0:
         return BranchStats(kind=kind, dtype=dtype.name)
@@ -193,31 +194,22 @@ def values_stats(kind: str, dtype: np.dtype, values: np.ndarray) -> BranchStats:
         ones = int(np.count_nonzero(values))
         return BranchStats(kind, dtype.name, count, 0, 0, 0, int(ones == count), int(ones > 0),
                            float(ones), float(ones))  # fmt: skip
-    wide = values.astype(np.float64, copy=False)
-    total = float(np.sum(wide))
-    nan = posinf = neginf = 0
-    finite_values = values
-    if dtype.kind == "f" and not math.isfinite(total):
-        isnan = np.isnan(values)
-        nan = int(np.count_nonzero(isnan))
-        posinf = int(np.count_nonzero(values == np.inf))
-        neginf = int(np.count_nonzero(values == -np.inf))
-        finite_values = values[np.isfinite(values)]
-        wide = finite_values.astype(np.float64, copy=False)
-        total = float(np.sum(wide))
-    if finite_values.size == 0:
+    nan, posinf, neginf, low, high, total, squares, finite = kernels.moments(values)
+    if finite == 0:
         return BranchStats(kind, dtype.name, count, nan, posinf, neginf)
+    if dtype.kind in "iu":  # exact extremes, even beyond 2**53
+        low, high = values.min(), values.max()
     return BranchStats(
         kind=kind,
         dtype=dtype.name,
         count=count,
-        nan=nan,
-        posinf=posinf,
-        neginf=neginf,
-        min=_as_python(finite_values.min(), dtype),
-        max=_as_python(finite_values.max(), dtype),
-        sum=total,
-        sumsq=float(np.dot(wide, wide)),
+        nan=int(nan),
+        posinf=int(posinf),
+        neginf=int(neginf),
+        min=_as_python(low, dtype),
+        max=_as_python(high, dtype),
+        sum=float(total),
+        sumsq=float(squares),
     )
 
 
@@ -228,9 +220,8 @@ def array_stats(info: BranchInfo, array: Any) -> BranchStats:
         return values_stats("flat", dtype, flat_values(array))
     offsets, content = jagged_parts(array)
     stats = values_stats("jagged", dtype, content[offsets[0] : offsets[-1]])
-    lengths = np.diff(offsets)
-    hist = np.bincount(lengths) if lengths.size else np.zeros(1, dtype=np.int64)
-    return replace(stats, length_hist=tuple(int(v) for v in hist))
+    hist = kernels.length_histogram(offsets)
+    return replace(stats, length_hist=tuple(hist.tolist()))
 
 
 def _empty_stats(info: BranchInfo) -> BranchStats:

@@ -35,8 +35,8 @@ import numpy as np
 from mlaas4hep.errors import BranchError, ConfigError
 from mlaas4hep.expressions import Expression
 from mlaas4hep.mixing import SPLITS, chunk_plan, key_hash, split_mask
-from mlaas4hep.sources import RootTree, normalize_url, open_tree
-from mlaas4hep.vectorizer import VectorizedChunk, Vectorizer
+from mlaas4hep.sources import RootTree, normalize_url, numpy_column, open_tree
+from mlaas4hep.vectorizer import Vectorizer
 
 DEFAULT_BLOCK_SIZE = 50_000
 
@@ -98,7 +98,11 @@ class _FileLayout:
 
 @dataclass
 class _Piece:
+    """Consecutive entries of one file: numpy columns for the Vectorizer, awkward arrays
+    for expressions and raw output, and which entries the chunk keeps."""
+
     file: int
+    columns: dict[str, Any]
     arrays: dict[str, Any]
     keep: np.ndarray
     entries: np.ndarray
@@ -112,6 +116,7 @@ class _Cursor:
         self.layout = layout
         self.order = list(order)
         self.tree: RootTree | None = None
+        self.columns: dict[str, Any] = {}
         self.arrays: dict[str, Any] = {}
         self.members = np.zeros(0, dtype=np.int64)
         self.start = 0
@@ -129,6 +134,7 @@ class _Cursor:
             keep[local - low] = True
             yield _Piece(
                 file=self.layout.index,
+                columns={name: column[low:high] for name, column in self.columns.items()},
                 arrays={name: array[low:high] for name, array in self.arrays.items()},
                 keep=keep,
                 entries=np.arange(self.start + low, self.start + high, dtype=np.int64),
@@ -141,18 +147,20 @@ class _Cursor:
             raise RuntimeError(f"internal error: {self.layout.key} has no events left to read")
         block = self.layout.blocks[self.order.pop(0)]
         if self.tree is None:
-            self.tree = open_tree(self.layout.key, self.stream.tree)
-        self.arrays = self.tree.arrays(self.stream.read_branches, block.start, block.stop)
+            self.tree = self.stream._open(self.layout.key)
+        arrays = self.tree.arrays(
+            self.stream.read_branches, block.start, block.stop, executor=self.stream._executor()
+        )
+        vectorizer = self.stream.vectorizer
+        self.columns = {}
+        if vectorizer is not None:
+            self.columns = {b.name: numpy_column(arrays[b.name], b.kind) for b in vectorizer.blocks}
+        self.arrays = {name: arrays[name] for name in self.stream.awkward_branches}
         entries = np.arange(block.start, block.stop, dtype=np.int64)
         mask = self.stream._members(self.layout.key, entries)
         self.members = np.flatnonzero(mask)
         self.start = block.start
         self.position = 0
-
-    def close(self) -> None:
-        if self.tree is not None:
-            self.tree.close()
-            self.tree = None
 
 
 class ChunkStream:
@@ -178,6 +186,7 @@ class ChunkStream:
         block_size: int = DEFAULT_BLOCK_SIZE,
         prefetch: int = 1,
         open_workers: int = 8,
+        decompression_threads: int | None = None,
     ) -> None:
         if isinstance(files, Mapping):
             labels = {**dict(files), **dict(labels or {})}
@@ -210,6 +219,10 @@ class ChunkStream:
         self.block_size = int(block_size)
         self.prefetch = int(prefetch)
         self.open_workers = int(open_workers)
+        if decompression_threads is None:
+            decompression_threads = min(4, os.cpu_count() or 1)
+        self.decompression_threads = int(decompression_threads)
+        self._pool: ThreadPoolExecutor | None = None
         self.shards: tuple[tuple[int, int], ...] = ()
         wanted = list(branches) if branches is not None else []
         if vectorizer is not None:
@@ -219,10 +232,69 @@ class ChunkStream:
                 wanted += expr.names
         self.output_branches = list(branches) if branches is not None else None
         self.read_branches = list(dict.fromkeys(wanted))
+        expression_names = [
+            name
+            for expr in (self.label_expr, self.weight_expr, self.cut_expr)
+            if expr is not None
+            for name in expr.names
+        ]
+        self.awkward_branches = list(dict.fromkeys([*(branches or []), *expression_names]))
         if not self.read_branches:
             raise ConfigError("nothing to read: give a vectorizer or a list of branches")
         self._clusters: list[np.ndarray] | None = None
         self._layouts: list[_FileLayout] | None = None
+        self._trees: dict[str, RootTree] = {}
+        self._trees_lock = threading.Lock()
+
+    # --- open files -------------------------------------------------------------------
+    def _open(self, url: str) -> RootTree:
+        """The open tree of a file, opened once per stream and kept for later epochs."""
+        with self._trees_lock:
+            tree = self._trees.get(url)
+        if tree is None:
+            tree = open_tree(url, self.tree)
+            with self._trees_lock:
+                tree = self._trees.setdefault(url, tree)
+        return tree
+
+    def _executor(self) -> ThreadPoolExecutor | None:
+        """Threads that decompress baskets in parallel (zlib/lz4/zstd release the GIL)."""
+        if self.decompression_threads <= 1:
+            return None
+        with self._trees_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    self.decompression_threads, thread_name_prefix="chunkstream-decompress"
+                )
+        return self._pool
+
+    def close(self) -> None:
+        """Close the files this stream holds open (they reopen on the next use)."""
+        with self._trees_lock:
+            trees, self._trees = list(self._trees.values()), {}
+            pool, self._pool = self._pool, None
+        for tree in trees:
+            tree.close()
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+    def __enter__(self) -> ChunkStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # open files and locks stay behind: a copy sent to a worker reopens what it reads
+        state = dict(self.__dict__)
+        state["_trees"] = {}
+        state["_trees_lock"] = None
+        state["_pool"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._trees_lock = threading.Lock()
 
     # --- derived streams --------------------------------------------------------------
     def _copy(self, **changes: Any) -> ChunkStream:
@@ -230,6 +302,9 @@ class ChunkStream:
         clone.__dict__.update(self.__dict__)
         clone.__dict__.update(changes)
         clone._layouts = None
+        clone._trees = {}  # each stream owns (and closes) its own open files and threads
+        clone._trees_lock = threading.Lock()
+        clone._pool = None
         return clone
 
     def shard(self, index: int, count: int) -> ChunkStream:
@@ -253,12 +328,11 @@ class ChunkStream:
         return self._clusters
 
     def _file_clusters(self, url: str) -> np.ndarray:
-        with open_tree(url, self.tree) as root_tree:
-            missing = [b for b in self.read_branches if b not in root_tree.branches]
-            if missing:
-                raise BranchError(f"branch(es) {', '.join(missing)} not found in {url}")
-            bounds = root_tree.cluster_boundaries(self.read_branches)
-        return _merge_clusters(bounds, self.block_size)
+        root_tree = self._open(url)
+        missing = [b for b in self.read_branches if b not in root_tree.branches]
+        if missing:
+            raise BranchError(f"branch(es) {', '.join(missing)} not found in {url}")
+        return _merge_clusters(root_tree.cluster_boundaries(self.read_branches), self.block_size)
 
     def _members(self, key: str, entries: np.ndarray) -> np.ndarray:
         return split_mask(key, entries, self.split, self.fractions, self.split_seed)
@@ -300,24 +374,27 @@ class ChunkStream:
         return self.chunks()
 
     def chunks(self, epoch: int = 0) -> Iterator[Chunk]:
-        """The chunks of one epoch (a different shuffle for each epoch number)."""
-        generator = self._chunks(epoch)
-        return _prefetched(generator, self.prefetch) if self.prefetch > 0 else generator
+        """The chunks of one epoch (a different shuffle for each epoch number).
 
-    def _chunks(self, epoch: int) -> Iterator[Chunk]:
+        Reading (decompression) runs ``prefetch`` chunks ahead in a background thread
+        while this thread vectorises the current chunk: both release the GIL.
+        """
+        pieces = self._pieces(epoch)
+        if self.prefetch > 0:
+            pieces = _prefetched(pieces, self.prefetch)
+        for k, chunk_pieces in pieces:
+            yield self._assemble(chunk_pieces, epoch, k)
+
+    def _pieces(self, epoch: int) -> Iterator[tuple[int, list[_Piece]]]:
         layouts = self._layout()
         sizes = np.array([layout.events for layout in layouts], dtype=np.int64)
         plan = chunk_plan(sizes, self.chunk_size)
         cursors = [_Cursor(self, layout, self._block_order(layout, epoch)) for layout in layouts]
-        try:
-            for k in range(len(plan) - 1):
-                pieces = []
-                for i in np.flatnonzero(plan[k + 1] - plan[k]):
-                    pieces += cursors[i].take(int(plan[k + 1, i] - plan[k, i]))
-                yield self._assemble(pieces, epoch, k)
-        finally:
-            for cursor in cursors:
-                cursor.close()
+        for k in range(len(plan) - 1):
+            pieces = []
+            for i in np.flatnonzero(plan[k + 1] - plan[k]):
+                pieces += cursors[i].take(int(plan[k + 1, i] - plan[k, i]))
+            yield k, pieces
 
     def _block_order(self, layout: _FileLayout, epoch: int) -> np.ndarray:
         if not self.shuffle:
@@ -342,12 +419,7 @@ class ChunkStream:
             file_index=np.empty(n, dtype=np.int32),
             entry=np.empty(n, dtype=np.int64),
         )
-        out = None
-        if self.vectorizer is not None:
-            out = VectorizedChunk(
-                np.empty((n, self.vectorizer.n_features), dtype=np.float32),
-                np.empty((n, self.vectorizer.n_features), dtype=bool),
-            )
+        out = self.vectorizer.empty(n) if self.vectorizer is not None else None
         labels = np.empty(n, dtype=np.float32) if self._has_labels else None
         weights = np.empty(n, dtype=np.float32) if self.weight_expr is not None else None
         raw: dict[str, list[Any]] = {name: [] for name in self.output_branches or []}
@@ -360,7 +432,7 @@ class ChunkStream:
             chunk.file_index[targets] = piece.file
             chunk.entry[targets] = piece.entries[piece.keep]
             if out is not None:
-                self.vectorizer.transform(piece.arrays, out=out, rows=rows)
+                self.vectorizer.transform(piece.columns, out=out, rows=rows)
             if labels is not None:
                 labels[targets] = self._piece_labels(piece)[piece.keep]
             if weights is not None:
@@ -499,7 +571,7 @@ def _resolve_labels(files: list[str], labels: Mapping[str, float]) -> dict[str, 
     return resolved
 
 
-def _prefetched(generator: Iterator[Chunk], depth: int) -> Iterator[Chunk]:
+def _prefetched(generator: Iterator[Any], depth: int) -> Iterator[Any]:
     """Run ``generator`` in a background thread, ``depth`` chunks ahead of the consumer."""
     slots: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
     stop = threading.Event()

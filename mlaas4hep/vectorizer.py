@@ -24,6 +24,7 @@ import awkward as ak
 import numpy as np
 
 from mlaas4hep import kernels
+from mlaas4hep.buffers import POOL
 from mlaas4hep.errors import BranchError, ConfigError
 from mlaas4hep.sources import columns_of, flat_values, jagged_parts, select_branches
 from mlaas4hep.specs import BranchStats, DatasetSpec
@@ -173,6 +174,14 @@ class Vectorizer:
         return self._by_name[name]
 
     # --- forward --------------------------------------------------------------------
+    def empty(self, n: int) -> VectorizedChunk:
+        """An output for ``n`` events holding only padding (X = pad value, mask False)."""
+        X = POOL.empty((n, self.n_features), np.float32)
+        X.fill(self.pad_value)
+        mask = POOL.empty((n, self.n_features), np.bool_)
+        mask.fill(False)
+        return VectorizedChunk(X, mask)
+
     def transform(
         self,
         chunk: Mapping[str, Any] | ak.Array,
@@ -182,9 +191,9 @@ class Vectorizer:
     ) -> VectorizedChunk:
         """``X``, ``mask`` and per-branch clip counts for a chunk of events.
 
-        With ``out`` and ``rows``, event ``i`` is written to row ``rows[i]`` of ``out``
-        (dropped where negative): the ChunkStream fills a shuffled chunk from several
-        files this way without any intermediate copy.
+        With ``out`` (from :meth:`empty`) and ``rows``, event ``i`` is written to row
+        ``rows[i]`` of ``out`` (dropped where negative): the ChunkStream fills a shuffled
+        chunk from several files this way without any intermediate copy.
         """
         columns = columns_of(chunk, self.branches)
         n = _num_events(columns, self.branches)
@@ -193,34 +202,29 @@ class Vectorizer:
         elif len(rows) != n:
             raise ValueError(f"rows has {len(rows)} entries for {n} events")
         if out is None:
-            size = int(rows.max()) + 1 if n else 0
-            out = VectorizedChunk(
-                np.empty((size, self.n_features), dtype=np.float32),
-                np.empty((size, self.n_features), dtype=bool),
-            )
-        X, mask = out.X, out.mask
-        code = _NONFINITE_CODES[self.nonfinite]
-        pad = np.float32(self.pad_value)
+            out = self.empty(int(rows.max()) + 1 if n else 0)
+        lists = _KernelInputs()
         for block in self.blocks:
-            inv = 1.0 / block.scale
             data = columns[block.name]
             if block.kind == "flat":
-                values = _flat(block.name, data)
-                bad = kernels.fill_flat(
-                    X, mask, rows, block.column, values, block.shift, inv, pad, code
-                )
+                lists.add(block, _flat(block.name, data), _NO_OFFSETS)
             else:
                 offsets, content = _jagged(block.name, data)
-                clipped, bad = kernels.fill_jagged(
-                    X, mask, rows, block.column, block.length, offsets, content,
-                    block.shift, inv, pad, code,
-                )  # fmt: skip
-                if clipped:
-                    out.clipped[block.name] = out.clipped.get(block.name, 0) + int(clipped)
-            if bad:
-                out.nonfinite[block.name] = out.nonfinite.get(block.name, 0) + int(bad)
+                first, last = int(offsets[0]), int(offsets[-1])
+                if first:
+                    offsets = offsets - first
+                lists.add(block, content[first:last], offsets)
+        clipped, bad = kernels.fill_rows(
+            out.X, out.mask, np.ascontiguousarray(rows, dtype=np.int64),
+            _NONFINITE_CODES[self.nonfinite], *lists.arguments(),
+        )  # fmt: skip
+        for index, block in enumerate(lists.order):
+            if clipped[index]:
+                out.clipped[block.name] = out.clipped.get(block.name, 0) + int(clipped[index])
+            if bad[index]:
+                out.nonfinite[block.name] = out.nonfinite.get(block.name, 0) + int(bad[index])
                 if self.nonfinite == "raise":
-                    raise ValueError(f"branch {block.name!r} holds {bad} NaN/inf value(s)")
+                    raise ValueError(f"branch {block.name!r} holds {bad[index]} NaN/inf value(s)")
         return out
 
     __call__ = transform
@@ -304,6 +308,61 @@ class Vectorizer:
             f"Vectorizer({len(self.blocks)} branches, {self.n_features} features, "
             f"normalization={self.normalization!r})"
         )
+
+
+_NO_OFFSETS = np.zeros(1, dtype=np.int64)
+
+
+class _KernelInputs:
+    """Branches sorted into the kernel's two typed lists (float32, and float64 for the rest)."""
+
+    def __init__(self) -> None:
+        self.groups: dict[str, tuple[list[np.ndarray], list[np.ndarray], list[list[float]]]] = {
+            "f32": ([], [], []),
+            "f64": ([], [], []),
+        }
+        self.blocks: dict[str, list[FeatureBlock]] = {"f32": [], "f64": []}
+
+    def add(self, block: FeatureBlock, content: np.ndarray, offsets: np.ndarray) -> None:
+        key = "f32" if content.dtype == np.float32 else "f64"
+        contents, offsets_list, params = self.groups[key]
+        contents.append(
+            np.ascontiguousarray(content, dtype=np.float32 if key == "f32" else np.float64)
+        )
+        offsets_list.append(np.ascontiguousarray(offsets, dtype=np.int64))
+        jagged = 1.0 if block.kind == "jagged" else 0.0
+        params.append([block.column, block.length, block.shift, 1.0 / block.scale, jagged])
+        self.blocks[key].append(block)
+
+    @property
+    def order(self) -> list[FeatureBlock]:
+        return self.blocks["f32"] + self.blocks["f64"]
+
+    def arguments(self) -> list[Any]:
+        out: list[Any] = []
+        for key, dtype in (("f32", np.float32), ("f64", np.float64)):
+            contents, offsets, params = self.groups[key]
+            out += [
+                _typed_list(contents, dtype),
+                _typed_list(offsets, np.int64),
+                np.asarray(params, dtype=np.float64).reshape(-1, 5),
+            ]
+        return out
+
+
+def _typed_list(arrays: list[np.ndarray], dtype: Any) -> Any:
+    from numba.typed import List
+
+    typed = List.empty_list(numba_array_type(dtype))
+    for array in arrays:
+        typed.append(array)
+    return typed
+
+
+def numba_array_type(dtype: Any) -> Any:
+    import numba
+
+    return numba.types.Array(numba.from_dtype(np.dtype(dtype)), 1, "C")
 
 
 def _first_rule(name: str, rules: Mapping[str, int | str], default: int | str) -> int | str:

@@ -1,0 +1,184 @@
+"""Benchmark of the core data path against its baselines, measured side by side in one run.
+
+On the paper-layout preset (22 flat + 52 jagged branches, zlib, 1M events in 4 files by
+default), single process unless stated:
+
+1. bare ``uproot.iterate`` over the same branches: the I/O + decompression limit;
+2. the spec pass (``compute_file_spec`` on every file)          goal ≥ 0.9 × (1);
+3. the Vectorizer on pre-read chunks                            goal ≥ 1,000,000 events/s
+   and the idiomatic awkward path (pad_none + fill_none + to_numpy per branch)
+                                                                goal ≥ 10 × slower;
+4. the full ChunkStream (read + mix + vectorize)                goal ≥ 0.8 × (1);
+5. ``mlaas4hep specs --workers 2`` against ``--workers 1``      goal ≥ 1.6 ×.
+
+Usage: ``python scripts/bench/bench_data.py [--events N] [--files K] [--data DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import uproot
+
+from mlaas4hep.samples import make_paper_dataset
+from mlaas4hep.sources import open_tree
+from mlaas4hep.specs import DatasetSpec, compute_file_spec
+from mlaas4hep.stream import ChunkStream
+from mlaas4hep.vectorizer import Vectorizer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def dataset(folder: Path, events: int, files: int) -> list[Path]:
+    """The paper-layout sample, generated once and kept for later runs."""
+    marker = folder / f"paper-{events}-{files}.done"
+    if not marker.exists():
+        print(f"generating the paper-layout sample: {events:,} events in {files} files …")
+        folder.mkdir(parents=True, exist_ok=True)
+        made = make_paper_dataset(folder, n_events=events, n_files=files, show_progress=True)
+        marker.write_text("\n".join(str(f.path) for f in made))
+    return [Path(line) for line in marker.read_text().splitlines()]
+
+
+def idiomatic(chunk: dict[str, ak.Array], vectorizer: Vectorizer) -> tuple[np.ndarray, np.ndarray]:
+    """What a user writes by hand: pad, fill, convert, normalise, stack, per branch."""
+    columns, masks = [], []
+    for block in vectorizer.blocks:
+        array = chunk[block.name]
+        if block.kind == "flat":
+            values = ak.to_numpy(array).astype(np.float32)[:, None]
+            mask = np.ones_like(values, dtype=bool)
+        else:
+            padded = ak.pad_none(array, block.length, clip=True)
+            mask = ak.to_numpy(~ak.is_none(padded, axis=1))
+            values = ak.to_numpy(ak.fill_none(padded, block.shift)).astype(np.float32)
+        columns.append((values - block.shift) / block.scale)
+        masks.append(mask)
+    return np.concatenate(columns, axis=1), np.concatenate(masks, axis=1)
+
+
+def line(name: str, seconds: float, events: int, nbytes: int) -> float:
+    rate = events / seconds
+    print(
+        f"  {name:<44} {seconds:8.2f} s {rate:>14,.0f} events/s {nbytes / seconds / 1e6:9.1f} MB/s"
+    )
+    return rate
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--files", type=int, default=4)
+    parser.add_argument("--data", type=Path, default=ROOT / "data" / "bench")
+    args = parser.parse_args()
+
+    paths = dataset(args.data, args.events, args.files)
+    nbytes = sum(p.stat().st_size for p in paths)
+    with open_tree(paths[0]) as tree:
+        branches = tree.select()
+    events = sum(open_tree(p).num_entries for p in paths)
+    print(
+        f"{len(paths)} files, {events:,} events, {len(branches)} branches, "
+        f"{nbytes / 1e6:.0f} MB compressed ({nbytes / events:.0f} B/event)\n"
+    )
+
+    def bare() -> int:
+        n = 0
+        for chunk in uproot.iterate(
+            [f"{p}:Events" for p in paths], branches, step_size="64 MB", library="ak"
+        ):
+            n += len(chunk)
+        return n
+
+    bare()  # warm the page cache and uproot's code paths
+    results: dict[str, float] = {}
+    t_bare, n = timed(bare)
+    assert n == events
+    results["bare"] = line("bare uproot.iterate", t_bare, events, nbytes)
+
+    compute_file_spec(paths[0])  # compile the kernels outside the timing
+    t_spec, specs = timed(lambda: [compute_file_spec(p) for p in paths])
+    results["spec"] = line("spec pass (compute_file_spec)", t_spec, events, nbytes)
+
+    spec = DatasetSpec(specs)
+    vectorizer = Vectorizer(spec)
+    chunks = [
+        c for p in paths for c in open_tree(p).iterate(vectorizer.branches, step_size=100_000)
+    ]
+    vectorizer(chunks[0])  # compile the kernels outside the timing
+
+    def vectorize_all() -> None:
+        for chunk in chunks:
+            vectorizer(chunk)  # as a training loop does: use the output, then drop it
+
+    t_vec, _ = timed(vectorize_all)
+    results["vectorizer"] = line(
+        f"Vectorizer ({vectorizer.n_features} features)", t_vec, events, nbytes
+    )
+
+    sample = chunks[: max(1, len(chunks) // 10)]
+    sample_events = sum(len(c[vectorizer.branches[0]]) for c in sample)
+    t_idiom, _ = timed(lambda: [idiomatic(c, vectorizer) for c in sample])
+    results["idiomatic"] = line("idiomatic awkward pad/fill/to_numpy", t_idiom, sample_events, 0)
+    got, want = vectorizer(sample[0]), idiomatic(sample[0], vectorizer)
+    assert np.array_equal(got.mask, want[1]) and np.allclose(
+        got.X[got.mask], want[0][want[1]], atol=1e-5
+    )
+
+    stream = ChunkStream(paths, vectorizer=vectorizer, chunk_size=50_000)
+    t_stream, n_stream = timed(lambda: sum(len(c) for c in stream))
+    assert n_stream == events
+    results["stream"] = line("ChunkStream (read + mix + vectorize)", t_stream, events, nbytes)
+
+    cli = [
+        sys.executable,
+        "-m",
+        "mlaas4hep.cli",
+        "specs",
+        *map(str, paths),
+        "-o",
+        str(args.data / "bench-spec.json"),
+    ]
+    t_w1, _ = timed(
+        lambda: subprocess.run([*cli, "--workers", "1"], check=True, capture_output=True)
+    )
+    results["workers1"] = line("mlaas4hep specs --workers 1", t_w1, events, nbytes)
+    t_w2, _ = timed(
+        lambda: subprocess.run([*cli, "--workers", "2"], check=True, capture_output=True)
+    )
+    results["workers2"] = line("mlaas4hep specs --workers 2", t_w2, events, nbytes)
+
+    checks = [
+        ("spec pass / bare uproot.iterate", results["spec"] / results["bare"], 0.9),
+        ("Vectorizer events/s / 1,000,000", results["vectorizer"] / 1e6, 1.0),
+        ("Vectorizer / idiomatic awkward", results["vectorizer"] / results["idiomatic"], 10.0),
+        ("ChunkStream / bare uproot.iterate", results["stream"] / results["bare"], 0.8),
+        ("specs --workers 2 / --workers 1", results["workers2"] / results["workers1"], 1.6),
+        ("Vectorizer / the paper's 1.2k events/s", results["vectorizer"] / 1.2e3, 1.0),
+    ]
+    print("\nratios (measured in this run)")
+    failed = 0
+    for name, ratio, goal in checks:
+        ok = ratio >= goal
+        failed += not ok
+        print(f"  {name:<44} {ratio:10.2f}   goal ≥ {goal:<5} {'ok' if ok else 'MISSED'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
