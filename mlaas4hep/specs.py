@@ -31,6 +31,7 @@ from mlaas4hep import kernels
 from mlaas4hep.errors import BranchError, MlaasError, SchemaVersionError, SpecError
 from mlaas4hep.sources import (
     BranchInfo,
+    expand_sources,
     file_identity,
     flat_values,
     jagged_parts,
@@ -568,11 +569,12 @@ def compute_dataset_spec(
 ) -> SpecRun:
     """Specs of many files, in parallel processes, merged into one DatasetSpec.
 
+    ``urls`` may hold directories, globs and ``s3://`` prefixes (see ``expand_sources``).
     A file that cannot be read is reported in ``failures`` (file → error) and the spec of
     the good ones is still returned, unless ``strict``, where the first failure raises.
     ``progress(url, error_or_None)`` is called as each file finishes.
     """
-    sources = list(dict.fromkeys(normalize_url(u) for u in urls))
+    sources = list(dict.fromkeys(normalize_url(u) for u in expand_sources(urls)))
     specs: list[FileSpec] = []
     failures: dict[str, str] = {}
 

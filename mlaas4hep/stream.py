@@ -35,7 +35,7 @@ import numpy as np
 from mlaas4hep.errors import BranchError, ConfigError
 from mlaas4hep.expressions import Expression
 from mlaas4hep.mixing import SPLITS, chunk_plan, key_hash, split_mask
-from mlaas4hep.sources import RootTree, normalize_url, numpy_column, open_tree
+from mlaas4hep.sources import RootTree, expand_sources, normalize_url, numpy_column, open_tree
 from mlaas4hep.vectorizer import Vectorizer
 
 DEFAULT_BLOCK_SIZE = 50_000
@@ -164,7 +164,10 @@ class _Cursor:
 
 
 class ChunkStream:
-    """Chunks of events mixed in proportion from many ROOT files (local, root://, s3://)."""
+    """Chunks of events mixed in proportion from many ROOT files (local, root://, s3://).
+
+    ``files`` are URLs, directories, globs or ``s3://`` prefixes, or a dict file → label.
+    """
 
     def __init__(
         self,
@@ -191,7 +194,7 @@ class ChunkStream:
         if isinstance(files, Mapping):
             labels = {**dict(files), **dict(labels or {})}
             files = list(files)
-        self.files = list(dict.fromkeys(normalize_url(f) for f in files))
+        self.files = list(dict.fromkeys(normalize_url(f) for f in expand_sources(files)))
         if not self.files:
             raise ConfigError("a ChunkStream needs at least one file")
         if chunk_size <= 0 or block_size <= 0:
