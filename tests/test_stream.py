@@ -190,3 +190,26 @@ def test_core_import_loads_no_framework():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_tf_dataset_yields_batches(files, vectorizer):
+    tf = pytest.importorskip("tensorflow")
+    stream = ChunkStream(
+        files,
+        labels={"f0.root": 1, "*": 0},
+        weight="MET_pt",
+        vectorizer=vectorizer,
+        chunk_size=1000,
+    )
+    dataset = stream.to_tf_dataset(500)
+    seen = 0
+    for features, labels, weights in dataset:
+        assert features.dtype == tf.float32 and features.shape[1] == vectorizer.n_features
+        assert labels.shape == weights.shape
+        seen += int(labels.shape[0])
+    assert seen == sum(SIZES)
+    masked = ChunkStream(files, labels={"*": 0}, vectorizer=vectorizer).to_tf_dataset(
+        256, with_mask=True
+    )
+    features, _ = next(iter(masked))
+    assert set(features) == {"features", "mask"} and features["mask"].dtype == tf.bool
