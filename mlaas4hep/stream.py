@@ -25,7 +25,7 @@ import os
 import queue
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,59 +108,78 @@ class _Piece:
     entries: np.ndarray
 
 
+@dataclass
+class _LoadedBlock:
+    start: int
+    columns: dict[str, Any]
+    arrays: dict[str, Any]
+    members: np.ndarray
+
+
 class _Cursor:
-    """Reads one file's blocks in a given order and hands out its member events in turn."""
+    """Reads one file's blocks in a given order and hands out its member events in turn.
+
+    While a block is being consumed, the next one is already read in a background thread,
+    so decompression overlaps with vectorisation instead of stalling a chunk.
+    """
 
     def __init__(self, stream: ChunkStream, layout: _FileLayout, order: np.ndarray) -> None:
         self.stream = stream
         self.layout = layout
         self.order = list(order)
-        self.tree: RootTree | None = None
-        self.columns: dict[str, Any] = {}
-        self.arrays: dict[str, Any] = {}
-        self.members = np.zeros(0, dtype=np.int64)
-        self.start = 0
+        self.pending: Future[_LoadedBlock] | None = None
+        self.block = _LoadedBlock(0, {}, {}, np.zeros(0, dtype=np.int64))
         self.position = 0
 
     def take(self, count: int) -> Iterator[_Piece]:
         while count > 0:
-            if self.position >= len(self.members):
+            if self.position >= len(self.block.members):
                 self._load_next()
                 continue
-            stop = min(self.position + count, len(self.members))
-            local = self.members[self.position : stop]
+            block = self.block
+            stop = min(self.position + count, len(block.members))
+            local = block.members[self.position : stop]
             low, high = int(local[0]), int(local[-1]) + 1
             keep = np.zeros(high - low, dtype=bool)
             keep[local - low] = True
             yield _Piece(
                 file=self.layout.index,
-                columns={name: column[low:high] for name, column in self.columns.items()},
-                arrays={name: array[low:high] for name, array in self.arrays.items()},
+                columns={name: column[low:high] for name, column in block.columns.items()},
+                arrays={name: array[low:high] for name, array in block.arrays.items()},
                 keep=keep,
-                entries=np.arange(self.start + low, self.start + high, dtype=np.int64),
+                entries=np.arange(block.start + low, block.start + high, dtype=np.int64),
             )
             count -= stop - self.position
             self.position = stop
 
     def _load_next(self) -> None:
-        if not self.order:
+        if self.pending is None:
+            self._read_ahead()
+        if self.pending is None:
             raise RuntimeError(f"internal error: {self.layout.key} has no events left to read")
-        block = self.layout.blocks[self.order.pop(0)]
-        if self.tree is None:
-            self.tree = self.stream._open(self.layout.key)
-        arrays = self.tree.arrays(
+        self.block = self.pending.result()
+        self.position = 0
+        self.pending = None
+        self._read_ahead()
+
+    def _read_ahead(self) -> None:
+        if self.order:
+            block = self.layout.blocks[self.order.pop(0)]
+            self.pending = self.stream._readers().submit(self._read, block)
+
+    def _read(self, block: _Block) -> _LoadedBlock:
+        tree = self.stream._open(self.layout.key)
+        arrays = tree.arrays(
             self.stream.read_branches, block.start, block.stop, executor=self.stream._executor()
         )
         vectorizer = self.stream.vectorizer
-        self.columns = {}
+        columns = {}
         if vectorizer is not None:
-            self.columns = {b.name: numpy_column(arrays[b.name], b.kind) for b in vectorizer.blocks}
-        self.arrays = {name: arrays[name] for name in self.stream.awkward_branches}
+            columns = {b.name: numpy_column(arrays[b.name], b.kind) for b in vectorizer.blocks}
         entries = np.arange(block.start, block.stop, dtype=np.int64)
-        mask = self.stream._members(self.layout.key, entries)
-        self.members = np.flatnonzero(mask)
-        self.start = block.start
-        self.position = 0
+        members = np.flatnonzero(self.stream._members(self.layout.key, entries))
+        awkward = {name: arrays[name] for name in self.stream.awkward_branches}
+        return _LoadedBlock(block.start, columns, awkward, members)
 
 
 class ChunkStream:
@@ -226,6 +245,7 @@ class ChunkStream:
             decompression_threads = min(4, os.cpu_count() or 1)
         self.decompression_threads = int(decompression_threads)
         self._pool: ThreadPoolExecutor | None = None
+        self._read_pool: ThreadPoolExecutor | None = None
         self.shards: tuple[tuple[int, int], ...] = ()
         wanted = list(branches) if branches is not None else []
         if vectorizer is not None:
@@ -260,6 +280,15 @@ class ChunkStream:
                 tree = self._trees.setdefault(url, tree)
         return tree
 
+    def _readers(self) -> ThreadPoolExecutor:
+        """Threads that read blocks ahead (one outstanding read per file at most)."""
+        with self._trees_lock:
+            if self._read_pool is None:
+                self._read_pool = ThreadPoolExecutor(
+                    max(1, min(len(self.files), 4)), thread_name_prefix="chunkstream-read"
+                )
+            return self._read_pool
+
     def _executor(self) -> ThreadPoolExecutor | None:
         """Threads that decompress baskets in parallel (zlib/lz4/zstd release the GIL)."""
         if self.decompression_threads <= 1:
@@ -275,11 +304,13 @@ class ChunkStream:
         """Close the files this stream holds open (they reopen on the next use)."""
         with self._trees_lock:
             trees, self._trees = list(self._trees.values()), {}
-            pool, self._pool = self._pool, None
+            pools = [self._pool, self._read_pool]
+            self._pool = self._read_pool = None
+        for pool in pools:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         for tree in trees:
             tree.close()
-        if pool is not None:
-            pool.shutdown(wait=False)
 
     def __enter__(self) -> ChunkStream:
         return self
@@ -293,6 +324,7 @@ class ChunkStream:
         state["_trees"] = {}
         state["_trees_lock"] = None
         state["_pool"] = None
+        state["_read_pool"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -308,6 +340,7 @@ class ChunkStream:
         clone._trees = {}  # each stream owns (and closes) its own open files and threads
         clone._trees_lock = threading.Lock()
         clone._pool = None
+        clone._read_pool = None
         return clone
 
     def shard(self, index: int, count: int) -> ChunkStream:
