@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)-$(subst $(comma),_,$(EXTRAS))
 PYTEST_ARGS ?=
 
-.PHONY: install test lint format bench demo clean
+.PHONY: install test lint format check-infra bench bench-pipeline demo stack-up stack-status stack-down clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,14 +33,29 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: install lint
+check-infra: install
+	bash scripts/check_infra.sh
+
+test: install lint check-infra
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python scripts/bench/bench_data.py
 
+bench-pipeline: install
+	$(BIN)/python scripts/bench/bench_pipeline.py
+
 demo: install
 	$(BIN)/python scripts/demo.py
 
+stack-up: install
+	$(BIN)/python scripts/local_stack.py up --detach
+
+stack-status: install
+	$(BIN)/python scripts/local_stack.py status
+
+stack-down:
+	$(BIN)/python scripts/local_stack.py down
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-tools build *.egg-info .pytest_cache .ruff_cache

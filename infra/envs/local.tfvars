@@ -1,0 +1,22 @@
+# The local stack: every AWS endpoint is a moto server on the loopback interface.
+# scripts/local_stack.py and the integration tests pass the moto port (and the Ray
+# address) on the command line: -var aws_endpoint_url=http://127.0.0.1:PORT
+environment           = "local"
+aws_endpoint_url      = "http://127.0.0.1:5000"
+force_destroy_buckets = true
+# moto speaks plain HTTP on loopback and enforces bucket policies: a TLS-only policy
+# would refuse every request. On AWS it stays on (the default).
+tls_only_buckets              = false
+event_source_mappings_enabled = false
+tracing_mode                  = "PassThrough"
+log_retention_days            = 1
+cache_expiration_days         = 1
+
+# Short timeouts so that retries and the DLQ are observable within seconds.
+functions = {
+  spec_file   = { memory_size = 1024, timeout = 60, batch_size = 1, maximum_concurrency = 2, max_receive_count = 2, visibility_timeout_seconds = 60 }
+  merge_specs = { memory_size = 512, timeout = 30, batch_size = 10, maximum_batching_window_in_seconds = 1, maximum_concurrency = 2, max_receive_count = 10, visibility_timeout_seconds = 30 }
+  retrain     = { memory_size = 256, timeout = 30, batch_size = 10, maximum_batching_window_in_seconds = 1, maximum_concurrency = 1, max_receive_count = 5, visibility_timeout_seconds = 30 }
+}
+
+retrain_debounce_seconds = 3

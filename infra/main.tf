@@ -1,0 +1,159 @@
+# The event pipeline of mlaas4hep, declared once for AWS and for the local moto stack:
+#
+#   data bucket (*.root under prefixes.data)   -> spec_file queue   -> spec_file
+#   specs bucket (*.json under file_specs)     -> merge_specs queue -> merge_specs
+#   specs bucket (dataset.json, dataset_specs) -> retrain queue     -> retrain -> Ray Jobs API
+#
+# The local runtime (functions/local_runtime.py) reads the `functions` output to know
+# which handler consumes which queue: this file is the only copy of the wiring.
+
+data "aws_caller_identity" "current" {}
+
+locals {
+  name_prefix = "${var.project}-${var.environment}"
+  account_id  = data.aws_caller_identity.current.account_id
+  package     = coalesce(var.lambda_package_path, "${path.root}/../build/lambda/functions.zip")
+
+  handlers = {
+    spec_file   = "functions.spec_file.handler"
+    merge_specs = "functions.merge_specs.handler"
+    retrain     = "functions.retrain.handler"
+  }
+
+  data_arn   = module.buckets.arns["data"]
+  specs_arn  = module.buckets.arns["specs"]
+  models_arn = module.buckets.arns["models"]
+
+  # What every function is told about the pipeline (read by mlaas4hep.pipeline.PipelineConfig).
+  common_environment = merge(
+    {
+      MLAAS4HEP_DATA_BUCKET          = module.buckets.names["data"]
+      MLAAS4HEP_SPECS_BUCKET         = module.buckets.names["specs"]
+      MLAAS4HEP_MODELS_BUCKET        = module.buckets.names["models"]
+      MLAAS4HEP_CACHE_BUCKET         = module.buckets.names["cache"]
+      MLAAS4HEP_DATA_PREFIX          = var.prefixes.data
+      MLAAS4HEP_FILE_SPECS_PREFIX    = var.prefixes.file_specs
+      MLAAS4HEP_DATASET_SPECS_PREFIX = var.prefixes.dataset_specs
+      MLAAS4HEP_QUARANTINE_PREFIX    = var.prefixes.quarantine
+      MLAAS4HEP_RETRAIN_STATE_PREFIX = var.prefixes.retrain_state
+    },
+    var.aws_endpoint_url == null ? {} : { AWS_ENDPOINT_URL = var.aws_endpoint_url },
+  )
+
+  environments = {
+    spec_file   = local.common_environment
+    merge_specs = local.common_environment
+    retrain = merge(local.common_environment, {
+      MLAAS4HEP_RAY_ADDRESS              = var.ray_address == null ? "" : var.ray_address
+      MLAAS4HEP_RETRAIN_ENTRYPOINT       = var.retrain_entrypoint
+      MLAAS4HEP_RETRAIN_RUNTIME_ENV      = jsonencode(var.retrain_runtime_env)
+      MLAAS4HEP_RETRAIN_DEBOUNCE_SECONDS = tostring(var.retrain_debounce_seconds)
+      MLAAS4HEP_RETRAIN_QUEUE_URL        = module.queues["retrain"].url
+    })
+  }
+
+  # Least privilege: each function reaches only its own prefixes and its own queue.
+  policy_statements = {
+    spec_file = [
+      { sid = "ReadData", actions = ["s3:GetObject", "s3:GetObjectVersion"], resources = ["${local.data_arn}/${var.prefixes.data}*"] },
+      { sid = "WriteFileSpecs", actions = ["s3:GetObject", "s3:PutObject"], resources = ["${local.specs_arn}/${var.prefixes.file_specs}*"] },
+      { sid = "WriteQuarantine", actions = ["s3:PutObject", "s3:DeleteObject"], resources = ["${local.specs_arn}/${var.prefixes.quarantine}*"] },
+    ]
+    merge_specs = [
+      { sid = "ReadFileSpecs", actions = ["s3:GetObject", "s3:GetObjectVersion"], resources = ["${local.specs_arn}/${var.prefixes.file_specs}*"] },
+      { sid = "WriteDatasetSpecs", actions = ["s3:GetObject", "s3:PutObject"], resources = ["${local.specs_arn}/${var.prefixes.dataset_specs}*"] },
+      { sid = "CheckDataVersions", actions = ["s3:GetObject"], resources = ["${local.data_arn}/${var.prefixes.data}*"] },
+    ]
+    retrain = [
+      { sid = "ReadDatasetSpecs", actions = ["s3:GetObject"], resources = ["${local.specs_arn}/${var.prefixes.dataset_specs}*"] },
+      { sid = "WriteRetrainState", actions = ["s3:GetObject", "s3:PutObject"], resources = ["${local.models_arn}/${var.prefixes.retrain_state}*"] },
+      { sid = "ScheduleRecheck", actions = ["sqs:SendMessage"], resources = [module.queues["retrain"].arn] },
+    ]
+  }
+
+  tags = merge({ Project = var.project, Environment = var.environment }, var.tags)
+}
+
+module "buckets" {
+  source = "./modules/buckets"
+
+  name_prefix               = local.name_prefix
+  name_suffix               = var.bucket_name_suffix
+  expire_objects_after_days = { cache = var.cache_expiration_days }
+  kms_key_arn               = var.kms_key_arn
+  force_destroy             = var.force_destroy_buckets
+  tls_only                  = var.tls_only_buckets
+  tags                      = local.tags
+}
+
+module "queues" {
+  source   = "./modules/queues"
+  for_each = var.functions
+
+  name                       = "${local.name_prefix}-${replace(each.key, "_", "-")}"
+  visibility_timeout_seconds = coalesce(each.value.visibility_timeout_seconds, 6 * each.value.timeout)
+  max_receive_count          = each.value.max_receive_count
+  s3_source_bucket_arns      = each.key == "spec_file" ? [local.data_arn] : [local.specs_arn]
+  source_account_id          = local.account_id
+  kms_key_arn                = var.kms_key_arn
+  tags                       = local.tags
+}
+
+module "function" {
+  source   = "./modules/function"
+  for_each = var.functions
+
+  name                               = "${local.name_prefix}-${replace(each.key, "_", "-")}"
+  handler                            = local.handlers[each.key]
+  package_path                       = local.package
+  layer_arns                         = var.lambda_layer_arns
+  memory_size                        = each.value.memory_size
+  timeout                            = each.value.timeout
+  reserved_concurrent_executions     = each.value.reserved_concurrent_executions
+  environment                        = local.environments[each.key]
+  queue_arn                          = module.queues[each.key].arn
+  batch_size                         = each.value.batch_size
+  maximum_batching_window_in_seconds = each.value.maximum_batching_window_in_seconds
+  maximum_concurrency                = each.value.maximum_concurrency
+  event_source_mapping_enabled       = var.event_source_mappings_enabled
+  policy_statements                  = local.policy_statements[each.key]
+  log_retention_days                 = var.log_retention_days
+  tracing_mode                       = var.tracing_mode
+  tags                               = local.tags
+}
+
+resource "aws_s3_bucket_notification" "data" {
+  bucket = module.buckets.names["data"]
+
+  queue {
+    id            = "new-root-files"
+    queue_arn     = module.queues["spec_file"].arn
+    events        = ["s3:ObjectCreated:*"]
+    filter_prefix = var.prefixes.data
+    filter_suffix = ".root"
+  }
+
+  depends_on = [module.queues]
+}
+
+resource "aws_s3_bucket_notification" "specs" {
+  bucket = module.buckets.names["specs"]
+
+  queue {
+    id            = "new-file-specs"
+    queue_arn     = module.queues["merge_specs"].arn
+    events        = ["s3:ObjectCreated:*"]
+    filter_prefix = var.prefixes.file_specs
+    filter_suffix = ".json"
+  }
+
+  queue {
+    id            = "dataset-spec-updated"
+    queue_arn     = module.queues["retrain"].arn
+    events        = ["s3:ObjectCreated:*"]
+    filter_prefix = var.prefixes.dataset_specs
+    filter_suffix = "dataset.json"
+  }
+
+  depends_on = [module.queues]
+}

@@ -1,0 +1,203 @@
+variable "project" {
+  description = "Project name: the first part of every resource name."
+  type        = string
+  default     = "mlaas4hep"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,20}$", var.project))
+    error_message = "project must be 2-21 lowercase letters, digits or hyphens, starting with a letter."
+  }
+}
+
+variable "environment" {
+  description = "Deployment name (local, dev, prod, ...): the second part of every resource name."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9]{1,11}$", var.environment))
+    error_message = "environment must be 2-12 lowercase letters or digits, starting with a letter."
+  }
+}
+
+variable "region" {
+  description = "AWS region."
+  type        = string
+  default     = "us-east-1"
+
+  validation {
+    condition     = can(regex("^[a-z]{2}(-gov)?-[a-z]+-[0-9]$", var.region))
+    error_message = "region must be an AWS region name such as us-east-1."
+  }
+}
+
+variable "aws_endpoint_url" {
+  description = "One endpoint for every AWS service (a moto server, http://127.0.0.1:PORT); null for real AWS. Also given to the functions as AWS_ENDPOINT_URL."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.aws_endpoint_url == null || can(regex("^https?://[^/]+$", var.aws_endpoint_url))
+    error_message = "aws_endpoint_url must be scheme://host[:port] without a path, or null."
+  }
+}
+
+variable "bucket_name_suffix" {
+  description = "Suffix that makes bucket names globally unique on AWS (e.g. \"-<account id>\"); empty for moto."
+  type        = string
+  default     = ""
+}
+
+variable "tls_only_buckets" {
+  description = "Deny every S3 request made without TLS (bucket policy). Off only for a plain-HTTP local endpoint: moto serves HTTP and enforces bucket policies."
+  type        = bool
+  default     = true
+}
+
+variable "force_destroy_buckets" {
+  description = "Let terraform destroy delete buckets that still hold objects (local stacks only)."
+  type        = bool
+  default     = false
+}
+
+variable "cache_expiration_days" {
+  description = "Days after which objects of the cache bucket (staged copies of remote files) expire."
+  type        = number
+  default     = 14
+
+  validation {
+    condition     = var.cache_expiration_days >= 1
+    error_message = "cache_expiration_days must be at least 1."
+  }
+}
+
+variable "prefixes" {
+  description = "Key prefixes: data (ROOT files, <data>/<dataset>/...), file_specs and dataset_specs (specs bucket), quarantine (specs bucket), retrain_state (models bucket). Each ends with \"/\"."
+  type = object({
+    data          = optional(string, "datasets/")
+    file_specs    = optional(string, "files/")
+    dataset_specs = optional(string, "datasets/")
+    quarantine    = optional(string, "quarantine/")
+    retrain_state = optional(string, "retrain/")
+  })
+  default = {}
+
+  validation {
+    condition     = alltrue([for p in values(var.prefixes) : can(regex("^[a-z0-9][a-z0-9_/-]*/$", p))])
+    error_message = "Each prefix must be lowercase letters, digits, '_', '-' or '/', and end with '/'."
+  }
+
+  validation {
+    condition     = length(distinct([var.prefixes.file_specs, var.prefixes.dataset_specs, var.prefixes.quarantine])) == 3 && !startswith(var.prefixes.file_specs, var.prefixes.dataset_specs) && !startswith(var.prefixes.dataset_specs, var.prefixes.file_specs)
+    error_message = "file_specs, dataset_specs and quarantine prefixes share the specs bucket: they must differ and not nest, or one notification would feed the other."
+  }
+}
+
+variable "lambda_package_path" {
+  description = "Deployment zip built by scripts/build_lambda_package.py; null takes build/lambda/functions.zip at the repository root."
+  type        = string
+  default     = null
+}
+
+variable "lambda_layer_arns" {
+  description = "Layers that hold the functions' dependencies (see infra/README.md: scripts/build_lambda_package.py --layer)."
+  type        = list(string)
+  default     = []
+}
+
+variable "functions" {
+  description = "Sizing and delivery of each function: memory (MB), timeout (s), SQS batch size and batching window (s), concurrency, deliveries before the DLQ, and the queue visibility timeout (s; null = 6 x timeout as AWS recommends)."
+  type = map(object({
+    memory_size                        = optional(number, 1024)
+    timeout                            = optional(number, 300)
+    batch_size                         = optional(number, 1)
+    maximum_batching_window_in_seconds = optional(number, 0)
+    maximum_concurrency                = optional(number, 2)
+    max_receive_count                  = optional(number, 3)
+    visibility_timeout_seconds         = optional(number)
+    reserved_concurrent_executions     = optional(number, -1)
+  }))
+  default = {
+    spec_file   = { memory_size = 2048, timeout = 900, batch_size = 1, maximum_concurrency = 50 }
+    merge_specs = { memory_size = 512, timeout = 120, batch_size = 10, maximum_batching_window_in_seconds = 5, maximum_concurrency = 2, max_receive_count = 10 }
+    retrain     = { memory_size = 256, timeout = 60, batch_size = 10, maximum_batching_window_in_seconds = 5, maximum_concurrency = 2, max_receive_count = 5 }
+  }
+
+  validation {
+    condition     = length(setsubtract(["spec_file", "merge_specs", "retrain"], keys(var.functions))) == 0 && length(setsubtract(keys(var.functions), ["spec_file", "merge_specs", "retrain"])) == 0
+    error_message = "functions must configure exactly spec_file, merge_specs and retrain."
+  }
+
+  validation {
+    condition     = alltrue([for f in values(var.functions) : f.visibility_timeout_seconds == null || try(f.visibility_timeout_seconds >= f.timeout, false)])
+    error_message = "A queue's visibility timeout must be at least its function's timeout, or a message would be delivered again while still being processed."
+  }
+}
+
+variable "event_source_mappings_enabled" {
+  description = "Whether Lambda's pollers consume the queues. false against moto (it would try to run the code in Docker); the local runtime then plays the poller."
+  type        = bool
+  default     = true
+}
+
+variable "ray_address" {
+  description = "Ray Jobs API address the retrain function submits to (the Ray dashboard, http://host:8265); null disables submission."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.ray_address == null || can(regex("^https?://[^/]+/?$", var.ray_address))
+    error_message = "ray_address must be http(s)://host:port or null."
+  }
+}
+
+variable "retrain_entrypoint" {
+  description = "Command of the training job; {dataset}, {dataset_spec_url} and {models_url} are filled in at submission."
+  type        = string
+  default     = "python -m ray_jobs.train --dataset-spec {dataset_spec_url} --output {models_url}"
+
+  validation {
+    condition     = length(trimspace(var.retrain_entrypoint)) > 0
+    error_message = "retrain_entrypoint must not be empty."
+  }
+}
+
+variable "retrain_runtime_env" {
+  description = "Ray runtime_env of the training job (working_dir, pip, env_vars, ...)."
+  type        = any
+  default     = {}
+}
+
+variable "retrain_debounce_seconds" {
+  description = "Quiet time the dataset spec must keep before a training job is submitted: a burst of new files gives one job."
+  type        = number
+  default     = 300
+
+  validation {
+    condition     = var.retrain_debounce_seconds >= 0 && var.retrain_debounce_seconds <= 900
+    error_message = "retrain_debounce_seconds must be between 0 and 900 (the longest SQS message delay)."
+  }
+}
+
+variable "log_retention_days" {
+  description = "Retention of the functions' log groups, in days."
+  type        = number
+  default     = 30
+}
+
+variable "tracing_mode" {
+  description = "X-Ray tracing of the functions (Active or PassThrough)."
+  type        = string
+  default     = "Active"
+}
+
+variable "kms_key_arn" {
+  description = "KMS key for buckets and queues; null uses the services' own keys (SSE-S3, SSE-SQS)."
+  type        = string
+  default     = null
+}
+
+variable "tags" {
+  description = "Tags added to every resource."
+  type        = map(string)
+  default     = {}
+}

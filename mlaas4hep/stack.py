@@ -1,0 +1,311 @@
+"""The local stack: moto, XRootD and a Ray head on loopback, the Terraform pipeline
+applied to moto, and the local function runtime; started and stopped as one.
+
+``scripts/local_stack.py up`` runs :meth:`LocalStack.up` in a supervisor process that
+owns every child (servers by process group, the runtime by PID) and writes what it
+started to ``.stack/stack.json``: PIDs, ports, addresses. ``down`` asks that supervisor
+to stop (SIGTERM); it runs ``terraform destroy`` and stops its children. If the
+supervisor is gone, ``down`` destroys what the state still holds and stops the PIDs
+recorded in ``stack.json`` that are still the processes it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from mlaas4hep.servers import ManagedServer, MotoServer, ServerError, XRootDServer, free_port
+from mlaas4hep.terraform import INFRA_DIR, REPO_ROOT, Terraform
+
+STACK_DIR = REPO_ROOT / ".stack"
+LOCAL_VARS = INFRA_DIR / "envs" / "local.tfvars"
+DEFAULT_RETRAIN_ENTRYPOINT = "python -c \"print('retrain {dataset} from {dataset_spec_url}')\""
+
+
+class RayHead(ManagedServer):
+    """A single-node Ray head (``ray start --head --block``) with its dashboard and Jobs
+    API on loopback. Every port Ray would otherwise take by default is chosen free, so
+    two stacks (or a stack and a test session) never collide; its temporary folder is
+    short, as Ray's Unix sockets require."""
+
+    name = "ray"
+
+    def __init__(self, num_cpus: int = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.num_cpus = num_cpus
+        self.dashboard_port = free_port(self.host)
+        self.client_port = free_port(self.host)
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="ray-"))
+        self.stop_timeout = min(self.stop_timeout, 5.0)
+
+    @property
+    def address(self) -> str:
+        """The Jobs API (dashboard) address the retrain function submits to."""
+        return f"http://{self.host}:{self.dashboard_port}"
+
+    def _command(self) -> list[str]:
+        ray = Path(sys.executable).parent / "ray"
+        workers = free_port(self.host)
+        return [
+            str(ray),
+            "start",
+            "--head",
+            "--block",
+            f"--node-ip-address={self.host}",
+            f"--port={self.port}",
+            f"--dashboard-host={self.host}",
+            f"--dashboard-port={self.dashboard_port}",
+            "--include-dashboard=true",
+            f"--ray-client-server-port={self.client_port}",
+            f"--dashboard-agent-listen-port={free_port(self.host)}",
+            f"--min-worker-port={workers}",
+            f"--max-worker-port={workers + 50}",
+            f"--num-cpus={self.num_cpus}",
+            f"--temp-dir={self.temp_dir}",
+            "--object-store-memory=100000000",
+            "--disable-usage-stats",
+        ]
+
+    def _child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["RAY_USAGE_STATS_ENABLED"] = "0"
+        return env
+
+    def _protocol_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.address}/api/version", timeout=2) as answer:
+                return answer.status == 200
+        except OSError:
+            return False
+
+    def _wait_ready(self) -> None:
+        # The GCS port is held by a child of ``ray start``, not by the process we
+        # started: readiness is the Jobs API answering while our process lives.
+        assert self._proc is not None
+        deadline = time.monotonic() + max(self.start_timeout, 90.0)
+        while not self._protocol_ready():
+            if self._proc.poll() is not None:
+                raise ServerError(f"ray start exited with status {self._proc.returncode}")
+            if time.monotonic() > deadline:
+                raise ServerError(f"the Ray head did not answer on {self.address}")
+            time.sleep(0.25)
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """The jobs the Jobs API knows (submission id, status, metadata, ...)."""
+        with urllib.request.urlopen(f"{self.address}/api/jobs/", timeout=10) as answer:
+            return json.loads(answer.read())
+
+    def _cleanup(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+class LocalStack:
+    """Everything ``local_stack up`` starts, in ``state_dir`` (default ``.stack/``)."""
+
+    def __init__(
+        self,
+        state_dir: Path = STACK_DIR,
+        *,
+        workers: dict[str, int] | None = None,
+        retrain_entrypoint: str = DEFAULT_RETRAIN_ENTRYPOINT,
+        variables: dict[str, Any] | None = None,
+    ) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        self.workers = workers or {}
+        self.retrain_entrypoint = retrain_entrypoint
+        self.variables = dict(variables or {})
+        self.moto: MotoServer | None = None
+        self.xrootd: XRootDServer | None = None
+        self.ray: RayHead | None = None
+        self.runtime: subprocess.Popen[bytes] | None = None
+        self.terraform = Terraform(state_dir=self.state_dir / "terraform")
+
+    @property
+    def record_path(self) -> Path:
+        return self.state_dir / "stack.json"
+
+    def tf_variables(self) -> dict[str, Any]:
+        assert self.moto is not None and self.ray is not None
+        return {
+            "aws_endpoint_url": self.moto.endpoint_url,
+            "ray_address": self.ray.address,
+            "retrain_entrypoint": self.retrain_entrypoint,
+            **self.variables,
+        }
+
+    def up(self) -> dict[str, Any]:
+        """Start the servers, apply Terraform, start the runtime; return the record."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [sys.executable, str(REPO_ROOT / "scripts" / "build_lambda_package.py")],
+            check=True,
+            capture_output=True,
+        )
+        # Outside the repository: the daemon's unprivileged user must reach every parent.
+        export = Path(tempfile.mkdtemp(prefix="mlaas4hep-stack-export-"))
+        export.chmod(0o755)
+        self.moto = MotoServer(workdir=self._workdir("moto")).start()
+        self.ray = RayHead(workdir=self._workdir("ray")).start()
+        self.xrootd = XRootDServer(export, workdir=self._workdir("xrootd")).start()
+        env = {**os.environ, **self.moto.env()}
+        self.terraform.extra_env.update(self.moto.env())
+        self.terraform.init()
+        self.terraform.apply([LOCAL_VARS], self.tf_variables())
+        outputs = self.terraform.output()
+        (self.state_dir / "outputs.json").write_text(json.dumps(outputs, indent=1))
+        runtime_log = open(self.state_dir / "runtime.log", "ab")  # noqa: SIM115 - child's log
+        worker_args = [f"{name}={count}" for name, count in self.workers.items()]
+        self.runtime = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "functions.local_runtime",
+                "--outputs",
+                str(self.state_dir / "outputs.json"),
+                *(["--workers", *worker_args] if worker_args else []),
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=runtime_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        record = self.record(outputs)
+        self.record_path.write_text(json.dumps(record, indent=1))
+        return record
+
+    def _workdir(self, name: str) -> Path:
+        path = self.state_dir / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def record(self, outputs: dict[str, Any]) -> dict[str, Any]:
+        assert self.moto and self.ray and self.xrootd and self.runtime
+        return {
+            "supervisor_pid": os.getpid(),
+            "started_at": time.time(),
+            "moto": {"pid": self.moto.pid, "endpoint_url": self.moto.endpoint_url},
+            "xrootd": {
+                "pid": self.xrootd.pid,
+                "url": self.xrootd.url,
+                "export_dir": str(self.xrootd.export_dir),
+            },
+            "ray": {
+                "pid": self.ray.pid,
+                "gcs_port": self.ray.port,
+                "address": self.ray.address,
+            },
+            "runtime": {"pid": self.runtime.pid},
+            "terraform_state": str(self.terraform.state_path),
+            "buckets": outputs["buckets"],
+            "queues": {
+                name: {"queue_url": fn["queue_url"], "dlq_url": fn["dlq_url"]}
+                for name, fn in outputs["functions"].items()
+            },
+            "env": self.moto.env(),
+        }
+
+    def down(self) -> None:
+        """Destroy the Terraform resources and stop every child (by PID / group)."""
+        if self.runtime is not None and self.runtime.poll() is None:
+            os.killpg(self.runtime.pid, signal.SIGTERM)
+            try:
+                self.runtime.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.runtime.pid, signal.SIGKILL)
+                self.runtime.wait()
+        if self.moto is not None and self.moto.is_running() and self.ray is not None:
+            try:
+                self.terraform.destroy([LOCAL_VARS], self.tf_variables())
+            except Exception as err:  # keep stopping the servers
+                print(f"terraform destroy failed: {err}", file=sys.stderr)
+        for server in (self.xrootd, self.ray, self.moto):
+            if server is not None:
+                server.stop()
+        self.record_path.unlink(missing_ok=True)
+
+
+def read_record(state_dir: Path = STACK_DIR) -> dict[str, Any] | None:
+    path = Path(state_dir) / "stack.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def status(state_dir: Path = STACK_DIR) -> dict[str, Any]:
+    """What runs, where, and how many messages wait in each queue and dead-letter queue."""
+    record = read_record(state_dir)
+    if record is None:
+        return {"running": False}
+    out: dict[str, Any] = {"running": pid_alive(record["supervisor_pid"])}
+    for name in ("moto", "xrootd", "ray", "runtime"):
+        out[name] = {**record[name], "alive": pid_alive(record[name]["pid"])}
+    if out["moto"]["alive"]:
+        import boto3
+
+        sqs = boto3.client("sqs", **_client_args(record["env"]))
+        depths = {}
+        for name, queues in record["queues"].items():
+            depths[name] = {
+                kind: int(
+                    sqs.get_queue_attributes(
+                        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]
+                    )["Attributes"]["ApproximateNumberOfMessages"]
+                )
+                for kind, url in (("queue", queues["queue_url"]), ("dlq", queues["dlq_url"]))
+            }
+        out["queue_depths"] = depths
+    out["buckets"] = record["buckets"]
+    return out
+
+
+def _client_args(env: dict[str, str]) -> dict[str, str]:
+    return {
+        "endpoint_url": env["AWS_ENDPOINT_URL"],
+        "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
+        "region_name": env["AWS_DEFAULT_REGION"],
+    }
+
+
+def stop_recorded(state_dir: Path = STACK_DIR, timeout: float = 180.0) -> bool:
+    """Ask the supervisor to tear the stack down; if it is gone, stop the recorded PIDs.
+
+    Returns True when the supervisor did the teardown (destroy included).
+    """
+    record = read_record(state_dir)
+    if record is None:
+        return True
+    supervisor = record["supervisor_pid"]
+    if pid_alive(supervisor):
+        os.kill(supervisor, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while pid_alive(supervisor) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if not pid_alive(supervisor):
+            return True
+    # Orphans: stop each recorded process group still led by the recorded PID.
+    for name in ("runtime", "xrootd", "ray", "moto"):
+        pid = record[name]["pid"]
+        if pid_alive(pid) and os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+    (Path(state_dir) / "stack.json").unlink(missing_ok=True)
+    return False

@@ -1,0 +1,284 @@
+"""The Terraform-provisioned event pipeline, applied for real to a local moto server.
+
+One apply is shared by the whole module (it is the slow part): the tests run in file
+order, from "the plan has no drift" to "destroy leaves nothing". Between them, files
+are uploaded to the data bucket and everything else happens through S3 events, SQS and
+the local runtime calling the handlers that Terraform declared; training jobs go to a
+real local Ray head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from functions.local_runtime import LocalRuntime
+from mlaas4hep.cli import main as cli_main
+from mlaas4hep.pipeline import (
+    PipelineConfig,
+    merge_into_dataset,
+    read_dataset_spec,
+    read_quarantine,
+)
+from mlaas4hep.specs import DatasetSpec, compute_file_spec
+from mlaas4hep.stack import RayHead
+from mlaas4hep.terraform import INFRA_DIR, REPO_ROOT, Terraform
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
+
+GOOD_FILES = ["uproot-HZZ.root", "uproot-Zmumu.root", "uproot-HZZ-lz4.root"]
+# Short visibility timeouts so that a failing message reaches its DLQ within seconds.
+FUNCTIONS = {
+    "spec_file": {"timeout": 4, "visibility_timeout_seconds": 4, "max_receive_count": 2},
+    "merge_specs": {"timeout": 10, "batch_size": 10, "maximum_batching_window_in_seconds": 1},
+    "retrain": {"timeout": 10, "batch_size": 10, "maximum_concurrency": 1},
+}
+DEBOUNCE_SECONDS = 3
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.3, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="module")
+def stack(moto_server, tmp_path_factory):
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "build_lambda_package.py")], check=True
+    )
+    ray = RayHead().start()
+    tf = Terraform(state_dir=tmp_path_factory.mktemp("terraform"), env=moto_server.env())
+    var_files = [INFRA_DIR / "envs" / "local.tfvars"]
+    variables = {
+        "environment": "it",
+        "aws_endpoint_url": moto_server.endpoint_url,
+        "ray_address": ray.address,
+        "retrain_entrypoint": "python -c \"print('ok')\"",
+        "retrain_debounce_seconds": DEBOUNCE_SECONDS,
+        "functions": FUNCTIONS,
+    }
+    runtime = None
+    destroyed = []
+    try:
+        tf.init()
+        tf.apply(var_files, variables)
+        outputs = tf.output()
+        runtime = LocalRuntime(outputs["functions"]).start()
+        config = PipelineConfig.from_env(outputs["functions"]["merge_specs"]["environment"])
+        yield SimpleNamespace(
+            tf=tf,
+            var_files=var_files,
+            variables=variables,
+            outputs=outputs,
+            config=config,
+            runtime=runtime,
+            ray=ray,
+            s3=moto_server.client("s3"),
+            sqs=moto_server.client("sqs"),
+            destroyed=destroyed,
+        )
+    finally:
+        if runtime is not None:
+            runtime.stop()
+        if not destroyed:
+            tf.destroy(var_files, variables)
+        ray.stop()
+
+
+def upload(stack, source: Path, key: str) -> str:
+    stack.s3.upload_file(str(source), stack.config.data_bucket, key)
+    return f"s3://{stack.config.data_bucket}/{key}"
+
+
+def dataset_files(stack, dataset: str) -> int:
+    return len(read_dataset_spec(stack.config, dataset)[0].files)
+
+
+def queue_depth(stack, url: str) -> int:
+    attributes = stack.sqs.get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return sum(int(v) for v in attributes.values())
+
+
+def test_outputs_wire_every_function_to_its_queue(stack):
+    functions = stack.outputs["functions"]
+    assert {name: fn["handler"] for name, fn in functions.items()} == {
+        "spec_file": "functions.spec_file.handler",
+        "merge_specs": "functions.merge_specs.handler",
+        "retrain": "functions.retrain.handler",
+    }
+    for fn in functions.values():
+        assert fn["queue_url"] != fn["dlq_url"]
+        assert fn["function_response_types"] == ["ReportBatchItemFailures"]
+        redrive = stack.sqs.get_queue_attributes(
+            QueueUrl=fn["queue_url"], AttributeNames=["RedrivePolicy"]
+        )["Attributes"]["RedrivePolicy"]
+        assert json.loads(redrive)["maxReceiveCount"] == fn["max_receive_count"]
+
+
+def test_second_plan_has_no_drift(stack):
+    code, text = stack.tf.plan_exit_code(stack.var_files, stack.variables)
+    assert code == 0, text[-3000:]
+
+
+def test_uploads_yield_the_dataset_spec_of_the_files(stack, shared_data, tmp_path):
+    urls = [upload(stack, shared_data / name, f"datasets/events/{name}") for name in GOOD_FILES]
+    wait_for(lambda: dataset_files(stack, "events") == 3, 60, what="3 files in the spec")
+    through_events, _ = read_dataset_spec(stack.config, "events")
+
+    assert cli_main(["specs", *urls, "-o", str(tmp_path / "direct.json")]) == 0
+    direct = DatasetSpec.from_json((tmp_path / "direct.json").read_text())
+    assert through_events == direct
+    assert through_events == DatasetSpec.empty().merge(*map(compute_file_spec, urls))
+
+
+def test_events_delivered_twice_are_counted_once(stack):
+    spec_before, etag_before = read_dataset_spec(stack.config, "events")
+    listing = stack.s3.list_objects_v2(
+        Bucket=stack.config.specs_bucket, Prefix=f"{stack.config.file_specs_prefix}events/"
+    )
+    spec_keys = [item["Key"] for item in listing["Contents"]]
+    assert len(spec_keys) == 3
+    functions = stack.outputs["functions"]
+    for _ in range(2):  # replay both hops: data events to spec_file, spec events to merge
+        for name in GOOD_FILES:
+            head = stack.s3.head_object(
+                Bucket=stack.config.data_bucket, Key=f"datasets/events/{name}"
+            )
+            body = s3_event(stack.config.data_bucket, f"datasets/events/{name}", head)
+            stack.sqs.send_message(QueueUrl=functions["spec_file"]["queue_url"], MessageBody=body)
+        for key in spec_keys:
+            head = stack.s3.head_object(Bucket=stack.config.specs_bucket, Key=key)
+            body = s3_event(stack.config.specs_bucket, key, head)
+            stack.sqs.send_message(QueueUrl=functions["merge_specs"]["queue_url"], MessageBody=body)
+    for name in ("spec_file", "merge_specs"):
+        wait_for(lambda n=name: queue_depth(stack, functions[n]["queue_url"]) == 0, 60)
+    spec_after, etag_after = read_dataset_spec(stack.config, "events")
+    assert spec_after == spec_before
+    assert spec_after.entries == spec_before.entries
+    assert etag_after == etag_before  # nothing was even rewritten
+    listing = stack.s3.list_objects_v2(
+        Bucket=stack.config.specs_bucket, Prefix=f"{stack.config.file_specs_prefix}events/"
+    )
+    assert len(listing["Contents"]) == 3
+
+
+def s3_event(bucket: str, key: str, head: dict) -> str:
+    from urllib.parse import quote_plus
+
+    record = {
+        "eventSource": "aws:s3",
+        "eventName": "ObjectCreated:Put",
+        "s3": {
+            "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+            "object": {
+                "key": quote_plus(key, safe="/"),
+                "size": head["ContentLength"],
+                "eTag": head["ETag"].strip('"'),
+                "versionId": head.get("VersionId", ""),
+            },
+        },
+    }
+    return json.dumps({"Records": [record]})
+
+
+def test_fifty_concurrent_merges_keep_every_file(stack, shared_data):
+    base = compute_file_spec(shared_data / "uproot-Zmumu.root")
+    specs = [
+        dataclasses.replace(
+            base, source=f"s3://elsewhere/run{i:02d}.root", identity={"size": 1, "etag": str(i)}
+        )
+        for i in range(50)
+    ]
+    with ThreadPoolExecutor(max_workers=25) as pool:
+        outcomes = list(
+            pool.map(lambda spec: merge_into_dataset(stack.config, "concurrent", [spec]), specs)
+        )
+    merged, _ = read_dataset_spec(stack.config, "concurrent")
+    assert sorted(merged.files) == sorted(spec.key for spec in specs)
+    assert merged.entries == 50 * base.entries
+    assert all(outcome.changed for outcome in outcomes)
+    assert sum(outcome.attempts for outcome in outcomes) > 50  # the writes did conflict
+
+    # The same 50 again, concurrently: nothing changes, nothing is counted twice.
+    with ThreadPoolExecutor(max_workers=25) as pool:
+        again = list(
+            pool.map(lambda spec: merge_into_dataset(stack.config, "concurrent", [spec]), specs)
+        )
+    assert not any(outcome.changed for outcome in again)
+    assert read_dataset_spec(stack.config, "concurrent")[0] == merged
+
+
+def test_truncated_file_is_quarantined_and_dead_lettered(stack, shared_data, tmp_path):
+    truncated = tmp_path / "truncated.root"
+    truncated.write_bytes((shared_data / "uproot-HZZ.root").read_bytes()[:40_000])
+    good = [upload(stack, shared_data / n, f"datasets/mixed/{n}") for n in GOOD_FILES[:2]]
+    bad = upload(stack, truncated, "datasets/mixed/truncated run.root")  # a space: '+' in events
+    dlq = stack.outputs["functions"]["spec_file"]["dlq_url"]
+
+    wait_for(lambda: dataset_files(stack, "mixed") == 2, 60, what="the good files")
+    wait_for(lambda: queue_depth(stack, dlq) == 1, 60, what="the DLQ")
+
+    message = stack.sqs.receive_message(QueueUrl=dlq, AttributeNames=["All"])["Messages"][0]
+    assert "truncated+run.root" in message["Body"]
+    assert int(message["Attributes"]["ApproximateReceiveCount"]) >= 2
+    records = read_quarantine(stack.config, "mixed")
+    assert [r["source"] for r in records] == [bad]
+    assert records[0]["error_type"] == "ReadError"
+    assert "truncated run.root" in records[0]["error"]
+    spec, _ = read_dataset_spec(stack.config, "mixed")
+    assert sorted(spec.files) == sorted(good)
+    assert bad not in spec.files
+
+
+def test_burst_of_ten_files_gives_one_training_job(stack, shared_data):
+    source = shared_data / "uproot-Zmumu.root"
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        list(pool.map(lambda i: upload(stack, source, f"datasets/burst/file{i}.root"), range(10)))
+    wait_for(lambda: dataset_files(stack, "burst") == 10, 90, what="10 files in the spec")
+
+    def burst_jobs():
+        return [j for j in stack.ray.jobs() if j.get("metadata", {}).get("dataset") == "burst"]
+
+    jobs = wait_for(burst_jobs, 30, 0.5, "the training submission")
+    time.sleep(DEBOUNCE_SECONDS + 3)  # any late recheck has had its chance to submit
+    jobs = burst_jobs()
+    assert len(jobs) == 1, jobs
+    _, etag = read_dataset_spec(stack.config, "burst")
+    assert jobs[0]["metadata"]["dataset_etag"] == etag.strip('"')  # the final spec version
+    assert jobs[0]["entrypoint"] == "python -c \"print('ok')\""
+    done = wait_for(
+        lambda: [j for j in burst_jobs() if j["status"] in ("SUCCEEDED", "FAILED")], 60, 1
+    )
+    assert done[0]["status"] == "SUCCEEDED"
+
+
+def test_destroy_leaves_nothing(stack, moto_server):
+    stack.runtime.stop()
+    stack.tf.destroy(stack.var_files, stack.variables)
+    stack.destroyed.append(True)
+    assert stack.tf.state_resources() == []
+    prefix = "mlaas4hep-it-"
+    buckets = [b["Name"] for b in stack.s3.list_buckets()["Buckets"]]
+    assert not [b for b in buckets if b.startswith(prefix)]
+    assert not stack.sqs.list_queues(QueueNamePrefix=prefix).get("QueueUrls")
+    functions = moto_server.client("lambda").list_functions()["Functions"]
+    assert not [f for f in functions if f["FunctionName"].startswith(prefix)]
+    roles = moto_server.client("iam").list_roles()["Roles"]
+    assert not [r for r in roles if r["RoleName"].startswith(prefix)]
