@@ -6,12 +6,32 @@ that the rows being written stay in cache while every branch of the block is cop
 The spec pass gets min, max, sum, sum of squares and NaN/inf counts of a branch in one
 pass instead of five. Kernels are specialised per input dtype on first use and cached
 on disk, so a worker pays the compilation once.
+
+Without numba (the lean serverless package), the spec kernels fall back to vectorised
+numpy; the Vectorizer needs numba.
 """
 
 from __future__ import annotations
 
-import numba
 import numpy as np
+
+try:
+    import numba
+except ImportError:  # pragma: no cover - exercised in the Lambda package only
+    numba = None
+
+
+def _jit(function):  # type: ignore[no-untyped-def]
+    if numba is None:
+        return _missing(function.__name__)
+    return numba.njit(cache=True, nogil=True)(function)
+
+
+def _missing(name: str):  # type: ignore[no-untyped-def]
+    def fail(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise ImportError(f"{name} needs numba: pip install 'numba>=0.60,<1'")
+
+    return fail
 
 #: How non-finite input values are treated (codes shared with the Vectorizer).
 NONFINITE_MASK = 0  # left as padding in X, False in the mask
@@ -23,7 +43,7 @@ P_COLUMN, P_LENGTH, P_SHIFT, P_INV_SCALE, P_JAGGED = range(5)
 ROW_BLOCK = 64
 
 
-@numba.njit(cache=True, nogil=True)
+@_jit
 def _fill_branch(X, M, rows, lo, hi, content, offsets, params, mode, clipped, bad, b):
     col = np.int64(params[P_COLUMN])
     length = np.int64(params[P_LENGTH])
@@ -55,7 +75,7 @@ def _fill_branch(X, M, rows, lo, hi, content, offsets, params, mode, clipped, ba
             M[e, col + j] = True
 
 
-@numba.njit(cache=True, nogil=True)
+@_jit
 def fill_rows(
     X, M, rows, mode, contents_f32, offsets_f32, params_f32, contents_f64, offsets_f64, params_f64
 ):
@@ -106,7 +126,20 @@ def fill_rows(
     return clipped, bad
 
 
-@numba.njit(cache=True, nogil=True)
+def moments_numpy(values):
+    """The same as :func:`moments`, in numpy (several passes)."""
+    wide = values.astype(np.float64, copy=False)
+    finite = np.isfinite(wide)
+    kept = wide[finite] if not finite.all() else wide
+    nan = int(np.count_nonzero(np.isnan(wide)))
+    posinf = int(np.count_nonzero(wide == np.inf))
+    neginf = int(np.count_nonzero(wide == -np.inf))
+    low = kept.min() if kept.size else np.inf
+    high = kept.max() if kept.size else -np.inf
+    return nan, posinf, neginf, low, high, float(kept.sum()), float(np.dot(kept, kept)), kept.size
+
+
+@_jit
 def moments(values):
     """``(nan, posinf, neginf, min, max, sum, sumsq, finite)`` of the values, in one pass."""
     nan = 0
@@ -134,7 +167,13 @@ def moments(values):
     return nan, posinf, neginf, low, high, total, squares, finite
 
 
-@numba.njit(cache=True, nogil=True)
+def length_histogram_numpy(offsets):
+    """The same as :func:`length_histogram`, in numpy."""
+    lengths = np.diff(offsets)
+    return np.bincount(lengths) if lengths.size else np.zeros(1, dtype=np.int64)
+
+
+@_jit
 def length_histogram(offsets):
     """Counts of events per list length (index = length), from a jagged array's offsets."""
     longest = 0
@@ -144,3 +183,8 @@ def length_histogram(offsets):
     for i in range(offsets.shape[0] - 1):
         hist[offsets[i + 1] - offsets[i]] += 1
     return hist
+
+
+if numba is None:  # pragma: no cover - the lean serverless package
+    moments = moments_numpy
+    length_histogram = length_histogram_numpy

@@ -210,3 +210,20 @@ def test_spec_is_bounded_in_memory_by_step_size(tmp_path):
     spec = compute_file_spec(path, step_size=1_000)
     assert spec.entries == 20_000
     assert spec.branches["Jet_pt"].count == spec.branches["nJet"].sum
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=1, max_size=60),
+    st.lists(st.integers(0, 6), max_size=30),
+)
+def test_numpy_fallbacks_match_the_compiled_kernels(values, lengths):
+    """The serverless package runs the spec pass without numba: same numbers."""
+    from mlaas4hep import kernels
+
+    array = np.asarray(values, dtype=np.float32)
+    compiled, fallback = kernels.moments(array), kernels.moments_numpy(array)
+    assert compiled[:3] == fallback[:3] and compiled[7] == fallback[7]
+    np.testing.assert_allclose(compiled[3:7], fallback[3:7], rtol=1e-9)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    assert list(kernels.length_histogram(offsets)) == list(kernels.length_histogram_numpy(offsets))
