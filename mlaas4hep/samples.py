@@ -71,7 +71,7 @@ _ETA_MAX = 2.4
 _MAX_JETS = 16
 
 Block = dict[str, np.ndarray | ak.Array]
-Generator = Callable[[np.random.Generator, int], Block]
+BlockGenerator = Callable[[np.random.Generator, int], Block]
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def split_events(total: int, weights: Sequence[float]) -> list[int]:
     parts = np.maximum(np.floor(exact).astype(np.int64), 1)
     order = np.argsort(-(exact - np.floor(exact)), kind="stable")
     i = 0
-    while parts.sum() != total:  # at most len(weights) steps, a loop over files
+    while parts.sum() != total:  # a few passes over the files, never over events
         j = order[i % len(order)]
         if parts.sum() < total:
             parts[j] += 1
@@ -300,7 +300,7 @@ def _tth_leptons(rng: np.random.Generator, proc: _Process, n: int) -> tuple[ak.A
     return muons, electrons
 
 
-def _tth_block(proc: _Process) -> Generator:
+def _tth_block(proc: _Process) -> BlockGenerator:
     """A block generator for one ttH-like process."""
 
     def generate(rng: np.random.Generator, n: int) -> Block:
@@ -562,7 +562,7 @@ def _paper_flat(
     return {name: np.asarray(values[name]).astype(dtype) for name, dtype in PAPER_FLAT.items()}
 
 
-def _paper_block(signal: bool) -> Generator:
+def _paper_block(signal: bool) -> BlockGenerator:
     """A block generator for the ``paper`` layout; signal is slightly harder."""
     means = {name: m[int(signal)] for name, m in _PAPER_MEANS.items()}
 
@@ -655,7 +655,7 @@ def _branch_types(block: Block) -> dict[str, object]:
 
 def _write_file(
     path: Path,
-    generate: Generator,
+    generate: BlockGenerator,
     n_events: int,
     seed_key: Sequence[int],
     first_event: int,
@@ -689,7 +689,7 @@ def _write_file(
 
 def _write_dataset(
     out_dir: str | os.PathLike[str],
-    plan: Sequence[tuple[str, str, int, int, Generator]],
+    plan: Sequence[tuple[str, str, int, int, BlockGenerator]],
     seed: int,
     compression: str | None,
     level: int | None,
