@@ -47,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     specs.add_argument("--exclude", nargs="+", help="branch names or glob patterns to drop")
     specs.add_argument("--strict", action="store_true", help="fail on the first bad file")
     specs.add_argument("--step-size", default="64 MB", help="events or bytes per read")
+    specs.add_argument(
+        "--update",
+        action="store_true",
+        help="reuse the specs of unchanged files from an existing output",
+    )
 
     stream = commands.add_parser("stream", help="stream mixed, vectorised chunks (a dry run)")
     stream.add_argument("files", nargs="+", help="files, directories, globs, or s3:// prefixes")
@@ -126,10 +131,16 @@ def _progress() -> Progress:
 
 
 def _specs(args: argparse.Namespace) -> int:
-    from mlaas4hep.sources import expand_sources, write_text
-    from mlaas4hep.specs import compute_dataset_spec
+    from mlaas4hep.sources import expand_sources, read_text, write_text
+    from mlaas4hep.specs import DatasetSpec, compute_dataset_spec
 
     urls = expand_sources(args.files)
+    previous = None
+    if args.update:
+        try:
+            previous = DatasetSpec.from_json(read_text(args.output))
+        except FileNotFoundError:
+            previous = None
     started = time.perf_counter()
     with _progress() as progress, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # skipped branches are listed in each FileSpec
@@ -149,6 +160,7 @@ def _specs(args: argparse.Namespace) -> int:
             strict=args.strict,
             step_size=_step_size(args.step_size),
             progress=advance,
+            previous=previous,
         )
     elapsed = time.perf_counter() - started
     dataset = run.dataset
@@ -161,6 +173,8 @@ def _specs(args: argparse.Namespace) -> int:
         f"wrote {args.output}: {len(dataset.files)} files, {dataset.entries} events, "
         f"{len(dataset.branches)} branches in {elapsed:.2f} s ({rate:,.0f} events/s)"
     )
+    if run.reused:
+        out.print(f"reused the specs of {len(run.reused)} unchanged file(s)")
     for problem in dataset.problems():
         console.print(f"[yellow]warning:[/] {problem}")
     if run.failures:

@@ -550,10 +550,12 @@ def _selected(name: str, include: Sequence[str] | None, exclude: Sequence[str] |
 
 @dataclass
 class SpecRun:
-    """The outcome of a multi-file spec computation: the dataset and the files that failed."""
+    """The outcome of a multi-file spec computation: the dataset, the files that failed
+    (file → error) and the files whose previous spec was kept unread."""
 
     dataset: DatasetSpec
     failures: dict[str, str]
+    reused: list[str] = field(default_factory=list)
 
 
 def compute_dataset_spec(
@@ -566,9 +568,12 @@ def compute_dataset_spec(
     strict: bool = False,
     step_size: int | str = DEFAULT_STEP_SIZE,
     progress: Callable[[str, str | None], None] | None = None,
+    previous: DatasetSpec | None = None,
 ) -> SpecRun:
     """Specs of many files, in parallel processes, merged into one DatasetSpec.
 
+    With ``previous``, a file whose content identity and branch selection are unchanged
+    keeps its FileSpec without being read again (listed in ``reused``).
     ``urls`` may hold directories, globs and ``s3://`` prefixes (see ``expand_sources``).
     A file that cannot be read is reported in ``failures`` (file → error) and the spec of
     the good ones is still returned, unless ``strict``, where the first failure raises.
@@ -577,6 +582,16 @@ def compute_dataset_spec(
     sources = list(dict.fromkeys(normalize_url(u) for u in expand_sources(urls)))
     specs: list[FileSpec] = []
     failures: dict[str, str] = {}
+    reused: list[str] = []
+    if previous is not None:
+        for url in sources:
+            known = previous.files.get(url)
+            if known is not None and _unchanged(known, tree, include, exclude):
+                specs.append(known)
+                reused.append(url)
+                if progress is not None:
+                    progress(url, None)
+        sources = [url for url in sources if url not in reused]
 
     def record(url: str, outcome: FileSpec | BaseException) -> None:
         if isinstance(outcome, BaseException):
@@ -607,4 +622,21 @@ def compute_dataset_spec(
                 for future in futures:
                     future.cancel()
                 raise
-    return SpecRun(DatasetSpec(specs), failures)
+    return SpecRun(DatasetSpec(specs), failures, reused)
+
+
+def _unchanged(
+    known: FileSpec,
+    tree: str | None,
+    include: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+) -> bool:
+    """True when a file still has the content and the branch selection of its spec."""
+    try:
+        if not known.identity or file_identity(known.source) != known.identity:
+            return False
+        with open_tree(known.source, tree) as root_tree:
+            selected = root_tree.select(include, exclude, warn=False)
+            return root_tree.tree_name == known.tree and set(selected) == set(known.branches)
+    except (MlaasError, OSError):
+        return False  # recomputing reports the problem properly

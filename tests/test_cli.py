@@ -81,3 +81,19 @@ def test_console_script_is_installed():
         [sys.executable, "-m", "mlaas4hep.cli", "--help"], capture_output=True, text=True
     )
     assert result.returncode == 0 and "inspect" in result.stdout and "specs" in result.stdout
+
+
+def test_specs_update_reads_only_changed_files(tmp_path, capsys):
+    files = [str(write_events(tmp_path / f"f{i}.root", 300, seed=i)) for i in range(3)]
+    output = tmp_path / "ds.json"
+    assert main(["specs", *files, "-o", str(output)]) == 0
+    first = DatasetSpec.from_json(output.read_text())
+    write_events(tmp_path / "f1.root", 500, seed=9)  # one file changes
+    capsys.readouterr()
+    assert main(["specs", *files, "-o", str(output), "--update"]) == 0
+    assert "reused the specs of 2 unchanged file(s)" in capsys.readouterr().out
+    second = DatasetSpec.from_json(output.read_text())
+    assert second.entries == first.entries + 200
+    assert second.files[files[0]] == first.files[files[0]]
+    assert main(["specs", *files, "-o", str(output), "--update", "--include", "MET_pt"]) == 0
+    assert "reused" not in capsys.readouterr().out  # another selection: everything is read
