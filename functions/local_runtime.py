@@ -38,6 +38,8 @@ log = logging.getLogger("mlaas4hep.local_runtime")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 POLL_WAIT_SECONDS = 1  # long-poll slice; short so that a stop request is seen quickly
+LOG_FILE_VARIABLE = "MLAAS4HEP_RUNTIME_LOG"  # the workers append their logs there if set
+SHORT_POLL_SECONDS = 0.05  # pause between short polls in the last second of a window
 
 
 class LambdaContext:
@@ -95,19 +97,27 @@ def _receive_batch(sqs: Any, function: Mapping[str, Any], stop: Any) -> list[dic
     messages: list[dict[str, Any]] = []
     deadline = None
     while not stop.is_set() and len(messages) < batch_size:
+        # Long-poll until the first message; then only for what is left of the window
+        # (whole seconds in SQS), so that a batch waits at most the window, as in Lambda.
+        wait = POLL_WAIT_SECONDS
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            wait = int(left)
         answer = sqs.receive_message(
             QueueUrl=function["queue_url"],
             MaxNumberOfMessages=min(10, batch_size - len(messages)),
-            WaitTimeSeconds=POLL_WAIT_SECONDS,
+            WaitTimeSeconds=wait,
             AttributeNames=["All"],
             MessageAttributeNames=["All"],
         )
-        messages += answer.get("Messages", [])
-        if messages:
-            if deadline is None:
-                deadline = time.monotonic() + window
-            if time.monotonic() >= deadline:
-                break
+        received = answer.get("Messages", [])
+        messages += received
+        if messages and deadline is None:
+            deadline = time.monotonic() + window
+        elif deadline is not None and not received and wait == 0:
+            time.sleep(min(SHORT_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
     return messages
 
 
@@ -140,6 +150,7 @@ def worker(name: str, function: dict[str, Any], stop: Any, base_env: dict[str, s
     logging.basicConfig(
         level=logging.INFO,
         format=f"%(asctime)s {name}[{os.getpid()}] %(levelname)s %(name)s: %(message)s",
+        filename=os.environ.get(LOG_FILE_VARIABLE) or None,  # stderr by default
     )
     for noisy in ("botocore", "aiobotocore", "boto3", "s3fs", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

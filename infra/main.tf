@@ -36,12 +36,16 @@ locals {
       MLAAS4HEP_DATASET_SPECS_PREFIX = var.prefixes.dataset_specs
       MLAAS4HEP_QUARANTINE_PREFIX    = var.prefixes.quarantine
       MLAAS4HEP_RETRAIN_STATE_PREFIX = var.prefixes.retrain_state
+      MLAAS4HEP_LEASE_PREFIX         = var.prefixes.leases
     },
     var.aws_endpoint_url == null ? {} : { AWS_ENDPOINT_URL = var.aws_endpoint_url },
   )
 
   environments = {
-    spec_file   = local.common_environment
+    # A claim on a file's spec lives as long as one invocation may (pipeline.claim_spec).
+    spec_file = merge(local.common_environment, {
+      MLAAS4HEP_SPEC_LEASE_SECONDS = tostring(try(var.functions["spec_file"].timeout, 900))
+    })
     merge_specs = local.common_environment
     retrain = merge(local.common_environment, {
       MLAAS4HEP_RAY_ADDRESS              = var.ray_address == null ? "" : var.ray_address
@@ -58,6 +62,7 @@ locals {
       { sid = "ReadData", actions = ["s3:GetObject", "s3:GetObjectVersion"], resources = ["${local.data_arn}/${var.prefixes.data}*"] },
       { sid = "WriteFileSpecs", actions = ["s3:GetObject", "s3:PutObject"], resources = ["${local.specs_arn}/${var.prefixes.file_specs}*"] },
       { sid = "WriteQuarantine", actions = ["s3:PutObject", "s3:DeleteObject"], resources = ["${local.specs_arn}/${var.prefixes.quarantine}*"] },
+      { sid = "ClaimFileSpecs", actions = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], resources = ["${local.specs_arn}/${var.prefixes.leases}*"] },
     ]
     merge_specs = [
       { sid = "ReadFileSpecs", actions = ["s3:GetObject", "s3:GetObjectVersion"], resources = ["${local.specs_arn}/${var.prefixes.file_specs}*"] },

@@ -71,13 +71,14 @@ variable "cache_expiration_days" {
 }
 
 variable "prefixes" {
-  description = "Key prefixes: data (ROOT files, <data>/<dataset>/...), file_specs and dataset_specs (specs bucket), quarantine (specs bucket), retrain_state (models bucket). Each ends with \"/\"."
+  description = "Key prefixes: data (ROOT files, <data>/<dataset>/...), file_specs and dataset_specs (specs bucket), quarantine and leases (specs bucket), retrain_state (models bucket). Each ends with \"/\"."
   type = object({
     data          = optional(string, "datasets/")
     file_specs    = optional(string, "files/")
     dataset_specs = optional(string, "datasets/")
     quarantine    = optional(string, "quarantine/")
     retrain_state = optional(string, "retrain/")
+    leases        = optional(string, "leases/")
   })
   default = {}
 
@@ -87,8 +88,8 @@ variable "prefixes" {
   }
 
   validation {
-    condition     = length(distinct([var.prefixes.file_specs, var.prefixes.dataset_specs, var.prefixes.quarantine])) == 3 && !startswith(var.prefixes.file_specs, var.prefixes.dataset_specs) && !startswith(var.prefixes.dataset_specs, var.prefixes.file_specs)
-    error_message = "file_specs, dataset_specs and quarantine prefixes share the specs bucket: they must differ and not nest, or one notification would feed the other."
+    condition     = length(distinct([var.prefixes.file_specs, var.prefixes.dataset_specs, var.prefixes.quarantine, var.prefixes.leases])) == 4 && !startswith(var.prefixes.file_specs, var.prefixes.dataset_specs) && !startswith(var.prefixes.dataset_specs, var.prefixes.file_specs)
+    error_message = "file_specs, dataset_specs, quarantine and leases prefixes share the specs bucket: they must differ and not nest, or one notification would feed the other."
   }
 }
 

@@ -72,6 +72,8 @@ class PipelineConfig:
     dataset_specs_prefix: str = "datasets/"
     quarantine_prefix: str = "quarantine/"
     retrain_state_prefix: str = "retrain/"
+    lease_prefix: str = "leases/"
+    spec_lease_seconds: float = 900.0
     ray_address: str = ""
     retrain_entrypoint: str = ""
     retrain_runtime_env: dict[str, Any] = field(default_factory=dict)
@@ -103,6 +105,8 @@ class PipelineConfig:
             dataset_specs_prefix=get("DATASET_SPECS_PREFIX", "datasets/"),
             quarantine_prefix=get("QUARANTINE_PREFIX", "quarantine/"),
             retrain_state_prefix=get("RETRAIN_STATE_PREFIX", "retrain/"),
+            lease_prefix=get("LEASE_PREFIX", "leases/"),
+            spec_lease_seconds=float(get("SPEC_LEASE_SECONDS", "900")),
             ray_address=get("RAY_ADDRESS", ""),
             retrain_entrypoint=get("RETRAIN_ENTRYPOINT", ""),
             retrain_runtime_env=parsed_env if isinstance(parsed_env, dict) else {},
@@ -128,6 +132,10 @@ class PipelineConfig:
 
     def quarantine_key(self, dataset: str, path: str, version: str) -> str:
         return f"{self.quarantine_prefix}{dataset}/{path}@{_safe(version)}.json"
+
+    def lease_key(self, dataset: str, path: str, version: str) -> str:
+        """The claim on computing one object version's FileSpec (see :func:`claim_spec`)."""
+        return f"{self.lease_prefix}{dataset}/{path}@{_safe(version)}.lease"
 
     def dataset_spec_key(self, dataset: str) -> str:
         return f"{self.dataset_specs_prefix}{dataset}/{DATASET_SPEC_NAME}"
@@ -266,12 +274,105 @@ def _exists(s3: Any, bucket: str, key: str) -> bool:
 
 @dataclass(frozen=True)
 class FileSpecOutcome:
-    """What :func:`compute_and_store_file_spec` did: ``written``, ``exists`` or ``skipped``."""
+    """What :func:`compute_and_store_file_spec` did.
+
+    ``status`` is ``written``, ``exists``, ``skipped`` or ``leased`` (another delivery of
+    the same object version is computing its spec right now).
+    """
 
     status: str
     source: str
     spec_key: str = ""
     entries: int = 0
+    seconds: float = 0.0
+
+
+def claim_spec(
+    config: PipelineConfig,
+    dataset: str,
+    path: str,
+    version: str,
+    owner: str,
+    *,
+    s3: Any = None,
+    now: Callable[[], float] = time.time,
+    max_attempts: int = 3,
+) -> bool:
+    """Claim the computation of one object version's FileSpec for ``owner``; True if held.
+
+    S3 delivers an event at least once (moto even sends two for a multipart upload), and
+    two workers computing the same spec at once waste a whole file read. The claim is a
+    marker object created with ``IfNoneMatch='*'``, holding its owner and an expiry. A
+    fresh claim of another owner means "someone is on it": the caller may treat its
+    message as done, because the owner's own message is deleted only once the spec is
+    stored, and SQS redelivers it otherwise. ``owner`` is the SQS message id, which stays
+    the same across redeliveries, so the owner's retry after a crash takes its claim
+    back at once; any other taker waits for the expiry (``spec_lease_seconds``, the
+    function's timeout: an invocation cannot hold it longer).
+    """
+    s3 = s3 or aws_client("s3")
+    key = config.lease_key(dataset, path, version)
+    for _ in range(max_attempts):
+        start = now()
+        body = json.dumps(
+            {
+                "owner": owner,
+                "acquired_at": start,
+                "expires_at": start + config.spec_lease_seconds,
+            }
+        ).encode()
+        put = {"Bucket": config.specs_bucket, "Key": key, "Body": body}
+        try:
+            s3.put_object(**put, ContentType="application/json", IfNoneMatch="*")
+            return True
+        except Exception as err:
+            if not _is_precondition_failure(err):
+                raise
+        try:
+            answer = s3.get_object(Bucket=config.specs_bucket, Key=key)
+        except Exception as err:
+            if _is_missing(err):
+                continue  # released meanwhile: try to create it again
+            raise
+        if not lease_is_takeable(answer["Body"].read(), owner, now()):
+            return False
+        try:  # ours (a redelivery of the owner's message) or expired: take it over
+            s3.put_object(**put, ContentType="application/json", IfMatch=answer["ETag"])
+            return True
+        except Exception as err:
+            if not _is_precondition_failure(err):
+                raise
+    return False  # others keep claiming it at this very moment: they are on it
+
+
+def lease_is_takeable(body: bytes | str, owner: str, now: float) -> bool:
+    """Whether ``owner`` may take over a claim whose stored record is ``body``."""
+    try:
+        record = json.loads(body)
+        holder, expires_at = str(record["owner"]), float(record["expires_at"])
+    except (ValueError, KeyError, TypeError):
+        return True  # unreadable: as good as expired
+    return holder == owner or expires_at <= now
+
+
+def release_spec_claim(
+    config: PipelineConfig, dataset: str, path: str, version: str, *, s3: Any = None
+) -> None:
+    """Drop the claim once the spec is stored (best effort: a claim also expires).
+
+    The claim is overwritten as expired rather than deleted: in a versioned bucket a
+    delete leaves a delete marker per file, which moto then fails to empty on destroy.
+    """
+    s3 = s3 or aws_client("s3")
+    try:
+        s3.put_object(
+            Bucket=config.specs_bucket,
+            Key=config.lease_key(dataset, path, version),
+            Body=json.dumps({"owner": "", "expires_at": 0, "released": True}).encode(),
+            ContentType="application/json",
+        )
+    except Exception as err:
+        log.warning("could not release the claim on %s@%s: %s", path, version, err)
 
 
 def compute_and_store_file_spec(
@@ -281,6 +382,7 @@ def compute_and_store_file_spec(
     s3: Any = None,
     receive_count: int = 1,
     compute: Callable[[str], FileSpec] = compute_file_spec,
+    owner: str = "",
 ) -> FileSpecOutcome:
     """Compute the FileSpec of a new data object and store it, once per object version.
 
@@ -288,6 +390,12 @@ def compute_and_store_file_spec(
     size, not by the file). A file that cannot be read raises
     :class:`~mlaas4hep.errors.ReadError` after writing a quarantine record with the
     error, so that the message is retried and finally lands in the dead-letter queue.
+
+    With an ``owner`` (the SQS message id), the computation is first claimed
+    (:func:`claim_spec`): a duplicate delivery of an object version whose spec another
+    worker is computing returns ``leased`` at once instead of reading the file again.
+    A failed computation keeps its claim, so that duplicates do not pile up in the
+    dead-letter queue while the owner's message is retried.
     """
     s3 = s3 or aws_client("s3")
     source = f"s3://{event.bucket}/{event.key}"
@@ -296,18 +404,29 @@ def compute_and_store_file_spec(
     except ValueError as err:
         log.warning("ignoring %s: %s", source, err)
         return FileSpecOutcome("skipped", source)
-    if event.version:
-        expected = config.file_spec_key(dataset, path, event.version)
+    version = resolve_version(event, s3)
+    leased = bool(owner and version)
+    if version:
+        expected = config.file_spec_key(dataset, path, version)
         if _exists(s3, config.specs_bucket, expected):
             return FileSpecOutcome("exists", source, expected)
+        if leased:
+            if not claim_spec(config, dataset, path, version, owner, s3=s3):
+                return FileSpecOutcome("leased", source, expected)
+            # The spec may have been stored (and its claim dropped) since the check above.
+            if _exists(s3, config.specs_bucket, expected):
+                release_spec_claim(config, dataset, path, version, s3=s3)
+                return FileSpecOutcome("exists", source, expected)
+    start = time.perf_counter()
     try:
         spec = compute(source)
     except (ReadError, SpecError) as err:
         _write_quarantine(s3, config, event, dataset, path, err, receive_count)
         raise
+    seconds = time.perf_counter() - start
     # Keyed by the version actually read, which may be newer than the event's.
-    version = str(spec.identity.get("version_id") or spec.identity.get("etag") or event.version)
-    spec_key = config.file_spec_key(dataset, path, version)
+    read = str(spec.identity.get("version_id") or spec.identity.get("etag") or version)
+    spec_key = config.file_spec_key(dataset, path, read)
     try:
         s3.put_object(
             Bucket=config.specs_bucket,
@@ -323,7 +442,32 @@ def compute_and_store_file_spec(
             raise
         status = "exists"  # another delivery of the same version won the race
     _clear_quarantine(s3, config, dataset, path, event.version)
-    return FileSpecOutcome(status, source, spec_key, spec.entries)
+    if leased:
+        release_spec_claim(config, dataset, path, version, s3=s3)
+    return FileSpecOutcome(status, source, spec_key, spec.entries, seconds)
+
+
+def resolve_version(event: S3ObjectEvent, s3: Any) -> str:
+    """The version a FileSpec of the event's object would be keyed by.
+
+    A FileSpec is keyed by the object's version id when the bucket is versioned, else by
+    its ETag. S3 puts the version id in the event; an event without it (moto's, or from
+    an unversioned bucket) costs one HEAD, so that the "already computed?" check and
+    the claim use the same key as the stored spec. The HEAD may see a newer version
+    than the event's: that is the one the spec would be computed from anyway.
+    """
+    if event.version_id:
+        return event.version_id
+    try:
+        head = s3.head_object(Bucket=event.bucket, Key=event.key)
+    except Exception as err:
+        if _is_missing(err):
+            return event.etag  # deleted meanwhile: reading it will fail and say so
+        raise
+    version_id = str(head.get("VersionId") or "")
+    if version_id and version_id != "null":  # "null": written while unversioned
+        return version_id
+    return str(head.get("ETag") or event.etag).strip('"')
 
 
 def _write_quarantine(
@@ -527,6 +671,7 @@ def merge_batch(event: Mapping[str, Any], config: PipelineConfig, *, s3: Any = N
     s3 = s3 or aws_client("s3")
     failed: list[str] = []
     by_dataset: dict[str, list[tuple[str, FileSpec]]] = {}
+    queued = {r.get("messageId"): queued_seconds(r) for r in event.get("Records", [])}
     for record in event.get("Records", []):
         try:
             for item in parse_s3_event(record["body"]):
@@ -546,12 +691,13 @@ def merge_batch(event: Mapping[str, Any], config: PipelineConfig, *, s3: Any = N
                 current_identity=s3_object_identity(s3),
             )
             log.info(
-                "dataset %s: %s after %d attempt(s), %d files, %d entries",
+                "dataset %s: %s after %d attempt(s), %d files, %d entries (queued %.2f s)",
                 dataset,
                 "updated" if outcome.changed else "unchanged",
                 outcome.attempts,
                 outcome.files,
                 outcome.entries,
+                max(queued.get(m, 0.0) for m, _ in items),
             )
         except Exception as err:  # reported to SQS
             log.error("dataset %s: merge failed: %s", dataset, err)
@@ -734,6 +880,14 @@ def receive_count(record: Mapping[str, Any]) -> int:
     return int(record.get("attributes", {}).get("ApproximateReceiveCount", 1))
 
 
+def queued_seconds(record: Mapping[str, Any], now: float | None = None) -> float:
+    """How long the record waited in SQS before this delivery (0 when unknown)."""
+    sent = record.get("attributes", {}).get("SentTimestamp")
+    if not sent:
+        return 0.0
+    return max(0.0, (time.time() if now is None else now) - int(sent) / 1000)
+
+
 def handle_batch(
     event: Mapping[str, Any], process: Callable[[Mapping[str, Any]], Any]
 ) -> dict[str, list[dict[str, str]]]:
@@ -761,11 +915,24 @@ def spec_batch(event: Mapping[str, Any], config: PipelineConfig, *, s3: Any = No
     s3 = s3 or aws_client("s3")
 
     def process(record: Mapping[str, Any]) -> None:
+        waited = queued_seconds(record)
         for item in parse_s3_event(record["body"]):
             outcome = compute_and_store_file_spec(
-                item, config, s3=s3, receive_count=receive_count(record)
+                item,
+                config,
+                s3=s3,
+                receive_count=receive_count(record),
+                owner=str(record.get("messageId", "")),
             )
-            log.info("%s: %s %s", outcome.source, outcome.status, outcome.spec_key)
+            log.info(
+                "%s: %s %s (%s, queued %.2f s, computed in %.2f s)",
+                outcome.source,
+                outcome.status,
+                outcome.spec_key,
+                item.event_name,
+                waited,
+                outcome.seconds,
+            )
 
     return handle_batch(event, process)
 

@@ -77,7 +77,20 @@ class RayHead(ManagedServer):
     def _child_env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["RAY_USAGE_STATS_ENABLED"] = "0"
+        # Loopback only. ``ray start`` replaces a loopback --node-ip-address with the
+        # machine's routable IP (services.resolve_ip_for_localhost), and every Ray server
+        # binds all interfaces unless the node IP is loopback (GCS, raylet, workers:
+        # node_ip == "127.0.0.1"; agents, metrics, client server: is_localhost(ip)).
+        # With this variable off, Ray's node IP lookup answers loopback (it is Ray's
+        # "single-machine" mode, meant for Windows and macOS): the head then keeps
+        # 127.0.0.1 and binds only there. The one cost: no other node can join.
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         return env
+
+    def listening(self) -> list[tuple[int, str, int]]:
+        """``(pid, address, port)`` of every TCP socket the head's processes listen on."""
+        assert self._proc is not None, "the Ray head is not running"
+        return listening_sockets(process_group(self._proc.pid))
 
     def _protocol_ready(self) -> bool:
         try:
@@ -107,6 +120,84 @@ class RayHead(ManagedServer):
         import shutil
 
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+# ------------------------------------------------------------- listening sockets (Linux)
+
+
+def process_group(root: int) -> set[int]:
+    """``root``, its descendants and every process of its process group (from /proc)."""
+    parents: dict[int, int] = {}
+    groups: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) "
+        parents[int(entry.name)], groups[int(entry.name)] = int(fields[1]), int(fields[2])
+    pids = {pid for pid, group in groups.items() if group == groups.get(root, root)} | {root}
+    grew = True
+    while grew:
+        children = {pid for pid, parent in parents.items() if parent in pids} - pids
+        pids |= children
+        grew = bool(children)
+    return pids
+
+
+def _decode_address(hex_address: str) -> str:
+    import ipaddress
+
+    raw = bytes.fromhex(hex_address)
+    # /proc/net/tcp{,6} print each 32-bit word of the address in host (little-endian) order.
+    raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    address = ipaddress.ip_address(raw)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return f"::ffff:{address.ipv4_mapped}"
+    return str(address)
+
+
+def listening_sockets(pids: set[int]) -> list[tuple[int, str, int]]:
+    """``(pid, address, port)`` of the TCP sockets in LISTEN state that ``pids`` hold open."""
+    listen: dict[str, tuple[str, int]] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] != "0A":  # TCP_LISTEN
+                continue
+            address, _, port = fields[1].partition(":")
+            listen[fields[9]] = (_decode_address(address), int(port, 16))
+    found = []
+    for pid in sorted(pids):
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        inodes = set()
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+        found += [(pid, *listen[inode]) for inode in sorted(inodes) if inode in listen]
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    """127.0.0.0/8, ::1, or an IPv4-mapped loopback address."""
+    import ipaddress
+
+    if address.startswith("::ffff:"):
+        address = address[len("::ffff:") :]
+    return ipaddress.ip_address(address).is_loopback
 
 
 class LocalStack:

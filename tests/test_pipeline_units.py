@@ -1,0 +1,426 @@
+"""The server-free parts of the event pipeline (mlaas4hep.pipeline): no moto, no Ray.
+
+S3 is a small in-memory fake that honours the conditional writes the pipeline relies on
+(``IfNoneMatch='*'``, ``IfMatch``); time is a fake clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from mlaas4hep import pipeline
+from mlaas4hep.errors import ReadError
+from mlaas4hep.pipeline import (
+    PipelineConfig,
+    S3ObjectEvent,
+    batch_response,
+    claim_spec,
+    compute_and_store_file_spec,
+    fold_file_specs,
+    handle_batch,
+    lease_is_takeable,
+    merge_into_dataset,
+    parse_s3_event,
+    queued_seconds,
+    retrain_datasets_of,
+    retrain_if_quiet,
+)
+from mlaas4hep.specs import DatasetSpec, compute_file_spec
+
+CONFIG = PipelineConfig(
+    data_bucket="data",
+    specs_bucket="specs",
+    models_bucket="models",
+    ray_address="http://127.0.0.1:1",
+    retrain_entrypoint="train {dataset} {dataset_spec_url} {models_url}",
+    retrain_debounce_seconds=10,
+    retrain_queue_url="queue",
+    spec_lease_seconds=60,
+)
+
+
+class ClientError(Exception):
+    def __init__(self, status: int, code: str) -> None:
+        super().__init__(code)
+        self.response = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+
+
+class Body:
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def read(self) -> bytes:
+        return self._data
+
+
+class FakeS3:
+    """Objects in a dict; conditional puts as S3 does them (412 on a failed condition)."""
+
+    def __init__(self, clock=lambda: 1_700_000_000.0) -> None:
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.clock = clock
+        self.calls: list[str] = []
+
+    def put_object(self, Bucket, Key, Body, IfNoneMatch=None, IfMatch=None, **extra):
+        self.calls.append(f"put {Key}")
+        current = self.objects.get((Bucket, Key))
+        if IfNoneMatch == "*" and current is not None:
+            raise ClientError(412, "PreconditionFailed")
+        if IfMatch is not None and (current is None or current["ETag"] != IfMatch):
+            raise ClientError(412, "PreconditionFailed")
+        data = Body if isinstance(Body, bytes) else Body.encode()
+        etag = f'"{hashlib.md5(data + str(len(self.objects)).encode()).hexdigest()}"'
+        when = datetime.datetime.fromtimestamp(self.clock(), datetime.UTC)
+        self.objects[(Bucket, Key)] = {
+            "Body": data,
+            "ETag": etag,
+            "Metadata": extra.get("Metadata", {}),
+            "LastModified": when,
+        }
+        return {"ETag": etag}
+
+    def _get(self, bucket, key):
+        if (bucket, key) not in self.objects:
+            raise ClientError(404, "NoSuchKey")
+        return self.objects[(bucket, key)]
+
+    def get_object(self, Bucket, Key, **_):
+        self.calls.append(f"get {Key}")
+        item = self._get(Bucket, Key)
+        return {**item, "Body": Body(item["Body"])}
+
+    def head_object(self, Bucket, Key, **_):
+        self.calls.append(f"head {Key}")
+        item = self._get(Bucket, Key)
+        return {k: v for k, v in item.items() if k != "Body"}
+
+    def delete_object(self, Bucket, Key):
+        self.calls.append(f"delete {Key}")
+        self.objects.pop((Bucket, Key), None)
+
+
+class FakeSQS:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def send_message(self, **kwargs):
+        self.sent.append(kwargs)
+
+
+def s3_event_body(bucket: str, key: str, **obj: Any) -> str:
+    record = {
+        "eventSource": "aws:s3",
+        "eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": bucket}, "object": {"key": key, **obj}},
+    }
+    return json.dumps({"Records": [record]})
+
+
+# ----------------------------------------------------------------------- S3 events
+
+
+def test_keys_are_url_form_decoded():
+    body = s3_event_body("data", "datasets/run+2024/f%C3%A9e+%2B1.root", eTag='"abc"', size=7)
+    (event,) = parse_s3_event(body)
+    assert event.key == "datasets/run 2024/fée +1.root"
+    assert event.etag == "abc"  # quotes stripped
+    assert event.size == 7
+    assert event.version == "abc"  # no version id: the ETag stands for the version
+
+
+def test_version_id_wins_over_the_etag():
+    (event,) = parse_s3_event(s3_event_body("data", "k", eTag="e", versionId="v1"))
+    assert event.version == "v1"
+
+
+def test_the_test_event_gives_no_record():
+    body = json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "data"})
+    assert parse_s3_event(body) == []
+
+
+def test_an_sns_envelope_is_opened():
+    inner = s3_event_body("data", "datasets/a/b.root", eTag="e")
+    assert parse_s3_event(json.dumps({"Type": "Notification", "Message": inner}))[0].key == (
+        "datasets/a/b.root"
+    )
+
+
+def test_records_without_s3_are_skipped():
+    assert parse_s3_event({"Records": [{"eventSource": "aws:sqs"}]}) == []
+
+
+# ---------------------------------------------------------------------- key layout
+
+
+def test_key_layout():
+    assert CONFIG.locate("datasets/ds/sub/f.root") == ("ds", "sub/f.root")
+    for bad in ("other/ds/f.root", "datasets/ds", "datasets//f.root"):
+        with pytest.raises(ValueError):
+            CONFIG.locate(bad)
+    assert CONFIG.file_spec_key("ds", "sub/f.root", "v/1") == "files/ds/sub/f.root@v_1.json"
+    assert CONFIG.quarantine_key("ds", "f.root", "e") == "quarantine/ds/f.root@e.json"
+    assert CONFIG.lease_key("ds", "f.root", "e") == "leases/ds/f.root@e.lease"
+    assert CONFIG.dataset_spec_key("ds") == "datasets/ds/dataset.json"
+    assert CONFIG.dataset_of_file_spec("files/ds/sub/f.root@e.json") == "ds"
+    assert CONFIG.dataset_of_dataset_spec("datasets/ds/dataset.json") == "ds"
+    with pytest.raises(ValueError):
+        CONFIG.dataset_of_dataset_spec("datasets/ds/other.json")
+    assert CONFIG.retrain_state_key("ds") == "retrain/ds/state.json"
+
+
+def test_config_from_env():
+    env = {
+        "MLAAS4HEP_DATA_BUCKET": "d",
+        "MLAAS4HEP_SPECS_BUCKET": "s",
+        "MLAAS4HEP_SPEC_LEASE_SECONDS": "42",
+        "MLAAS4HEP_RETRAIN_RUNTIME_ENV": '{"pip": ["x"]}',
+    }
+    config = PipelineConfig.from_env(env)
+    assert (config.data_bucket, config.specs_bucket) == ("d", "s")
+    assert config.spec_lease_seconds == 42
+    assert config.lease_prefix == "leases/"
+    assert config.retrain_runtime_env == {"pip": ["x"]}
+    with pytest.raises(pipeline.PipelineError):
+        PipelineConfig.from_env({"MLAAS4HEP_DATA_BUCKET": "d"})
+
+
+# ------------------------------------------------------------------- fold / merge
+
+
+@pytest.fixture(scope="module")
+def base_spec(shared_data):
+    return compute_file_spec(shared_data / "uproot-Zmumu.root")
+
+
+def variant(spec, i: int, etag: str = ""):
+    return dataclasses.replace(
+        spec, source=f"s3://data/datasets/ds/f{i}.root", identity={"etag": etag or f"e{i}"}
+    )
+
+
+def test_fold_counts_a_file_once(base_spec):
+    a, b = variant(base_spec, 1), variant(base_spec, 2)
+    once = fold_file_specs(DatasetSpec.empty(), [a, b])
+    assert sorted(once.files) == sorted([a.key, b.key])
+    assert fold_file_specs(once, [a, b, a]) == once
+    assert once.entries == 2 * base_spec.entries
+
+
+def test_fold_replaces_an_overwritten_file_unless_the_spec_is_stale(base_spec):
+    old, new = variant(base_spec, 1, "old"), variant(base_spec, 1, "new")
+    dataset = fold_file_specs(DatasetSpec.empty(), [old])
+    assert fold_file_specs(dataset, [new]).files[new.key].identity == {"etag": "new"}
+    # The object is still at "old": the "new" spec is a late event about something else.
+    kept = fold_file_specs(dataset, [new], lambda source: {"etag": "old"})
+    assert kept.files[old.key].identity == {"etag": "old"}
+
+
+def test_merge_retries_on_a_conflicting_write(base_spec, monkeypatch):
+    s3 = FakeS3()
+    monkeypatch.setattr(pipeline.time, "sleep", lambda _: None)
+    merge_into_dataset(CONFIG, "ds", [variant(base_spec, 1)], s3=s3)
+    real_put, raced = s3.put_object, []
+
+    def racing_put(**kwargs):  # another merge writes between our read and our write
+        if not raced and kwargs["Key"] == CONFIG.dataset_spec_key("ds"):
+            raced.append(True)
+            current = DatasetSpec.from_json(s3.objects[("specs", kwargs["Key"])]["Body"])
+            other = current.merge(variant(base_spec, 3))
+            real_put(Bucket="specs", Key=kwargs["Key"], Body=other.to_json().encode())
+        return real_put(**kwargs)
+
+    s3.put_object = racing_put
+    outcome = merge_into_dataset(CONFIG, "ds", [variant(base_spec, 2)], s3=s3)
+    assert outcome.changed and outcome.attempts == 2
+    assert outcome.files == 3  # nobody's file was lost
+    again = merge_into_dataset(CONFIG, "ds", [variant(base_spec, 2)], s3=s3)
+    assert not again.changed
+
+
+# --------------------------------------------------------------- spec claims
+
+
+def test_claim_is_exclusive_until_it_expires():
+    now = [1000.0]
+    s3 = FakeS3()
+    assert claim_spec(CONFIG, "ds", "f.root", "v1", "msg-a", s3=s3, now=lambda: now[0])
+    assert not claim_spec(CONFIG, "ds", "f.root", "v1", "msg-b", s3=s3, now=lambda: now[0])
+    # The owner's redelivery (same SQS message id) takes its claim back at once.
+    assert claim_spec(CONFIG, "ds", "f.root", "v1", "msg-a", s3=s3, now=lambda: now[0])
+    now[0] += CONFIG.spec_lease_seconds + 1  # the owner died: the claim expired
+    assert claim_spec(CONFIG, "ds", "f.root", "v1", "msg-b", s3=s3, now=lambda: now[0])
+    assert not claim_spec(CONFIG, "ds", "f.root", "v1", "msg-a", s3=s3, now=lambda: now[0])
+
+
+def test_lease_is_takeable():
+    record = json.dumps({"owner": "a", "expires_at": 100.0})
+    assert not lease_is_takeable(record, "b", 99.0)
+    assert lease_is_takeable(record, "a", 99.0)
+    assert lease_is_takeable(record, "b", 100.0)
+    assert lease_is_takeable(b"not json", "b", 0.0)
+
+
+def data_event(key: str = "datasets/ds/f.root") -> S3ObjectEvent:
+    return S3ObjectEvent(bucket="data", key=key, etag="e1", version_id="v1")
+
+
+def fake_compute(entries: int = 5):
+    """A stand-in for compute_file_spec that records its calls."""
+    calls = []
+
+    def compute(source: str):
+        calls.append(source)
+        return SimpleNamespace(
+            identity={"version_id": "v1", "etag": "e1"},
+            entries=entries,
+            to_json=lambda: json.dumps({"source": source}),
+        )
+
+    return compute, calls
+
+
+def test_a_duplicate_delivery_under_claim_does_not_compute():
+    s3 = FakeS3()
+    compute, calls = fake_compute()
+    assert claim_spec(CONFIG, "ds", "f.root", "v1", "first", s3=s3)
+    outcome = compute_and_store_file_spec(
+        data_event(), CONFIG, s3=s3, compute=compute, owner="second"
+    )
+    assert outcome.status == "leased" and calls == []
+
+
+def test_spec_is_stored_once_and_the_claim_released():
+    s3 = FakeS3()
+    compute, calls = fake_compute()
+    first = compute_and_store_file_spec(data_event(), CONFIG, s3=s3, compute=compute, owner="m1")
+    assert first.status == "written" and first.entries == 5
+    assert ("specs", "files/ds/f.root@v1.json") in s3.objects
+    lease = json.loads(s3.objects[("specs", "leases/ds/f.root@v1.lease")]["Body"])
+    assert lease_is_takeable(json.dumps(lease), "anyone", 0.0)  # released
+    second = compute_and_store_file_spec(data_event(), CONFIG, s3=s3, compute=compute, owner="m2")
+    assert second.status == "exists" and len(calls) == 1
+
+
+def test_an_event_without_version_id_is_keyed_like_the_stored_spec():
+    s3 = FakeS3()
+    s3.objects[("data", "datasets/ds/f.root")] = {"ETag": '"e1"', "VersionId": "v1", "Body": b""}
+    s3.objects[("specs", "files/ds/f.root@v1.json")] = {"ETag": '"x"', "Body": b"{}"}
+    compute, calls = fake_compute()
+    event = S3ObjectEvent(bucket="data", key="datasets/ds/f.root", etag="e1")  # moto's kind
+    outcome = compute_and_store_file_spec(event, CONFIG, s3=s3, compute=compute, owner="m")
+    assert outcome.status == "exists" and calls == []
+
+
+def test_an_unreadable_file_is_quarantined_and_keeps_its_claim():
+    s3 = FakeS3()
+
+    def broken(source):
+        raise ReadError(source, "truncated")
+
+    with pytest.raises(ReadError):
+        compute_and_store_file_spec(
+            data_event(), CONFIG, s3=s3, compute=broken, owner="m1", receive_count=2
+        )
+    record = json.loads(s3.objects[("specs", "quarantine/ds/f.root@v1.json")]["Body"])
+    assert record["error_type"] == "ReadError" and record["receive_count"] == 2
+    assert ("specs", "leases/ds/f.root@v1.lease") in s3.objects
+    compute, calls = fake_compute()  # a duplicate: the owner's retries will settle it
+    dup = compute_and_store_file_spec(data_event(), CONFIG, s3=s3, compute=compute, owner="m2")
+    assert dup.status == "leased" and calls == []
+
+
+def test_objects_outside_the_data_prefix_are_skipped():
+    compute, calls = fake_compute()
+    outcome = compute_and_store_file_spec(
+        data_event("elsewhere/f.root"), CONFIG, s3=FakeS3(), compute=compute
+    )
+    assert outcome.status == "skipped" and calls == []
+
+
+# ------------------------------------------------------------------- debounce
+
+
+def stored_dataset(s3: FakeS3, updated_at: float) -> None:
+    s3.put_object(
+        Bucket="specs",
+        Key=CONFIG.dataset_spec_key("ds"),
+        Body=b"{}",
+        Metadata={"updated-at": f"{updated_at:.6f}"},
+    )
+
+
+def test_debounce_defers_while_the_spec_is_fresh():
+    s3, sqs = FakeS3(), FakeSQS()
+    stored_dataset(s3, updated_at=1000.0)
+    outcome = retrain_if_quiet(CONFIG, "ds", s3=s3, sqs=sqs, now=lambda: 1003.5)
+    assert outcome.status == "deferred" and outcome.delay == 7  # ceil(10 - 3.5)
+    (message,) = sqs.sent
+    assert message["DelaySeconds"] == 7 and message["QueueUrl"] == "queue"
+    assert retrain_datasets_of(message["MessageBody"], CONFIG) == ["ds"]
+
+
+def test_debounce_submits_once_quiet_then_is_up_to_date(monkeypatch):
+    s3, sqs, submitted = FakeS3(), FakeSQS(), []
+
+    def submit(address, entrypoint, submission_id, **kwargs):
+        submitted.append((address, entrypoint, submission_id))
+        return submission_id, True
+
+    monkeypatch.setattr(pipeline, "submit_ray_job", submit)
+    stored_dataset(s3, updated_at=1000.0)
+    outcome = retrain_if_quiet(CONFIG, "ds", s3=s3, sqs=sqs, now=lambda: 1010.0)
+    assert outcome.status == "submitted" and sqs.sent == []
+    assert submitted[0][1] == "train ds s3://specs/datasets/ds/dataset.json s3://models/ds/"
+    again = retrain_if_quiet(CONFIG, "ds", s3=s3, sqs=sqs, now=lambda: 2000.0)
+    assert again.status == "up-to-date" and len(submitted) == 1
+
+
+def test_debounce_without_ray_or_spec():
+    s3 = FakeS3()
+    assert retrain_if_quiet(CONFIG, "ds", s3=s3).status == "absent"
+    off = dataclasses.replace(CONFIG, ray_address="")
+    assert retrain_if_quiet(off, "ds", s3=s3).status == "disabled"
+
+
+def test_the_debounce_delay_is_capped_by_sqs():
+    s3, sqs = FakeS3(), FakeSQS()
+    slow = dataclasses.replace(CONFIG, retrain_debounce_seconds=5000)
+    stored_dataset(s3, updated_at=1000.0)
+    outcome = retrain_if_quiet(slow, "ds", s3=s3, sqs=sqs, now=lambda: 1000.0)
+    assert outcome.delay == pipeline.MAX_SQS_DELAY
+
+
+# --------------------------------------------------------- partial batch responses
+
+
+def test_partial_batch_response_names_only_the_failures():
+    def process(record):
+        if record["body"] == "bad":
+            raise ValueError("boom")
+
+    event = {
+        "Records": [
+            {"messageId": "1", "body": "ok"},
+            {"messageId": "2", "body": "bad"},
+            {"messageId": "3", "body": "ok"},
+        ]
+    }
+    assert handle_batch(event, process) == {"batchItemFailures": [{"itemIdentifier": "2"}]}
+    assert batch_response([]) == {"batchItemFailures": []}
+    assert batch_response(["a", "b", "a"])["batchItemFailures"] == [
+        {"itemIdentifier": "a"},
+        {"itemIdentifier": "b"},
+    ]
+
+
+def test_queued_seconds():
+    record = {"attributes": {"SentTimestamp": "1000500"}}
+    assert queued_seconds(record, now=1002.0) == pytest.approx(1.5)
+    assert queued_seconds({}) == 0.0
