@@ -212,18 +212,27 @@ def test_spec_is_bounded_in_memory_by_step_size(tmp_path):
     assert spec.branches["Jet_pt"].count == spec.branches["nJet"].sum
 
 
-@settings(max_examples=60, deadline=None)
-@given(
-    st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=1, max_size=60),
-    st.lists(st.integers(0, 6), max_size=30),
-)
-def test_numpy_fallbacks_match_the_compiled_kernels(values, lengths):
-    """The serverless package runs the spec pass without numba: same numbers."""
-    from mlaas4hep import kernels
+def test_spec_pass_imports_no_compiled_kernels():
+    """The serverless package computes specs without numba (and without its JIT load)."""
+    import subprocess
+    import sys
 
+    code = "import mlaas4hep.specs, sys; print('numba' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=1, max_size=60))
+def test_moments_match_a_plain_python_computation(values):
     array = np.asarray(values, dtype=np.float32)
-    compiled, fallback = kernels.moments(array), kernels.moments_numpy(array)
-    assert compiled[:3] == fallback[:3] and compiled[7] == fallback[7]
-    np.testing.assert_allclose(compiled[3:7], fallback[3:7], rtol=1e-9)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    assert list(kernels.length_histogram(offsets)) == list(kernels.length_histogram_numpy(offsets))
+    stats = values_stats("flat", array.dtype, array)
+    finite = [float(v) for v in array if np.isfinite(v)]
+    assert stats.nan == sum(np.isnan(v) for v in array)
+    assert stats.posinf + stats.neginf == sum(np.isinf(v) for v in array)
+    assert stats.finite == len(finite)
+    if finite:
+        assert (stats.min, stats.max) == (min(finite), max(finite))
+        assert stats.sum == pytest.approx(sum(finite), rel=1e-9, abs=1e-6)
+    else:
+        assert stats.min is None and stats.max is None
