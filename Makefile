@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)-$(subst $(comma),_,$(EXTRAS))
 PYTEST_ARGS ?=
 
-.PHONY: install test lint format check-infra bench bench-pipeline demo stack-up stack-status stack-down clean
+.PHONY: install test lint format check-infra bench bench-pipeline validate-training demo stack-up stack-status stack-down clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ test: install lint check-infra
 
 bench: install
 	$(BIN)/python scripts/bench/bench_data.py
+
+validate-training: install
+	$(BIN)/python scripts/validate_training.py --events 200000 --epochs 5
 
 bench-pipeline: install
 	$(BIN)/python scripts/bench/bench_pipeline.py

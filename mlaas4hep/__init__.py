@@ -8,10 +8,17 @@ public names are resolved lazily so that ``import mlaas4hep`` stays cheap.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from typing import Any
 
 __version__ = "0.1.0"
+
+# The XRootD bindings crash the process when imported after TensorFlow (a clash of the
+# native libraries they bundle), and any training or serving process may need both.
+# Imported first, they are harmless and cheap (~30 ms), so they are loaded here.
+with contextlib.suppress(ImportError):  # the [xrootd] extra is optional
+    import XRootD.client  # noqa: F401
 
 _EXPORTS = {
     "ChunkStream": "mlaas4hep.stream",

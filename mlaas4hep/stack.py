@@ -85,6 +85,9 @@ class RayHead(ManagedServer):
         # "single-machine" mode, meant for Windows and macOS): the head then keeps
         # 127.0.0.1 and binds only there. The one cost: no other node can join.
         env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        # A local ray.init() elsewhere leaves ~/.ray/auth_token, which would turn token
+        # authentication on for this head and refuse our unauthenticated Jobs API calls.
+        env.setdefault("RAY_AUTH_MODE", "disabled")
         return env
 
     def listening(self) -> list[tuple[int, str, int]]:

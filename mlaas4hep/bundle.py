@@ -1,0 +1,361 @@
+"""The model bundle: everything serving needs to turn raw events into a prediction.
+
+A bundle is a directory:
+
+=====================  ==============================================================
+``bundle.json``        manifest: schema version, framework, n_features, feature names,
+                       whether the model takes the mask, the model's file names
+``model.weights.h5``   Keras weights, or ``model.pt`` (a PyTorch state dict)
+``model.py``           the user's ``build_model(n_features)`` (absent: the default model)
+``vectorizer.json``    :meth:`Vectorizer.to_dict` — the exact preprocessing of training
+``dataset_spec.json``  the DatasetSpec it was trained with
+``metrics.json``       per-unit history, test AUC/loss, timings
+``lineage.json``       files and their identities, config, git revision, versions
+``reference.npz``      a few test rows (X, mask) and the scores the job computed
+``plots/*.png``        ROC curve, loss curves, input features (signal vs background)
+=====================  ==============================================================
+
+The model is rebuilt from its code and loaded with its weights, so custom layers need
+nothing else. :meth:`ModelBundle.save_to_store` puts the directory in the BentoML model
+store under ``name:version``; :meth:`ModelBundle.export` copies it to the output
+location and the models bucket (plus the ``.bentomodel`` archive), so the serving side
+loads it by tag with :meth:`ModelBundle.from_store` or from the bucket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mlaas4hep import extras
+from mlaas4hep.errors import ConfigError
+from mlaas4hep.sources import scheme
+from mlaas4hep.specs import DatasetSpec
+from mlaas4hep.vectorizer import Vectorizer
+
+if TYPE_CHECKING:
+    from mlaas4hep.training.job import PreparedJob
+
+BUNDLE_VERSION = 1
+KERAS_WEIGHTS = "model.weights.h5"
+TORCH_WEIGHTS = "model.pt"
+REFERENCE_ROWS = 64
+
+
+# ----------------------------------------------------------------- framework helpers
+
+
+def load_weights(model: Any, framework: str, directory: Path) -> None:
+    """Load the weights saved by a training checkpoint or a bundle into ``model``."""
+    if framework == "torch":
+        torch = extras.torch()
+        model.load_state_dict(torch.load(Path(directory) / TORCH_WEIGHTS, weights_only=True))
+        model.eval()
+    else:
+        model.load_weights(str(Path(directory) / KERAS_WEIGHTS))
+
+
+def save_weights(model: Any, framework: str, directory: Path) -> str:
+    if framework == "torch":
+        torch = extras.torch()
+        torch.save(model.state_dict(), Path(directory) / TORCH_WEIGHTS)
+        return TORCH_WEIGHTS
+    model.save_weights(str(Path(directory) / KERAS_WEIGHTS))
+    return KERAS_WEIGHTS
+
+
+def predict_arrays(
+    model: Any, framework: str, X: np.ndarray, mask: np.ndarray, with_mask: bool
+) -> np.ndarray:
+    """Probabilities (float32, one per row) of ``model`` for vectorised events."""
+    if len(X) == 0:
+        return np.zeros(0, dtype=np.float32)
+    if framework == "torch":
+        torch = extras.torch()
+        features = torch.from_numpy(np.ascontiguousarray(X))
+        inputs: Any = features
+        if with_mask:
+            inputs = {"features": features, "mask": torch.from_numpy(np.ascontiguousarray(mask))}
+        with torch.no_grad():
+            return model(inputs).reshape(-1).cpu().numpy().astype(np.float32)
+    inputs = {"features": X, "mask": mask} if with_mask else X
+    return np.asarray(model(inputs, training=False)).reshape(-1).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- lineage
+
+
+def git_revision(cwd: str | os.PathLike[str] | None = None) -> str:
+    """The checked-out commit (``+dirty`` when modified), or the value the job was given."""
+    given = os.environ.get("MLAAS4HEP_GIT_REVISION")
+    if given:
+        return given
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
+        )
+        if head.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def library_versions(names: Sequence[str]) -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+# ---------------------------------------------------------------------------- bundle
+
+
+@dataclass
+class ModelBundle:
+    """A trained model with its preprocessing, metrics and lineage."""
+
+    framework: str
+    vectorizer: Vectorizer
+    spec: DatasetSpec
+    with_mask: bool = False
+    model_code: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    lineage: dict[str, Any] = field(default_factory=dict)
+    model: Any = None
+    reference: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def from_training(
+        cls,
+        job: PreparedJob,
+        model: Any,
+        history: list[dict[str, Any]],
+        test_metrics: Mapping[str, Any],
+    ) -> ModelBundle:
+        libraries = ["mlaas4hep", "numpy", "awkward", "uproot", "ray"]
+        libraries += ["torch"] if job.framework == "torch" else ["tensorflow", "tf-keras"]
+        lineage = {
+            "run_name": job.run_name,
+            "files": {
+                key: {"entries": spec.entries, "identity": spec.identity}
+                for key, spec in job.spec.files.items()
+            },
+            "staged": job.staged,
+            "config": job.config.to_dict(),
+            "plan": job.plan.to_dict(),
+            "git_revision": git_revision(),
+            "libraries": library_versions(libraries),
+        }
+        bundle = cls(
+            framework=job.framework,
+            vectorizer=job.vectorizer,
+            spec=job.spec,
+            with_mask=job.with_mask,
+            model_code=job.model_code,
+            metrics={"history": history, **test_metrics},
+            lineage=lineage,
+            model=model,
+        )
+        with job.streams["test"].with_split("test") as test:
+            batch = next(test.batches(REFERENCE_ROWS))
+        bundle.reference = {
+            "X": batch.X.copy(),
+            "mask": batch.mask.copy(),
+            "scores": bundle.predict_vectorized(batch.X, batch.mask),
+        }
+        return bundle
+
+    # --- prediction ---------------------------------------------------------------
+    @property
+    def n_features(self) -> int:
+        return self.vectorizer.n_features
+
+    def predict_vectorized(self, X: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Probabilities for rows already vectorised with this bundle's Vectorizer."""
+        if self.model is None:
+            raise ConfigError("this bundle holds no model (load it with ModelBundle.load)")
+        return predict_arrays(self.model, self.framework, X, mask, self.with_mask)
+
+    def predict(self, events: Any) -> np.ndarray:
+        """Probabilities for raw events (a dict of branch arrays or an awkward record array)."""
+        out = self.vectorizer.transform(events)
+        return self.predict_vectorized(out.X, out.mask)
+
+    # --- persistence --------------------------------------------------------------
+    def save(self, directory: str | os.PathLike[str], extra_files: Sequence[Path] = ()) -> Path:
+        """Write the bundle directory (created; existing files replaced)."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        weights = save_weights(self.model, self.framework, path)
+        if self.model_code is not None:
+            (path / "model.py").write_text(self.model_code)
+        manifest = {
+            "bundle_version": BUNDLE_VERSION,
+            "framework": self.framework,
+            "n_features": self.n_features,
+            "feature_names": self.vectorizer.feature_names,
+            "branches": self.vectorizer.branches,
+            "with_mask": self.with_mask,
+            "weights": weights,
+            "model": "model.py" if self.model_code is not None else "default",
+        }
+        _write_json(path / "bundle.json", manifest)
+        _write_json(path / "vectorizer.json", self.vectorizer.to_dict())
+        (path / "dataset_spec.json").write_text(self.spec.to_json())
+        _write_json(path / "metrics.json", self.metrics)
+        _write_json(path / "lineage.json", self.lineage)
+        if self.reference:
+            np.savez(path / "reference.npz", **self.reference)
+        for extra in extra_files:
+            target = path / "plots" / Path(extra).name
+            target.parent.mkdir(exist_ok=True)
+            shutil.copyfile(extra, target)
+        return path
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> ModelBundle:
+        """Read a bundle directory and rebuild its model."""
+        from mlaas4hep.training import models
+
+        path = Path(directory)
+        try:
+            manifest = json.loads((path / "bundle.json").read_text())
+        except FileNotFoundError as err:
+            raise ConfigError(f"{path} is not a model bundle (no bundle.json)") from err
+        if manifest.get("bundle_version") != BUNDLE_VERSION:
+            raise ConfigError(
+                f"bundle version {manifest.get('bundle_version')!r} is not supported "
+                f"(this release reads {BUNDLE_VERSION})"
+            )
+        code = (path / "model.py").read_text() if manifest["model"] != "default" else None
+        vectorizer = Vectorizer.from_dict(json.loads((path / "vectorizer.json").read_text()))
+        framework = manifest["framework"]
+        model = models.build_model(code, framework, vectorizer.n_features, manifest["with_mask"])
+        load_weights(model, framework, path)
+        reference = {}
+        if (path / "reference.npz").exists():
+            with np.load(path / "reference.npz") as data:
+                reference = {key: data[key] for key in data.files}
+        return cls(
+            framework=framework,
+            vectorizer=vectorizer,
+            spec=DatasetSpec.from_json((path / "dataset_spec.json").read_text()),
+            with_mask=manifest["with_mask"],
+            model_code=code,
+            metrics=json.loads((path / "metrics.json").read_text()),
+            lineage=json.loads((path / "lineage.json").read_text()),
+            model=model,
+            reference=reference,
+        )
+
+    # --- BentoML store and buckets ------------------------------------------------
+    def save_to_store(self, name: str, directory: str | os.PathLike[str]) -> str:
+        """Copy a saved bundle directory into the BentoML model store; return ``name:version``."""
+        bentoml = extras.require("bentoml")
+        labels = {"framework": self.framework, "run": str(self.lineage.get("run_name", ""))}
+        metadata = {
+            "test_auc": float(self.metrics.get("test_auc", float("nan"))),
+            "n_features": self.n_features,
+            "git_revision": str(self.lineage.get("git_revision", "")),
+        }
+        with bentoml.models.create(
+            name, module="mlaas4hep.bundle", labels=labels, metadata=metadata
+        ) as model_ref:
+            shutil.copytree(directory, model_ref.path, dirs_exist_ok=True)
+        return str(model_ref.tag)
+
+    @classmethod
+    def from_store(cls, tag: str) -> ModelBundle:
+        """Load a bundle from the BentoML model store by tag (``name:version`` or ``name``)."""
+        bentoml = extras.require("bentoml")
+        return cls.load(bentoml.models.get(tag).path)
+
+    def export(
+        self,
+        directory: str | os.PathLike[str],
+        output: str,
+        run_name: str,
+        models_bucket: str | None = None,
+        tag: str | None = None,
+    ) -> dict[str, str]:
+        """Copy the bundle to ``<output>/<run>/bundle`` and to ``<bucket>/<name>/<run>/``."""
+        places = {"output": f"{output.rstrip('/')}/{run_name}/bundle"}
+        copy_tree(directory, places["output"])
+        if models_bucket:
+            name = self.lineage.get("config", {}).get("output", {}).get("name", "model")
+            places["models_bucket"] = f"{models_bucket.rstrip('/')}/{name}/{run_name}"
+            copy_tree(directory, places["models_bucket"])
+        return places
+
+
+def copy_tree(source: str | os.PathLike[str], target: str) -> None:
+    """Copy a local directory to a local path or an ``s3://`` prefix."""
+    source = Path(source)
+    if scheme(target) == "s3":
+        from mlaas4hep.sources import _s3fs
+
+        fs = _s3fs()
+        for path in sorted(p for p in source.rglob("*") if p.is_file()):
+            fs.put_file(str(path), f"{target}/{path.relative_to(source).as_posix()}")
+        return
+    shutil.copytree(source, target, dirs_exist_ok=True)
+
+
+def workspace(run_name: str) -> Path:
+    """A fresh local directory for the driver's files of one run."""
+    return Path(tempfile.mkdtemp(prefix=f"mlaas4hep-{run_name}-"))
+
+
+def write_plots(
+    directory: Path,
+    history: list[dict[str, Any]],
+    arrays: Mapping[str, np.ndarray],
+    vectorizer: Vectorizer,
+) -> list[Path]:
+    """ROC curve, loss curves and input-feature distributions as PNG files."""
+    from mlaas4hep import plots
+
+    directory.mkdir(parents=True, exist_ok=True)
+    return [
+        plots.roc_plot(directory / "roc.png", arrays["fpr"], arrays["tpr"]),
+        plots.loss_plot(directory / "loss.png", history),
+        plots.feature_plot(
+            directory / "features.png",
+            arrays["X"],
+            arrays["mask"],
+            arrays["labels"][: len(arrays["X"])],
+            vectorizer.feature_names,
+        ),
+    ]
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=1, default=_plain))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)

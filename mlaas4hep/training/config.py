@@ -1,0 +1,299 @@
+"""The training configuration: one declarative YAML document, validated before any work.
+
+Like weaver-core's data configuration, the whole training job is described by a single
+file (dataset, spec, Vectorizer options, model, framework, training mode, scaling,
+staging, output) that is saved in the model bundle next to the trained model. Every
+key is checked when the file is loaded: an unknown key (a typo) fails with the list of
+the keys allowed at that place and the closest match, a wrong type or value names the
+field, so that a mistake costs seconds, not a Ray job.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from mlaas4hep.errors import ConfigError
+
+FRAMEWORKS = ("auto", "tensorflow", "torch")
+MODES = ("standard", "per_chunk")
+NORMALIZATIONS = ("minmax", "zscore", "none")
+NONFINITE = ("mask", "keep", "zero", "raise")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class DatasetConfig:
+    """Where the events come from and how they are labelled and split."""
+
+    files: list[str] = field(default_factory=list)
+    tree: str | None = None
+    labels: dict[str, float] | None = None
+    label: str | None = None
+    cut: str | None = None
+    weight: str | None = None
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    split_seed: int = 0
+
+
+@dataclass
+class VectorizerConfig:
+    """The Vectorizer options (see :class:`mlaas4hep.vectorizer.Vectorizer`)."""
+
+    normalization: str = "minmax"
+    padding: int | str | dict[str, int | str] = "max"
+    pad_value: float = 0.0
+    nonfinite: str = "mask"
+
+
+@dataclass
+class TrainingConfig:
+    """How the model is trained."""
+
+    mode: str = "standard"
+    epochs: int = 3
+    chunk_size: int = 10_000
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    seed: int = 0
+    with_mask: bool = False
+
+
+@dataclass
+class ScalingConfig:
+    """Ray Train workers; ``use_gpu`` is passed through to Ray untouched."""
+
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    max_failures: int = 2
+
+
+@dataclass
+class StagingConfig:
+    """Copy ``root://`` inputs into a cache (an ``s3://`` prefix or a directory) first."""
+
+    enabled: bool = False
+    cache: str | None = None
+    parallel: int = 4
+
+
+@dataclass
+class OutputConfig:
+    """Where checkpoints, metrics, plots and the bundle go; how the model is named."""
+
+    location: str = "output"
+    name: str = "mlaas4hep-model"
+    run_name: str | None = None
+    models_bucket: str | None = None
+    bentoml_store: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """The whole training job."""
+
+    dataset: DatasetConfig
+    spec: str = "compute"
+    vectorizer: VectorizerConfig = field(default_factory=VectorizerConfig)
+    model: str = "default"
+    framework: str = "auto"
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    staging: StagingConfig = field(default_factory=StagingConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    #: Testing aid: make worker ``rank`` raise once after ``unit`` units (epochs or chunks).
+    inject_failure: dict[str, int] | None = None
+
+    # --- loading ------------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        """Load and validate a YAML file (a local path or an ``s3://`` URL)."""
+        import yaml
+
+        from mlaas4hep.sources import read_text
+
+        try:
+            text = read_text(str(path))
+        except FileNotFoundError as err:
+            raise ConfigError(f"training config {path} not found") from err
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"training config {path} is not valid YAML: {err}") from err
+        config = cls.from_dict(data or {})
+        base = Path(str(path)).parent
+        if config.model not in ("default",) and not config.model.startswith("s3://"):
+            model = Path(config.model)
+            if not model.is_absolute() and not model.exists() and (base / model).exists():
+                config.model = str(base / model)
+        return config
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Validate a parsed document; errors name the offending key."""
+        if not isinstance(data, Mapping):
+            raise ConfigError("the training config must be a mapping of sections")
+        config = _build(cls, data, "")
+        config.validate()
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    # --- checks -------------------------------------------------------------------
+    def validate(self) -> None:
+        d = self.dataset
+        if not d.files:
+            raise ConfigError("dataset.files: give at least one file, directory or s3:// prefix")
+        if d.labels is None and d.label is None:
+            raise ConfigError("dataset: give labels per file (dataset.labels) or dataset.label")
+        if d.labels is not None and d.label is not None:
+            raise ConfigError("dataset: give dataset.labels or dataset.label, not both")
+        if len(d.fractions) != 3 or min(d.fractions) < 0 or abs(sum(d.fractions) - 1) > 1e-9:
+            raise ConfigError(
+                f"dataset.fractions: three numbers >= 0 summing to 1, not {d.fractions}"
+            )
+        if min(d.fractions[1:]) <= 0:
+            raise ConfigError("dataset.fractions: validation and test fractions must be > 0")
+        _choice("vectorizer.normalization", self.vectorizer.normalization, NORMALIZATIONS)
+        _choice("vectorizer.nonfinite", self.vectorizer.nonfinite, NONFINITE)
+        _choice("framework", self.framework, FRAMEWORKS)
+        t = self.training
+        _choice("training.mode", t.mode, MODES)
+        for name in ("epochs", "chunk_size", "batch_size"):
+            if getattr(t, name) <= 0:
+                raise ConfigError(f"training.{name} must be positive, not {getattr(t, name)}")
+        if t.learning_rate <= 0:
+            raise ConfigError(f"training.learning_rate must be positive, not {t.learning_rate}")
+        s = self.scaling
+        if s.num_workers < 1:
+            raise ConfigError(f"scaling.num_workers must be >= 1, not {s.num_workers}")
+        if s.cpus_per_worker <= 0 or s.max_failures < 0:
+            raise ConfigError("scaling.cpus_per_worker must be > 0 and max_failures >= 0")
+        if t.chunk_size < s.num_workers * t.batch_size:
+            raise ConfigError(
+                f"training.chunk_size ({t.chunk_size}) must hold at least one batch per worker "
+                f"({s.num_workers} x {t.batch_size})"
+            )
+        if self.staging.enabled and not self.staging.cache:
+            raise ConfigError("staging.cache: give an s3:// prefix or a directory to stage into")
+        if self.staging.parallel < 1:
+            raise ConfigError("staging.parallel must be >= 1")
+        if not _NAME.match(self.output.name):
+            raise ConfigError(
+                f"output.name {self.output.name!r}: letters, digits, '_', '-', '.' only"
+            )
+        if self.output.run_name is not None and not _NAME.match(self.output.run_name):
+            raise ConfigError(f"output.run_name {self.output.run_name!r}: letters, digits, _-.")
+        if self.model != "default" and not self.model.endswith(".py"):
+            raise ConfigError(
+                f"model: 'default' or a Python file defining build_model(n_features), "
+                f"not {self.model!r}"
+            )
+        if self.inject_failure is not None and set(self.inject_failure) - {"rank", "unit"}:
+            raise ConfigError("inject_failure takes 'rank' and 'unit'")
+
+    @property
+    def worker_chunk_size(self) -> int:
+        """Events per chunk on each worker: together the workers' chunks are one chunk."""
+        return max(self.training.chunk_size // self.scaling.num_workers, 1)
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        hint = difflib.get_close_matches(str(value), allowed, n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {value!r}{extra}")
+
+
+_SECTIONS = {
+    "dataset": DatasetConfig,
+    "vectorizer": VectorizerConfig,
+    "training": TrainingConfig,
+    "scaling": ScalingConfig,
+    "staging": StagingConfig,
+    "output": OutputConfig,
+}
+
+
+def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    """An instance of dataclass ``cls`` from ``data``, refusing unknown keys and bad types."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where.rstrip('.') or 'config'} must be a mapping")
+    known = {f.name: f for f in fields(cls)}
+    unknown = [key for key in data if key not in known]
+    if unknown:
+        key = unknown[0]
+        hint = difflib.get_close_matches(str(key), list(known), n=1)
+        extra = f"; did you mean {hint[0]!r}?" if hint else ""
+        raise ConfigError(
+            f"unknown key {where}{key!r} in the training config{extra} "
+            f"(allowed: {', '.join(known)})"
+        )
+    missing = [
+        name
+        for name, f in known.items()
+        if name not in data and f.default is f.default_factory  # both MISSING: a required key
+    ]
+    if missing:
+        raise ConfigError(f"missing key {where}{missing[0]!r} in the training config")
+    values = {}
+    for key, value in data.items():
+        name = f"{where}{key}"
+        if key in _SECTIONS and cls is TrainConfig:
+            values[key] = _build(_SECTIONS[key], value or {}, f"{name}.")
+        else:
+            values[key] = _check_type(name, value, known[key].type)
+    return cls(**values)
+
+
+def _check_type(name: str, value: Any, annotation: Any) -> Any:
+    text = str(annotation)
+    if value is None:
+        if "None" in text:
+            return None
+        raise ConfigError(f"{name} may not be empty")
+    if text.startswith("int |") and "dict" in text:  # padding: int, str or mapping
+        if isinstance(value, (int, str, dict)) and not isinstance(value, bool):
+            return value
+    elif text.startswith("list[str]"):
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+    elif text.startswith("list[float]"):
+        if isinstance(value, list) and all(_is_number(v) for v in value):
+            return [float(v) for v in value]
+    elif text.startswith("dict[str, float]"):
+        if isinstance(value, dict) and all(_is_number(v) for v in value.values()):
+            return {str(k): float(v) for k, v in value.items()}
+    elif text.startswith("dict[str, int]"):
+        if isinstance(value, dict) and all(isinstance(v, int) for v in value.values()):
+            return {str(k): int(v) for k, v in value.items()}
+    elif text.startswith("bool"):
+        if isinstance(value, bool):
+            return value
+    elif text.startswith("int"):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif text.startswith("float"):
+        if _is_number(value):
+            return float(value)
+    elif text.startswith("str"):
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a field type this function does not know
+        raise ConfigError(f"{name}: unsupported field type {text}")
+    expected = text.replace(" | None", "")
+    raise ConfigError(f"{name} must be {expected}, not {type(value).__name__} {value!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -1,0 +1,157 @@
+"""Models: the paper's default classifier (Keras and PyTorch) and user models from a file.
+
+A user model is a Python file defining ``build_model(n_features)`` that returns a Keras
+model or a ``torch.nn.Module``; the framework is detected from what it returns unless
+the configuration names it. A model that wants the padding mask declares
+``with_mask = True`` in that file (or the config says ``training.with_mask``): it then
+gets ``{"features": X, "mask": mask}`` instead of ``X``. Models output one probability
+per event (a sigmoid), trained with binary cross-entropy.
+
+Keras here means tf-keras (Keras 2): Keras 3 fails under Ray Train's
+MultiWorkerMirroredStrategy, so :func:`keras` sets ``TF_USE_LEGACY_KERAS=1`` before
+TensorFlow is first imported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from mlaas4hep import extras
+from mlaas4hep.errors import ConfigError
+
+DEFAULT_MODEL = "default"
+
+
+def keras() -> ModuleType:
+    """tf-keras (Keras 2), the Keras that works with MultiWorkerMirroredStrategy."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    extras.tensorflow()
+    return extras.require("tf_keras")
+
+
+def default_keras_model(n_features: int, with_mask: bool = False) -> Any:
+    """The paper's model: dense 128 (ReLU) → dropout 0.5 → dense 64 (ReLU) → sigmoid."""
+    k = keras()
+    features = k.Input(shape=(n_features,), name="features")
+    x = features
+    inputs: Any = features
+    if with_mask:  # padded slots zeroed: the model sees the mask through its inputs
+        mask = k.Input(shape=(n_features,), name="mask", dtype="bool")
+        x = k.layers.Multiply()([x, k.layers.Lambda(lambda m: k.backend.cast(m, "float32"))(mask)])
+        inputs = {"features": features, "mask": mask}
+    x = k.layers.Dense(128, activation="relu")(x)
+    x = k.layers.Dropout(0.5)(x)
+    x = k.layers.Dense(64, activation="relu")(x)
+    out = k.layers.Dense(1, activation="sigmoid")(x)
+    return k.Model(inputs=inputs, outputs=out, name="mlaas4hep_default")
+
+
+def default_torch_model(n_features: int, with_mask: bool = False) -> Any:
+    """The same architecture in PyTorch."""
+    torch = extras.torch()
+    nn = torch.nn
+
+    class DefaultClassifier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(
+                nn.Linear(n_features, 128),
+                nn.ReLU(),
+                nn.Dropout(0.5),
+                nn.Linear(128, 64),
+                nn.ReLU(),
+                nn.Linear(64, 1),
+                nn.Sigmoid(),
+            )
+
+        def forward(self, x: Any) -> Any:
+            if isinstance(x, dict):
+                x = x["features"] * x["mask"].to(x["features"].dtype)
+            return self.net(x).squeeze(-1)
+
+    return DefaultClassifier()
+
+
+def read_model_code(path: str | os.PathLike[str]) -> str:
+    """The text of a user's model file (it travels to the workers and into the bundle)."""
+    source = Path(path)
+    if not source.is_file():
+        raise ConfigError(f"model file {source} not found")
+    return source.read_text()
+
+
+def load_user_module(code: str, origin: str = "model.py") -> ModuleType:
+    """Import a user's model code under a name derived from its content."""
+    name = f"mlaas4hep_user_model_{hashlib.sha1(code.encode()).hexdigest()[:12]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    module = ModuleType(name)
+    module.__file__ = origin
+    try:
+        exec(compile(code, origin, "exec"), module.__dict__)
+    except Exception as err:
+        raise ConfigError(f"model file {origin} failed to import: {err!r}") from err
+    if not callable(getattr(module, "build_model", None)):
+        raise ConfigError(f"model file {origin} must define build_model(n_features)")
+    sys.modules[name] = module
+    return module
+
+
+def framework_of(model: Any) -> str:
+    """``"torch"`` for a torch.nn.Module, ``"tensorflow"`` for a Keras model."""
+    for cls in type(model).__mro__:
+        module = cls.__module__ or ""
+        if module.startswith("torch.nn"):
+            return "torch"
+        if module.startswith(("tf_keras", "keras", "tensorflow")):
+            return "tensorflow"
+    raise ConfigError(
+        f"build_model returned a {type(model).__name__}: expected a Keras model or a "
+        "torch.nn.Module"
+    )
+
+
+def detect_framework(code: str | None, framework: str) -> str:
+    """The framework that trains the model (the configured one unless ``auto``)."""
+    if framework != "auto":
+        return framework
+    if code is None:
+        return "tensorflow"
+    return _declared(code) or framework_of(load_user_module(code).build_model(2))
+
+
+def _declared(text: str) -> str | None:
+    """A ``framework = "torch"`` line in the user's file saves importing both frameworks."""
+    for line in text.splitlines():
+        stripped = line.replace(" ", "")
+        for name in ("torch", "tensorflow"):
+            if stripped in (f'framework="{name}"', f"framework='{name}'"):
+                return name
+    return None
+
+
+def build_model(code: str | None, framework: str, n_features: int, with_mask: bool) -> Any:
+    """A fresh model: the default one, or the user's ``build_model(n_features)``."""
+    if code is None:
+        if framework == "torch":
+            return default_torch_model(n_features, with_mask)
+        return default_keras_model(n_features, with_mask)
+    if framework == "tensorflow":
+        keras()  # tf-keras must be chosen before the user's file imports TensorFlow
+    built = load_user_module(code).build_model(n_features)
+    if framework_of(built) != framework:
+        raise ConfigError(f"the user's build_model does not return a {framework} model")
+    return built
+
+
+def wants_mask(code: str | None, configured: bool) -> bool:
+    """Whether the model takes ``{"features", "mask"}``: configured, or declared in its file."""
+    if configured or code is None:
+        return configured
+    return bool(getattr(load_user_module(code), "with_mask", False))

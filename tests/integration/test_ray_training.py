@@ -1,0 +1,170 @@
+"""Training jobs submitted through the Ray Jobs API of a real local Ray head.
+
+One Ray head (2 CPUs, loopback only) for the module; the sample ttH-like data (40k
+events) published to a moto S3 bucket and to an XRootD server. Each test submits
+``ray_jobs/train.py`` exactly as ``ray job submit`` does and reads the job's summary
+back from its log.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from mlaas4hep.samples import make_tth_dataset
+from mlaas4hep.stack import RayHead
+from mlaas4hep.training.submit import job_result, submit_training, wait_for_job
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+LABELS = {"ttH_signal.root": 1, "*": 0}
+INCLUDE = ["Jet_pt", "Jet_eta", "Jet_btagDeepB", "Jet_mass", "nJet", "MET_pt", "HT"]
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[RayHead]:
+    # A local ray.init() leaves ~/.ray/auth_token behind, which turns token auth on for
+    # every later head; these tests talk to their own loopback head without a token.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "disabled")
+        head = RayHead(num_cpus=2).start()
+        try:
+            yield head
+        finally:
+            head.stop()
+
+
+@pytest.fixture(scope="module")
+def tth_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    out = tmp_path_factory.mktemp("tth-train")
+    return [f.path for f in make_tth_dataset(out, n_events=40_000, seed=7, block_size=10_000)]
+
+
+@pytest.fixture(scope="module")
+def bentoml_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    # One store for the module: BentoML reads BENTOML_HOME once per process.
+    home = tmp_path_factory.mktemp("bentoml")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BENTOML_HOME", str(home))
+        yield home
+
+
+def run_job(ray_head: RayHead, tmp_path: Path, config: dict, env: dict[str, str]) -> tuple:
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(config))
+    job_id = submit_training(
+        ray_head.address,
+        str(path),
+        working_dir=str(PROJECT_ROOT),
+        env=env,
+        python=sys.executable,
+    )
+    status, logs = wait_for_job(ray_head.address, job_id, timeout=420)
+    return status, logs, job_result(logs)
+
+
+def base_config(files: list[str], output: str, **training: object) -> dict:
+    return {
+        "dataset": {"files": files, "labels": LABELS, "include": INCLUDE},
+        "vectorizer": {"padding": 8},
+        "training": {"epochs": 2, "chunk_size": 8000, "batch_size": 256, **training},
+        "scaling": {"num_workers": 2, "use_gpu": False},
+        "output": {"location": output, "name": "tth-test"},
+    }
+
+
+def test_tensorflow_two_workers_from_s3_to_bundle(
+    ray_head: RayHead, moto_server, publish_to_s3: Callable[..., str], tth_files, tmp_path,
+    bentoml_home: Path,
+) -> None:  # fmt: skip
+    for path in tth_files:
+        publish_to_s3(path, bucket="data", key=f"datasets/tth/{path.name}")
+    moto_server.client("s3").create_bucket(Bucket="models")
+    config = base_config(["s3://data/datasets/tth/"], "s3://models/runs")
+    config["output"]["models_bucket"] = "s3://models/bundles"
+    env = {**moto_server.env(), "BENTOML_HOME": str(bentoml_home)}
+    status, logs, result = run_job(ray_head, tmp_path, config, env)
+    assert status == "SUCCEEDED", logs[-3000:]
+    assert result["test_auc"] > 0.7, result
+    assert result["units"] == 2 and result["framework"] == "tensorflow"
+
+    from mlaas4hep.bundle import ModelBundle
+
+    bundle = ModelBundle.from_store(result["tag"])
+    scores = bundle.predict_vectorized(bundle.reference["X"], bundle.reference["mask"])
+    np.testing.assert_allclose(scores, bundle.reference["scores"], rtol=1e-5, atol=1e-6)
+    assert bundle.metrics["test_auc"] == pytest.approx(result["test_auc"])
+    assert len(bundle.metrics["history"]) == 2
+    assert all("val_auc" in h and "val_loss" in h for h in bundle.metrics["history"])
+    lineage = bundle.lineage
+    assert len(lineage["files"]) == 9 and all(f["identity"] for f in lineage["files"].values())
+    assert lineage["git_revision"] and "tensorflow" in lineage["libraries"]
+    keys = {o["Key"] for o in moto_server.client("s3").list_objects_v2(Bucket="models")["Contents"]}
+    run = result["run_name"]
+    for name in ("bundle.json", "model.weights.h5", "plots/roc.png", "plots/features.png"):
+        assert f"bundles/tth-test/{run}/{name}" in keys
+    assert any(k.startswith(f"runs/checkpoints/{run}/unit-00001/") for k in keys)
+    # raw events in, the same numbers as the job's own transform
+    import uproot
+
+    with uproot.open(tth_files[0]) as f:
+        events = f["Events"].arrays(bundle.vectorizer.branches, entry_stop=200)
+    direct = bundle.predict_vectorized(*_xm(bundle.vectorizer.transform(events)))
+    np.testing.assert_array_equal(bundle.predict(events), direct)
+
+
+def _xm(out) -> tuple[np.ndarray, np.ndarray]:
+    return out.X, out.mask
+
+
+def test_a_failed_worker_resumes_from_the_checkpoint(
+    ray_head: RayHead, tth_files, tmp_path, bentoml_home: Path
+) -> None:
+    files = [str(p) for p in tth_files]
+    config = base_config(files, str(tmp_path / "out"), epochs=3)
+    config["inject_failure"] = {"rank": 1, "unit": 0}
+    config["output"]["bentoml_store"] = False
+    status, logs, result = run_job(ray_head, tmp_path, config, {})
+    assert status == "SUCCEEDED", logs[-3000:]
+    assert "injected failure after unit 0" in logs
+    assert result["units"] == 3  # units 1 and 2 after the restart, unit 0 from the checkpoint
+    import json
+
+    metrics = json.loads(Path(result["bundle"]["output"], "metrics.json").read_text())
+    assert [h["unit"] for h in metrics["history"]] == [0, 1, 2]
+
+
+def test_xrootd_source_with_torch_in_per_chunk_mode(
+    ray_head: RayHead, publish_to_xrootd: Callable[..., str], tth_files, tmp_path, bentoml_home
+) -> None:
+    pytest.importorskip("torch")
+    urls = [publish_to_xrootd(p, name=f"train/{p.name}") for p in tth_files]
+    model = tmp_path / "net.py"
+    model.write_text(
+        "import torch\n"
+        "framework = 'torch'\n\n"
+        "def build_model(n_features):\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(n_features, 64), torch.nn.ReLU(),\n"
+        "                               torch.nn.Linear(64, 1), torch.nn.Sigmoid(),\n"
+        "                               torch.nn.Flatten(0))\n"
+    )
+    config = base_config(urls, str(tmp_path / "out"), mode="per_chunk", epochs=3)
+    config["model"] = str(model)
+    config["training"]["learning_rate"] = 3e-3
+    status, logs, result = run_job(ray_head, tmp_path, config, {"BENTOML_HOME": str(bentoml_home)})
+    assert status == "SUCCEEDED", logs[-3000:]
+    assert result["framework"] == "torch" and result["mode"] == "per_chunk"
+    assert result["test_auc"] > 0.7, result
+
+    from mlaas4hep.bundle import ModelBundle
+
+    bundle = ModelBundle.from_store(result["tag"])
+    assert bundle.lineage["files"] and all(k.startswith("root://") for k in bundle.lineage["files"])
+    scores = bundle.predict_vectorized(bundle.reference["X"], bundle.reference["mask"])
+    np.testing.assert_allclose(scores, bundle.reference["scores"], rtol=1e-5, atol=1e-6)

@@ -1,0 +1,167 @@
+"""Training without Ray: the config is validated, data errors come before training, the
+step plan agrees across workers, AUC is right, and a bundle predicts the same after
+loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlaas4hep.errors import BranchError, ConfigError, ReadError
+from mlaas4hep.metrics import auc, roc_curve
+from mlaas4hep.samples import make_tth_dataset
+from mlaas4hep.training.config import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def tth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tth")
+    make_tth_dataset(out, n_events=6000, seed=3, block_size=2000)
+    return out
+
+
+def config(files: list[str], **overrides: object) -> dict:
+    data: dict = {
+        "dataset": {
+            "files": files,
+            "labels": {"ttH_signal.root": 1, "*": 0},
+            "include": ["Jet_pt", "Jet_btagDeepB", "nJet", "HT"],
+        },
+        "vectorizer": {"padding": 6},
+        "training": {"epochs": 1, "chunk_size": 2000, "batch_size": 64},
+        "scaling": {"num_workers": 2},
+    }
+    for key, value in overrides.items():
+        section, _, field = key.partition("__")
+        if field:
+            data.setdefault(section, {})[field] = value
+        else:
+            data[section] = value
+    return data
+
+
+def test_config_typo_names_the_key_and_a_suggestion(tth: Path) -> None:
+    data = config([str(tth)])
+    data["training"]["epoch"] = 3
+    with pytest.raises(ConfigError, match=r"unknown key training\.'epoch'.*did you mean 'epochs'"):
+        TrainConfig.from_dict(data)
+    with pytest.raises(ConfigError, match="unknown key 'modle'.*'model'"):
+        TrainConfig.from_dict({**config([str(tth)]), "modle": "default"})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("training__batch_size", "big", "training.batch_size must be int"),
+        ("training__mode", "perchunk", "did you mean 'per_chunk'"),
+        ("scaling__num_workers", 0, "num_workers must be >= 1"),
+        ("framework", "jax", "framework must be one of"),
+        ("staging__enabled", True, "staging.cache"),
+        ("model", "model.txt", "build_model"),
+    ],
+)
+def test_config_values_are_checked(tth: Path, key: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_dict(config([str(tth)], **{key: value}))
+
+
+def test_config_from_yaml_and_defaults(tmp_path: Path, tth: Path) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text(f"dataset:\n  files: [{tth}]\n  label: 'nJet >= 6'\noutput:\n  name: tth\n")
+    cfg = TrainConfig.from_yaml(path)
+    assert cfg.training.mode == "standard" and cfg.scaling.use_gpu is False
+    assert cfg.worker_chunk_size == cfg.training.chunk_size // 2
+    with pytest.raises(ConfigError, match="not found"):
+        TrainConfig.from_yaml(tmp_path / "missing.yaml")
+
+
+def test_missing_file_fails_before_training(tth: Path) -> None:
+    from mlaas4hep.training.job import prepare
+
+    files = [str(tth / "ttH_signal.root"), str(tth / "no_such_file.root")]
+    with pytest.raises(ReadError, match="no_such_file.root"):
+        prepare(TrainConfig.from_dict(config(files)))
+
+
+def test_branch_absent_from_spec_fails_before_training(tth: Path) -> None:
+    from mlaas4hep.training.job import prepare
+
+    data = config([str(tth)])
+    data["dataset"]["include"] = ["Jet_pt", "Jet_ptt"]
+    with pytest.raises(BranchError, match="Jet_ptt"):
+        prepare(TrainConfig.from_dict(data))
+
+
+def test_train_script_exits_2_with_a_one_line_error(tth: Path, tmp_path: Path, capsys) -> None:
+    import yaml
+
+    from ray_jobs.train import main
+
+    data = config([str(tth / "ttH_signal.root"), str(tth / "gone.root")])
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["--config", str(path)]) == 2
+    assert "gone.root" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["standard", "per_chunk"])
+@pytest.mark.parametrize("cut", [None, "nJet >= 5"])
+def test_plan_gives_every_worker_the_same_full_batches(tth: Path, mode: str, cut: str) -> None:
+    from mlaas4hep.training.job import prepare
+    from mlaas4hep.training.plan import exact_batches, shard_counts
+
+    cfg = TrainConfig.from_dict(config([str(tth)], training__mode=mode, dataset__cut=cut))
+    job = prepare(cfg)
+    counts = shard_counts(job.streams["train"], 2)
+    assert abs(sum(counts[0]) - sum(counts[1])) < 50
+    steps = job.plan.steps_per_epoch if mode == "standard" else job.plan.steps_per_chunk[0]
+    assert steps > 0
+    for rank in range(2):
+        shard = job.streams["train"].shard(rank, 2)
+        batches = list(exact_batches(shard, 64, 0, steps + 3))  # wraps around if short
+        assert len(batches) == steps + 3 and all(len(b) == 64 for b in batches)
+
+
+def test_auc_matches_the_rank_statistic() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.random(2000) < 0.3
+    s = rng.normal(size=2000) + y
+    pos, neg = s[y], s[~y]
+    expected = np.mean(pos[:, None] > neg[None, :])
+    assert auc(y, s) == pytest.approx(expected, abs=1e-12)
+    fpr, tpr, _ = roc_curve(y, s)
+    assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1
+    with pytest.raises(ValueError, match="both signal and background"):
+        auc(np.ones(3), np.arange(3))
+
+
+def test_auc_with_ties_counts_half() -> None:
+    y = np.array([1, 0, 1, 0])
+    s = np.array([0.5, 0.5, 0.9, 0.1])
+    assert auc(y, s) == pytest.approx(0.875)
+
+
+def test_bundle_round_trip_predicts_the_same(tth: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tf_keras")
+    from mlaas4hep.bundle import ModelBundle
+    from mlaas4hep.specs import compute_dataset_spec
+    from mlaas4hep.training import models
+    from mlaas4hep.vectorizer import Vectorizer
+
+    spec = compute_dataset_spec([str(tth)]).dataset
+    vectorizer = Vectorizer(spec, ["Jet_pt", "nJet"], padding=4)
+    model = models.default_keras_model(vectorizer.n_features)
+    bundle = ModelBundle("tensorflow", vectorizer, spec, model=model, lineage={"run_name": "t"})
+    import uproot
+
+    with uproot.open(tth / "ttH_signal.root") as f:
+        events = f["Events"].arrays(["Jet_pt", "nJet"], entry_stop=100)
+    before = bundle.predict(events)
+    bundle.save(tmp_path / "bundle")
+    loaded = ModelBundle.load(tmp_path / "bundle")
+    np.testing.assert_allclose(loaded.predict(events), before, rtol=1e-6)
+    assert loaded.vectorizer.to_dict() == vectorizer.to_dict()
+    with pytest.raises(ConfigError, match="not a model bundle"):
+        ModelBundle.load(tmp_path)
