@@ -714,6 +714,35 @@ def _write_dataset(
     return written
 
 
+def cached_dataset(
+    folder: str | os.PathLike[str],
+    preset: str,
+    n_events: int,
+    n_files: int = 4,
+    seed: int = 42,
+) -> list[Path]:
+    """A preset written once into ``folder`` and reused by later runs (benchmarks, demo).
+
+    A marker named after the parameters lists the files it wrote; another size or seed
+    rewrites the folder.
+    """
+    folder = Path(folder)
+    marker = folder / f"{preset}-{n_events}-{n_files}-{seed}.done"
+    if not marker.exists():
+        print(f"generating the {preset} sample: {n_events:,} events …")
+        for stale in folder.glob("*.done"):
+            stale.unlink()
+        folder.mkdir(parents=True, exist_ok=True)
+        if preset == "tth":
+            made = make_tth_dataset(folder, n_events, seed, show_progress=True)
+        elif preset == "paper":
+            made = make_paper_dataset(folder, n_events, n_files, seed, show_progress=True)
+        else:
+            raise ConfigError(f"preset must be 'tth' or 'paper', not {preset!r}")
+        marker.write_text("\n".join(f.path.name for f in made))
+    return [folder / name for name in marker.read_text().splitlines()]
+
+
 def write_labels_file(files: Sequence[SampleFile], path: str | os.PathLike[str]) -> Path:
     """Write a JSON object mapping each file name to its label (1 signal, 0 background).
 

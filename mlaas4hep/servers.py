@@ -643,16 +643,6 @@ class MotoServer(ManagedServer):
     secret_key = "test"
     region = "us-east-1"
 
-    def __init__(
-        self,
-        port: int | None = None,
-        workdir: str | os.PathLike[str] | None = None,
-        *,
-        start_timeout: float = 30.0,
-        stop_timeout: float = 10.0,
-    ) -> None:
-        super().__init__(port, workdir, start_timeout=start_timeout, stop_timeout=stop_timeout)
-
     @property
     def endpoint_url(self) -> str:
         return f"http://{self.host}:{self.port}"

@@ -24,7 +24,7 @@ from rich.table import Table
 from mlaas4hep import extras
 from mlaas4hep.cli import main as cli
 from mlaas4hep.images import event_images
-from mlaas4hep.samples import make_tth_dataset
+from mlaas4hep.samples import cached_dataset
 from mlaas4hep.servers import MotoServer, XRootDServer
 from mlaas4hep.sources import open_tree, read_text
 from mlaas4hep.specs import DatasetSpec
@@ -37,16 +37,6 @@ console = Console()
 
 def stage(title: str) -> None:
     console.rule(f"[bold cyan]{title}")
-
-
-def sample(folder: Path, events: int) -> list[Path]:
-    """The seeded ttH-like sample, generated once per size and kept for later runs."""
-    marker = folder / f"tth-{events}.done"
-    if not marker.exists():
-        shutil.rmtree(folder, ignore_errors=True)
-        make_tth_dataset(folder, n_events=events, seed=42, show_progress=True)
-        marker.write_text("ok")
-    return sorted(folder.glob("*.root"))
 
 
 def plot_inputs(stream: ChunkStream, vectorizer: Vectorizer, out: Path) -> Path:
@@ -117,7 +107,7 @@ def run(events: int) -> int:
     started = time.perf_counter()
 
     stage("1/5 sample data")
-    files = sample(data, events)
+    files = cached_dataset(data, "tth", events)
     console.print(
         f"{len(files)} files, {sum(f.stat().st_size for f in files) / 1e6:.1f} MB "
         f"in {data.relative_to(ROOT)}"

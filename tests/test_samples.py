@@ -332,3 +332,17 @@ def test_cli(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "labels.json").read_text())["paper_0.root"] == 1
     bad = subprocess.run([*cmd, "--events", "2"], capture_output=True, text=True)
     assert bad.returncode == 2 and "at least 4 events" in bad.stderr
+
+
+def test_cached_dataset_is_written_once(tmp_path):
+    from mlaas4hep.samples import cached_dataset
+
+    first = cached_dataset(tmp_path, "paper", 2_000, n_files=2)
+    stamp = [p.stat().st_mtime_ns for p in first]
+    again = cached_dataset(tmp_path, "paper", 2_000, n_files=2)
+    assert again == first and [p.stat().st_mtime_ns for p in again] == stamp
+    other = cached_dataset(tmp_path, "paper", 3_000, n_files=2)
+    assert (
+        len(list(tmp_path.glob("*.done"))) == 1
+        and sum(open_tree(p).num_entries for p in other) == 3_000
+    )

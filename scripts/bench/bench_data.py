@@ -27,7 +27,7 @@ import awkward as ak
 import numpy as np
 import uproot
 
-from mlaas4hep.samples import make_paper_dataset
+from mlaas4hep.samples import cached_dataset
 from mlaas4hep.sources import open_tree
 from mlaas4hep.specs import DatasetSpec, compute_file_spec
 from mlaas4hep.stream import ChunkStream
@@ -47,17 +47,6 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
         result = fn()
         best = min(best, time.perf_counter() - start)
     return best, result
-
-
-def dataset(folder: Path, events: int, files: int) -> list[Path]:
-    """The paper-layout sample, generated once and kept for later runs."""
-    marker = folder / f"paper-{events}-{files}.done"
-    if not marker.exists():
-        print(f"generating the paper-layout sample: {events:,} events in {files} files …")
-        folder.mkdir(parents=True, exist_ok=True)
-        made = make_paper_dataset(folder, n_events=events, n_files=files, show_progress=True)
-        marker.write_text("\n".join(str(f.path) for f in made))
-    return [Path(line) for line in marker.read_text().splitlines()]
 
 
 def idiomatic(chunk: dict[str, ak.Array], vectorizer: Vectorizer) -> tuple[np.ndarray, np.ndarray]:
@@ -97,7 +86,7 @@ def main() -> int:
     global REPEAT
     REPEAT = max(1, args.repeat)
 
-    paths = dataset(args.data, args.events, args.files)
+    paths = cached_dataset(args.data, "paper", args.events, args.files)
     nbytes = sum(p.stat().st_size for p in paths)
     with open_tree(paths[0]) as tree:
         branches = tree.select()

@@ -31,24 +31,13 @@ sys.path.insert(0, str(ROOT))
 
 from functions.local_runtime import LocalRuntime  # noqa: E402
 from mlaas4hep.pipeline import PipelineConfig, read_dataset_spec  # noqa: E402
-from mlaas4hep.samples import make_paper_dataset  # noqa: E402
+from mlaas4hep.samples import cached_dataset, make_paper_dataset  # noqa: E402
 from mlaas4hep.servers import MotoServer  # noqa: E402
 from mlaas4hep.specs import compute_dataset_spec  # noqa: E402
 from mlaas4hep.terraform import INFRA_DIR, Terraform  # noqa: E402
 
 GOAL_PERCENT = 20.0
 WARMUP_EVENTS = 4_000
-
-
-def sample(folder: Path, events: int, files: int) -> list[Path]:
-    """The paper-layout sample, generated once and kept for later runs."""
-    marker = folder / f"paper-{events}-{files}.done"
-    if not marker.exists():
-        print(f"generating the paper-layout sample: {events:,} events in {files} files …")
-        folder.mkdir(parents=True, exist_ok=True)
-        made = make_paper_dataset(folder, n_events=events, n_files=files, show_progress=True)
-        marker.write_text("\n".join(f.path.name for f in made))
-    return [folder / Path(line).name for line in marker.read_text().splitlines()]
 
 
 def upload_and_wait(s3, config: PipelineConfig, paths: list[Path], dataset: str) -> float:
@@ -122,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
     subprocess.run([sys.executable, str(ROOT / "scripts" / "build_lambda_package.py")], check=True)
-    paths = sample(args.data, args.events, args.files)
+    paths = cached_dataset(args.data, "paper", args.events, args.files)
     best: dict[str, float] = {}
     profiles: dict[int, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp, MotoServer() as moto:
