@@ -9,6 +9,7 @@ side: every TCP socket in LISTEN state held by the head's process tree.
 from __future__ import annotations
 
 import sys
+import time
 
 import pytest
 
@@ -25,7 +26,14 @@ pytestmark = [
 def test_ray_head_listens_on_loopback_only():
     ray = RayHead().start()
     try:
+        # The raylet and the agents come up after the head answers: wait for them
+        deadline = time.monotonic() + 60
         sockets = ray.listening()
+        while time.monotonic() < deadline and (
+            len(sockets) < 3 or not {ray.port, ray.dashboard_port} <= {p for _, _, p in sockets}
+        ):
+            time.sleep(0.5)
+            sockets = ray.listening()
         assert len(sockets) >= 3, sockets  # GCS, raylet, dashboard at least
         ports = {port for _, _, port in sockets}
         assert {ray.port, ray.dashboard_port} <= ports, sockets
