@@ -1,0 +1,57 @@
+"""Ray job: retrain a dataset's model on its current DatasetSpec and decide the promotion.
+
+Submitted by the retrain function (``functions/retrain.py``) when a DatasetSpec has
+stopped changing; by hand it is:
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
+        python ray_jobs/retrain.py --dataset tth \
+        --dataset-spec s3://specs/datasets/tth/dataset.json --models s3://models/tth/
+
+See :mod:`mlaas4hep.retraining`. Prints one JSON line prefixed ``MLAAS4HEP_RESULT`` with
+the decision; a configuration or data error exits with status 2 before any training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from mlaas4hep.errors import MlaasError
+from mlaas4hep.retraining import DEFAULT_ALIAS, DEFAULT_MARGIN, retrain
+from mlaas4hep.training.submit import RESULT_PREFIX
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", required=True, help="dataset name (data prefix folder)")
+    parser.add_argument("--dataset-spec", required=True, help="URL of the DatasetSpec")
+    parser.add_argument("--models", required=True, help="the dataset's models prefix")
+    parser.add_argument("--recipe", help="training YAML (default: <models>/train.yaml)")
+    parser.add_argument("--alias", default=DEFAULT_ALIAS, help="alias to promote to")
+    parser.add_argument(
+        "--margin",
+        type=float,
+        default=DEFAULT_MARGIN,
+        help="promote unless the validation AUC drops by more than this",
+    )
+    args = parser.parse_args(argv)
+    try:
+        record = retrain(
+            args.dataset,
+            args.dataset_spec,
+            args.models,
+            recipe_url=args.recipe,
+            alias=args.alias,
+            margin=args.margin,
+            log=lambda line: print(line, flush=True),
+        )
+    except (MlaasError, OSError) as err:
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        return 2
+    print(RESULT_PREFIX + json.dumps(record), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
