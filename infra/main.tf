@@ -162,3 +162,47 @@ resource "aws_s3_bucket_notification" "specs" {
 
   depends_on = [module.queues]
 }
+
+# The BentoML service (serving/) on ECS Fargate behind a load balancer; it reads models
+# from the models bucket. See infra/README.md, "Serving", for the image and the token.
+module "serving" {
+  source = "./modules/serving"
+  count  = var.serving_enabled ? 1 : 0
+
+  name                     = "${local.name_prefix}-serving"
+  image_tag                = var.serving_image_tag
+  models_bucket_arn        = local.models_arn
+  min_replicas             = var.serving_min_replicas
+  max_replicas             = var.serving_max_replicas
+  enable_autoscaling       = var.serving_enable_autoscaling
+  autoscaling_metric       = var.serving_autoscaling_metric
+  autoscaling_target_value = var.serving_autoscaling_target_value
+  log_retention_days       = var.log_retention_days
+  kms_key_arn              = var.kms_key_arn
+  tags                     = local.tags
+
+  cpu                               = var.serving.cpu
+  memory                            = var.serving.memory
+  cpu_architecture                  = var.serving.cpu_architecture
+  container_port                    = var.serving.container_port
+  health_check_grace_period_seconds = var.serving.health_check_grace_period_seconds
+  model                             = var.serving.model
+  workers                           = var.serving.workers
+  models_prefix                     = var.serving.models_prefix
+  environment                       = var.serving.environment
+  readable_bucket_arns              = var.serving.readable_bucket_arns
+  api_token_secret_arn              = var.serving.api_token_secret_arn
+  vpc_id                            = var.serving.vpc_id
+  load_balancer_subnet_ids          = var.serving.load_balancer_subnet_ids
+  task_subnet_ids                   = var.serving.task_subnet_ids
+  assign_public_ip                  = var.serving.assign_public_ip
+  vpc_cidr                          = var.serving.vpc_cidr
+  availability_zones                = var.serving.availability_zones
+  internal                          = var.serving.internal
+  ingress_cidr_blocks               = var.serving.ingress_cidr_blocks
+  certificate_arn                   = var.serving.certificate_arn
+  access_logs_bucket                = var.serving.access_logs_bucket
+  deletion_protection               = var.serving.deletion_protection
+  container_insights                = var.serving.container_insights
+  force_delete                      = var.serving.force_delete
+}

@@ -41,3 +41,26 @@ output "aws_endpoint_url" {
   description = "The local AWS endpoint the stack was applied to (null on AWS)."
   value       = var.aws_endpoint_url
 }
+
+output "serving" {
+  description = "The serving deployment (null when serving_enabled is false): repository_url to push the bento image to, url of the service, api_token_secret_arn, cluster/service names, roles, log group and the autoscaling settings."
+  value = var.serving_enabled ? {
+    repository_url         = module.serving[0].repository_url
+    repository_name        = module.serving[0].repository_name
+    api_token_secret_arn   = module.serving[0].api_token_secret_arn
+    deployed               = module.serving[0].deployed
+    image                  = module.serving[0].image
+    url                    = module.serving[0].url
+    load_balancer_dns_name = module.serving[0].load_balancer_dns_name
+    target_group_arn       = module.serving[0].target_group_arn
+    cluster_name           = module.serving[0].cluster_name
+    service_name           = module.serving[0].service_name
+    task_definition_arn    = module.serving[0].task_definition_arn
+    task_role_arn          = module.serving[0].task_role_arn
+    execution_role_arn     = module.serving[0].execution_role_arn
+    log_group_name         = module.serving[0].log_group_name
+    vpc_id                 = module.serving[0].vpc_id
+    security_group_ids     = module.serving[0].security_group_ids
+    autoscaling            = module.serving[0].autoscaling
+  } : null
+}

@@ -17,11 +17,18 @@ provider "aws" {
   dynamic "endpoints" {
     for_each = local.local_endpoint ? [var.aws_endpoint_url] : []
     content {
+      appautoscaling = endpoints.value
       cloudwatchlogs = endpoints.value
+      ec2            = endpoints.value
+      ecr            = endpoints.value
+      ecs            = endpoints.value
+      elbv2          = endpoints.value
       iam            = endpoints.value
       lambda         = endpoints.value
       s3             = endpoints.value
+      secretsmanager = endpoints.value
       sqs            = endpoints.value
+      ssm            = endpoints.value
       sts            = endpoints.value
     }
   }

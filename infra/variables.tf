@@ -202,3 +202,94 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+# --- serving: the BentoML service on ECS Fargate (modules/serving) ---------------------------
+
+variable "serving_enabled" {
+  description = "Create the serving deployment (ECR repository and token secret; with serving_image_tag also the ECS service, load balancer and autoscaling)."
+  type        = bool
+  default     = true
+}
+
+variable "serving_image_tag" {
+  description = "Tag of the bento image pushed to the serving repository (output serving.repository_url). null creates the repository and the token secret only: push an image, then set it (see infra/README.md)."
+  type        = string
+  default     = null
+}
+
+variable "serving_min_replicas" {
+  description = "Fewest running service tasks (the task count when autoscaling is off)."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.serving_min_replicas >= 0 && floor(var.serving_min_replicas) == var.serving_min_replicas
+    error_message = "serving_min_replicas must be a whole number, 0 or more."
+  }
+}
+
+variable "serving_max_replicas" {
+  description = "Most running service tasks autoscaling may start."
+  type        = number
+  default     = 4
+
+  validation {
+    condition     = var.serving_max_replicas >= 1 && var.serving_max_replicas >= var.serving_min_replicas && floor(var.serving_max_replicas) == var.serving_max_replicas
+    error_message = "serving_max_replicas must be a whole number, at least 1 and at least serving_min_replicas."
+  }
+}
+
+variable "serving_enable_autoscaling" {
+  description = "Target-tracking autoscaling of the service (Application Auto Scaling). Off against moto, which does not implement Application Auto Scaling tags."
+  type        = bool
+  default     = true
+}
+
+variable "serving_autoscaling_metric" {
+  description = "What autoscaling tracks: \"cpu\" (average CPU percent) or \"requests\" (ALBRequestCountPerTarget, requests per task per minute)."
+  type        = string
+  default     = "cpu"
+
+  validation {
+    condition     = contains(["cpu", "requests"], var.serving_autoscaling_metric)
+    error_message = "serving_autoscaling_metric must be \"cpu\" or \"requests\"."
+  }
+}
+
+variable "serving_autoscaling_target_value" {
+  description = "Value autoscaling holds the metric at; null takes 60 (CPU percent) or 6000 (requests per task per minute)."
+  type        = number
+  default     = null
+}
+
+variable "serving" {
+  description = "Further settings of the serving deployment, each optional (null = the module's default, see modules/serving/variables.tf): cpu, memory, cpu_architecture, container_port, health_check_grace_period_seconds, model, workers, models_prefix, environment, readable_bucket_arns, api_token_secret_arn, vpc_id, load_balancer_subnet_ids, task_subnet_ids, assign_public_ip, vpc_cidr, availability_zones, internal, ingress_cidr_blocks, certificate_arn, access_logs_bucket, deletion_protection, container_insights, force_delete."
+  type = object({
+    cpu                               = optional(number)
+    memory                            = optional(number)
+    cpu_architecture                  = optional(string)
+    container_port                    = optional(number)
+    health_check_grace_period_seconds = optional(number)
+    model                             = optional(string)
+    workers                           = optional(number)
+    models_prefix                     = optional(string)
+    environment                       = optional(map(string))
+    readable_bucket_arns              = optional(list(string))
+    api_token_secret_arn              = optional(string)
+    vpc_id                            = optional(string)
+    load_balancer_subnet_ids          = optional(list(string))
+    task_subnet_ids                   = optional(list(string))
+    assign_public_ip                  = optional(bool)
+    vpc_cidr                          = optional(string)
+    availability_zones                = optional(list(string))
+    internal                          = optional(bool)
+    ingress_cidr_blocks               = optional(list(string))
+    certificate_arn                   = optional(string)
+    access_logs_bucket                = optional(string)
+    deletion_protection               = optional(bool)
+    container_insights                = optional(bool)
+    force_delete                      = optional(bool)
+  })
+  default  = {}
+  nullable = false
+}

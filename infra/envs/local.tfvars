@@ -20,3 +20,18 @@ functions = {
 }
 
 retrain_debounce_seconds = 3
+
+# The serving deployment, applied in full to moto (it does not check that the image
+# exists, nor run tasks): the tag only has to be set.
+serving_image_tag = "local"
+# moto does not implement Application Auto Scaling tags: the service runs min_replicas
+# tasks. terraform validate (scripts/check_infra.sh) still covers the autoscaling resources.
+serving_enable_autoscaling = false
+serving_min_replicas       = 1
+serving_max_replicas       = 2
+serving = {
+  # moto does not store a service's grace period (it reads back as 0, a change on every plan).
+  health_check_grace_period_seconds = 0
+  force_delete                      = true # the repository may hold images, the token secret goes at once
+  container_insights                = false
+}
