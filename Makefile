@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)-$(subst $(comma),_,$(EXTRAS))
 PYTEST_ARGS ?=
 
-.PHONY: install test lint format check-infra bench bench-pipeline validate-training demo stack-up stack-status stack-down clean
+.PHONY: install test lint format check-infra bench bench-pipeline bench-serve validate-training demo stack-up stack-status stack-down clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,9 @@ validate-training: install
 
 bench-pipeline: install
 	$(BIN)/python scripts/bench/bench_pipeline.py
+
+bench-serve: install
+	$(BIN)/python scripts/bench/bench_serve.py
 
 demo: install
 	$(BIN)/python scripts/demo.py

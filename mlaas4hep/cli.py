@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -65,12 +67,63 @@ def _parser() -> argparse.ArgumentParser:
     stream.add_argument("--seed", type=int, default=0)
     stream.add_argument("--normalization", default="minmax", choices=["minmax", "zscore", "none"])
     stream.add_argument("--padding", default="max", help="padding length: int, 'max' or 'p99'")
+    _add_client_commands(commands)
     return parser
+
+
+def _add_client_commands(commands: argparse._SubParsersAction) -> None:
+    """``predict`` and ``models …``: the client of the serving API (mlaas4hep.client)."""
+    server = argparse.ArgumentParser(add_help=False)
+    server.add_argument(
+        "--url",
+        default=os.environ.get("MLAAS4HEP_URL", "http://127.0.0.1:3000"),
+        help="the service (default: $MLAAS4HEP_URL or http://127.0.0.1:3000)",
+    )
+    server.add_argument(
+        "--token",
+        default=os.environ.get("MLAAS4HEP_SERVE_TOKEN"),
+        help="bearer token (default: $MLAAS4HEP_SERVE_TOKEN)",
+    )
+    predict = commands.add_parser(
+        "predict", parents=[server], help="score every event of a ROOT file with the service"
+    )
+    predict.add_argument("file", help="local ROOT file (uploaded), or s3:// / root:// URL")
+    predict.add_argument("--tree", help="tree name (found automatically when unique)")
+    predict.add_argument("-o", "--output", help="write the scores: .json, .csv or .parquet")
+
+    models = commands.add_parser("models", help="the model registry of the service")
+    actions = models.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", parents=[server], help="model versions, newest first")
+    listing.add_argument("--name", help="only this model name")
+    listing.add_argument("--label", nargs="+", default=[], help="key=value labels to match")
+    listing.add_argument("--dataset", help="substring of a training file or prefix")
+    listing.add_argument("--metric", nargs="+", default=[], help="e.g. 'test_auc>=0.8'")
+    listing.add_argument("--created-after", help="ISO 8601 date")
+    listing.add_argument("--created-before", help="ISO 8601 date")
+    listing.add_argument("--alias", help="only versions holding this alias")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    card = actions.add_parser("card", parents=[server], help="the model card of a version")
+    card.add_argument("ref", help="name:version, name:alias or name")
+    upload = actions.add_parser("upload", parents=[server], help="upload a bundle archive")
+    upload.add_argument("archive", help=".bentomodel, or .tar(.gz) of a bundle directory")
+    upload.add_argument("--name", help="model name (needed for a bundle tar)")
+    delete = actions.add_parser("delete", parents=[server], help="delete a version")
+    delete.add_argument("ref", help="name:version")
+    promote = actions.add_parser("promote", parents=[server], help="point an alias at a version")
+    promote.add_argument("ref", help="name:version (or anything the registry resolves)")
+    promote.add_argument("--alias", default="production")
+    actions.add_parser("aliases", parents=[server], help="the aliases of every model")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"inspect": _inspect, "specs": _specs, "stream": _stream}[args.command]
+    handler = {
+        "inspect": _inspect,
+        "specs": _specs,
+        "stream": _stream,
+        "predict": _predict,
+        "models": _models,
+    }[args.command]
     try:
         return handler(args)
     except MlaasError as err:
@@ -231,6 +284,85 @@ def _stream(args: argparse.Namespace) -> int:
     )
     if clipped:
         out.print(f"values clipped by padding: {clipped}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from mlaas4hep.client import Client
+
+    started = time.perf_counter()
+    result = Client(args.url, args.token).predict_file(args.file, tree=args.tree)
+    elapsed = time.perf_counter() - started
+    scores = result.scores
+    if args.output:
+        _write_scores(args.output, scores, result.model)
+    summary = f"scored {len(scores)} events of {args.file} with {result.model} in {elapsed:.2f} s"
+    if len(scores):
+        summary += (
+            f"; scores mean {float(scores.mean()):.4f}, min {float(scores.min()):.4f}, "
+            f"max {float(scores.max()):.4f}"
+        )
+    out.print(summary + (f"; wrote {args.output}" if args.output else ""))
+    return 0
+
+
+def _write_scores(path: str, scores: Any, model: str) -> None:
+    if path.endswith(".parquet"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table({"score": scores}).replace_schema_metadata({"model": model})
+        pq.write_table(table, path)
+    elif path.endswith(".csv"):
+        with open(path, "w") as fh:
+            fh.write("score\n")
+            fh.writelines(f"{value:.9g}\n" for value in scores.tolist())
+    elif path.endswith(".json"):
+        with open(path, "w") as fh:
+            json.dump({"model": model, "scores": scores.tolist()}, fh)
+    else:
+        raise MlaasError(f"--output {path}: give a .json, .csv or .parquet file name")
+
+
+def _models(args: argparse.Namespace) -> int:
+    from mlaas4hep.client import Client
+
+    client = Client(args.url, args.token)
+    if args.action == "list":
+        labels = {}
+        for item in args.label:
+            key, sep, value = item.partition("=")
+            if not sep:
+                console.print(f"[bold red]error:[/] --label {item!r}: write it as key=value")
+                return 2
+            labels[key] = value
+        versions = client.list(
+            args.name, labels=labels, dataset=args.dataset, metric=args.metric,
+            created_after=args.created_after, created_before=args.created_before,
+            alias=args.alias,
+        )  # fmt: skip
+        if args.json:
+            out.print_json(json.dumps(versions))
+            return 0
+        table = Table("tag", "created", "aliases", "framework", "test AUC", "run")
+        for v in versions:
+            auc = v["metrics"].get("test_auc")
+            table.add_row(
+                v["tag"], v["created"][:19], ", ".join(v["aliases"]), str(v["framework"]),
+                f"{auc:.4f}" if isinstance(auc, (int, float)) else "", str(v["run_name"] or ""),
+            )  # fmt: skip
+        out.print(table)
+        return 0
+    if args.action == "card":
+        out.print_json(json.dumps(client.card(args.ref)))
+    elif args.action == "upload":
+        out.print(f"uploaded {client.upload(args.archive, name=args.name)}")
+    elif args.action == "delete":
+        out.print(f"deleted {client.delete(args.ref)}")
+    elif args.action == "promote":
+        out.print(f"{args.alias} → {client.promote(args.ref, args.alias)}")
+    else:
+        out.print_json(json.dumps(client.aliases()))
     return 0
 
 

@@ -1,0 +1,755 @@
+"""The model registry: model bundles in the BentoML model store, with aliases.
+
+Versions are BentoML models (``name:version``) whose directory is a model bundle
+(:mod:`mlaas4hep.bundle`); this module adds what serving needs on top of the store:
+
+* :meth:`Registry.list` with metadata, filtered by name, labels, dataset, metric
+  thresholds (``test_auc>=0.8``) and creation dates; :meth:`Registry.card`, the model
+  card (features, spec summary, metrics, lineage, framework versions, aliases);
+* aliases (``production``, ``staging``, …) per model name, in one small JSON file in the
+  store (``mlaas4hep-aliases.json``), written atomically (temporary file + rename, under
+  a file lock) so that every process that serves from the store — each worker of
+  ``bentoml serve`` — sees a promotion by polling the file, without a restart;
+* :meth:`Registry.resolve`: ``name:alias``, ``name:version``, ``name`` (its
+  ``production`` alias, else its latest version) or a bare alias held by one model name;
+* :meth:`Registry.upload` of a ``.bentomodel`` archive or a tar of a bundle directory,
+  size-limited and checked member by member (no absolute paths, no ``..``, no links or
+  devices) before anything is written; :meth:`Registry.delete` refuses an aliased
+  version.
+
+BentoML is imported when a registry is created, never at module import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import io
+import json
+import os
+import re
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from mlaas4hep import extras
+from mlaas4hep.errors import ConfigError, MlaasError
+
+ALIASES_FILE = "mlaas4hep-aliases.json"
+LOCK_FILE = "mlaas4hep-aliases.lock"
+DEFAULT_ALIAS = "production"
+ALIASES_VERSION = 1
+HISTORY_LENGTH = 200
+MAX_ARCHIVE_MEMBERS = 10_000
+_ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$")
+_CONDITION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|==|>|<)\s*([-+0-9.eE]+)\s*$")
+_OPS = {
+    ">=": lambda a, b: a >= b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    "<": lambda a, b: a < b,
+    "==": lambda a, b: a == b,
+}
+
+
+class RegistryError(MlaasError, ValueError):
+    """A registry operation was refused; ``status`` is the HTTP status that fits."""
+
+    status = 400
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(message)
+
+    def payload(self) -> dict[str, Any]:
+        return {"error": str(self), "field": self.field, "problem": str(self)}
+
+
+class ModelNotFound(RegistryError, LookupError):
+    """No model version, name or alias matches."""
+
+    status = 404
+
+
+class RegistryConflict(RegistryError):
+    """The operation conflicts with the registry's state (an aliased version, a tag taken)."""
+
+    status = 409
+
+
+class ArchiveError(RegistryError):
+    """An uploaded archive is malformed, unsafe or too large."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message, field="body")
+        self.status = status
+
+
+class Registry:
+    """Model bundles in a BentoML model store (``<home>/models``), with aliases."""
+
+    def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
+        extras.require("bentoml")
+        from bentoml._internal.models.model import ModelStore
+
+        if home is None:
+            home = os.environ.get("BENTOML_HOME") or Path.home() / "bentoml"
+        self.home = Path(home)
+        self.root = self.home / "models"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.store = ModelStore(self.root)
+        self._aliases_cache: tuple[tuple[int, int, int], dict[str, Any]] | None = None
+
+    # --- versions -------------------------------------------------------------------
+    def _models(self, name: str | None = None) -> list[Any]:
+        from bentoml.exceptions import NotFound
+
+        try:
+            return self.store.list(name) if name else self.store.list()
+        except NotFound:
+            return []
+
+    def _get(self, tag: str) -> Any:
+        from bentoml.exceptions import BentoMLException, NotFound
+
+        try:
+            return self.store.get(tag)
+        except NotFound:
+            raise ModelNotFound(f"model {tag!r} is not in the registry", field="tag") from None
+        except (BentoMLException, ValueError) as err:
+            raise ModelNotFound(f"model {tag!r}: {err}", field="tag") from None
+
+    def path(self, ref: str) -> Path:
+        """The bundle directory of a version (``ref`` as for :meth:`resolve`)."""
+        return Path(self._get(self.resolve(ref)).path)
+
+    def resolve(self, ref: str) -> str:
+        """The full tag ``name:version`` that ``ref`` names (see the module docstring)."""
+        ref = ref.strip()
+        if not ref:
+            raise ModelNotFound("empty model reference", field="model")
+        aliases = self.aliases()
+        name, _, version = ref.partition(":")
+        if version:
+            target = aliases.get(name, {}).get(version)
+            if target is not None:
+                return target
+            return str(self._get(ref).tag)
+        if name in aliases and DEFAULT_ALIAS in aliases[name]:
+            return aliases[name][DEFAULT_ALIAS]
+        if (self.root / name).is_dir():
+            return str(self._get(name).tag)  # its latest version
+        holders = sorted(n for n, held in aliases.items() if name in held)
+        if len(holders) == 1:
+            return aliases[holders[0]][name]
+        if holders:
+            raise ModelNotFound(
+                f"alias {name!r} is held by several models ({', '.join(holders)}): "
+                f"say which, e.g. {holders[0]}:{name}",
+                field="model",
+            )
+        raise ModelNotFound(
+            f"no model, version or alias named {ref!r} in the registry", field="model"
+        )
+
+    def list(
+        self,
+        name: str | None = None,
+        *,
+        labels: Mapping[str, str] | None = None,
+        dataset: str | None = None,
+        metrics: Sequence[str] = (),
+        created_after: str | dt.datetime | None = None,
+        created_before: str | dt.datetime | None = None,
+        alias: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Versions with their metadata, newest first, that pass every filter given.
+
+        ``metrics`` are conditions such as ``"test_auc>=0.8"`` on the bundle's test
+        metrics; ``dataset`` is a substring of one of its training files or prefixes;
+        dates are ISO 8601 (``2025-01-31`` or with a time, UTC unless an offset is given).
+        """
+        conditions = [_condition(text) for text in metrics]
+        after, before = (
+            _date(created_after, "created_after"),
+            _date(created_before, "created_before"),
+        )
+        by_tag = self._aliases_by_tag()
+        out = []
+        for model in self._models(name):
+            tag = str(model.tag)
+            created = _utc(model.creation_time)
+            if (after and created < after) or (before and created > before):
+                continue
+            info_labels = dict(model.info.labels)
+            if labels and any(info_labels.get(k) != v for k, v in labels.items()):
+                continue
+            if alias and alias not in by_tag.get(tag, []):
+                continue
+            entry = self._summary(model, by_tag.get(tag, []))
+            if conditions and not all(
+                _number(entry["metrics"].get(k)) is not None
+                and _OPS[op](_number(entry["metrics"][k]), value)
+                for k, op, value in conditions
+            ):
+                continue
+            if dataset and not any(dataset in item for item in entry["datasets"]):
+                continue
+            out.append(json_safe(entry))
+        out.sort(key=lambda e: e["created"], reverse=True)
+        return out
+
+    def _summary(self, model: Any, aliases: list[str]) -> dict[str, Any]:
+        path = Path(model.path)
+        manifest = _read_json(path / "bundle.json")
+        metrics = _read_json(path / "metrics.json")
+        lineage = _read_json(path / "lineage.json")
+        dataset_cfg = (lineage.get("config") or {}).get("dataset") or {}
+        return {
+            "tag": str(model.tag),
+            "name": model.tag.name,
+            "version": model.tag.version,
+            "created": _utc(model.creation_time).isoformat(),
+            "aliases": sorted(aliases),
+            "labels": dict(model.info.labels),
+            "metadata": dict(model.info.metadata),
+            "framework": manifest.get("framework"),
+            "model": manifest.get("model"),
+            "n_features": manifest.get("n_features"),
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+            "run_name": lineage.get("run_name"),
+            "datasets": sorted(
+                set(dataset_cfg.get("files") or []) | set(lineage.get("files") or {})
+            ),
+            "bundle": bool(manifest),
+        }
+
+    def card(self, ref: str) -> dict[str, Any]:
+        """The model card of a version: what it needs, how good it is, where it comes from."""
+        tag = self.resolve(ref)
+        model = self._get(tag)
+        path = Path(model.path)
+        summary = self._summary(model, self._aliases_by_tag().get(tag, []))
+        if not summary["bundle"]:
+            raise RegistryError(f"model {tag} is not an mlaas4hep model bundle (no bundle.json)")
+        manifest = _read_json(path / "bundle.json")
+        vectorizer = _read_json(path / "vectorizer.json")
+        metrics = _read_json(path / "metrics.json")
+        lineage = _read_json(path / "lineage.json")
+        spec = _read_json(path / "dataset_spec.json")
+        history = metrics.get("history") or []
+        return json_safe(
+            {
+                **{
+                    k: summary[k]
+                    for k in ("tag", "name", "version", "created", "aliases", "labels")
+                },
+                "size_bytes": sum(p.stat().st_size for p in path.rglob("*") if p.is_file()),
+                "model": {
+                    "architecture": "default (dense 128 → 64 → 1)"
+                    if manifest.get("model") == "default"
+                    else "user code (model.py): served only when trust_user_code is on",
+                    "framework": manifest.get("framework"),
+                    "with_mask": manifest.get("with_mask"),
+                    "n_features": manifest.get("n_features"),
+                },
+                "inputs": {
+                    "branches": [
+                        {k: b.get(k) for k in ("name", "kind", "dtype", "length")}
+                        for b in vectorizer.get("blocks", [])
+                    ],
+                    "features": manifest.get("feature_names", []),
+                    "normalization": vectorizer.get("normalization"),
+                    "pad_value": vectorizer.get("pad_value"),
+                    "nonfinite": vectorizer.get("nonfinite"),
+                },
+                "metrics": {
+                    **summary["metrics"],
+                    "roc_auc": metrics.get("test_auc"),
+                    "epochs": len(history),
+                    "last_epoch": history[-1] if history else None,
+                },
+                "dataset": _spec_summary(
+                    spec, [b.get("name") for b in vectorizer.get("blocks", [])]
+                ),
+                "lineage": {
+                    "run_name": lineage.get("run_name"),
+                    "git_revision": lineage.get("git_revision"),
+                    "files": lineage.get("files", {}),
+                    "staged": lineage.get("staged", {}),
+                    "config": lineage.get("config", {}),
+                },
+                "framework_versions": lineage.get("libraries", {}),
+                "plots": sorted(p.name for p in (path / "plots").glob("*"))
+                if (path / "plots").is_dir()
+                else [],
+                "promotions": [h for h in self._read_aliases()["history"] if h.get("tag") == tag],
+            }
+        )
+
+    def delete(self, ref: str) -> str:
+        """Delete a version (refused while an alias points to it); returns its tag."""
+        tag = str(self._get(ref).tag) if ":" in ref else self.resolve(ref)
+        held = self._aliases_by_tag().get(tag)
+        if held:
+            raise RegistryConflict(
+                f"model {tag} is aliased as {', '.join(sorted(held))}: promote another "
+                "version (or remove the alias) before deleting it",
+                field="tag",
+            )
+        self.store.delete(tag)
+        return tag
+
+    # --- aliases --------------------------------------------------------------------
+    def aliases(self) -> dict[str, dict[str, str]]:
+        """``{name: {alias: tag}}``, re-read only when the file changed."""
+        return self._read_aliases()["aliases"]
+
+    def promote(self, ref: str, alias: str = DEFAULT_ALIAS) -> str:
+        """Point ``name:alias`` at the version ``ref`` names; returns the full tag."""
+        if not _ALIAS.match(alias) or alias == "latest":
+            raise RegistryError(
+                f"alias {alias!r}: lowercase letters, digits, '-' and '_', starting with a "
+                "letter, at most 40 characters, and not 'latest'",
+                field="alias",
+            )
+        tag = self.resolve(ref)
+        name = tag.split(":")[0]
+        if (self.root / name / alias).is_dir():
+            raise RegistryConflict(f"alias {alias!r} would hide version {name}:{alias}", "alias")
+        with self._locked() as document:
+            previous = document["aliases"].setdefault(name, {}).get(alias)
+            document["aliases"][name][alias] = tag
+            document["history"].append(
+                {
+                    "name": name,
+                    "alias": alias,
+                    "tag": tag,
+                    "previous": previous,
+                    "time": time.time(),
+                }
+            )
+            del document["history"][:-HISTORY_LENGTH]
+        return tag
+
+    def remove_alias(self, name: str, alias: str) -> str:
+        """Drop ``name:alias``; returns the tag it pointed to."""
+        with self._locked() as document:
+            held = document["aliases"].get(name, {})
+            if alias not in held:
+                raise ModelNotFound(f"model {name!r} has no alias {alias!r}", field="alias")
+            tag = held.pop(alias)
+            if not held:
+                del document["aliases"][name]
+            document["history"].append(
+                {"name": name, "alias": alias, "tag": None, "previous": tag, "time": time.time()}
+            )
+        return tag
+
+    def _aliases_by_tag(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for held in self.aliases().values():
+            for alias, tag in held.items():
+                out.setdefault(tag, []).append(alias)
+        return out
+
+    def _read_aliases(self) -> dict[str, Any]:
+        path = self.root / ALIASES_FILE
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return {"schema_version": ALIASES_VERSION, "aliases": {}, "history": []}
+        key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if self._aliases_cache is not None and self._aliases_cache[0] == key:
+            return self._aliases_cache[1]
+        try:
+            document = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ConfigError(f"the alias file {path} is unreadable: {err}") from err
+        if document.get("schema_version") != ALIASES_VERSION:
+            raise ConfigError(
+                f"the alias file {path} has schema version {document.get('schema_version')!r}; "
+                f"this release reads {ALIASES_VERSION}"
+            )
+        self._aliases_cache = (key, document)
+        return document
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, Any]]:
+        """Read-modify-write of the alias file under an exclusive lock; atomic replace."""
+        import fcntl
+
+        with open(self.root / LOCK_FILE, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                self._aliases_cache = None
+                document = json.loads(json.dumps(self._read_aliases()))
+                yield document
+                fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".aliases-", suffix=".json")
+                try:
+                    with os.fdopen(fd, "w") as fh:
+                        json.dump(document, fh, indent=1)
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                    os.replace(tmp, self.root / ALIASES_FILE)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+                    raise
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    # --- adding versions ------------------------------------------------------------
+    def add(
+        self,
+        directory: str | os.PathLike[str],
+        name: str,
+        labels: Mapping[str, str] | None = None,
+    ) -> str:
+        """Register a bundle directory under ``name`` (a new version); returns its tag.
+
+        The same labels and metadata as :meth:`ModelBundle.save_to_store` (plus
+        ``labels``), into this registry's store rather than the process-wide one.
+        """
+        import shutil
+
+        source = Path(directory)
+        if not (source / "bundle.json").is_file():
+            raise RegistryError(f"{source} is not a model bundle (no bundle.json)")
+        own, metadata = _labels_and_metadata(
+            _read_json(source / "bundle.json"),
+            _read_json(source / "metrics.json"),
+            _read_json(source / "lineage.json"),
+        )
+        with self._create(_checked_name(name), {**own, **(labels or {})}, metadata) as model:
+            shutil.copytree(source, model.path, dirs_exist_ok=True)
+        return str(model.tag)
+
+    def pull(self, bucket: str, ref: str) -> str:
+        """Register a bundle from the models bucket (``<bucket>/<name>/<run>/``, as the
+        training job exports it) unless it is here already; returns its tag.
+
+        ``ref`` is ``name`` (the newest run, by run name, which starts with the date) or
+        ``name:run``.
+        """
+        import fsspec
+
+        name, _, run = ref.partition(":")
+        prefix = f"{bucket.rstrip('/')}/{_checked_name(name)}"
+        fs, root = fsspec.core.url_to_fs(prefix)
+        try:
+            runs = sorted(
+                PurePosixPath(p).parent.name for p in fs.glob(f"{root.rstrip('/')}/*/bundle.json")
+            )
+        except (OSError, ValueError) as err:
+            raise ModelNotFound(f"cannot list {prefix}/: {err}", field="model") from None
+        if run:
+            runs = [r for r in runs if r == run]
+        if not runs:
+            raise ModelNotFound(f"no bundle {ref!r} under {prefix}/", field="model")
+        source = f"{prefix}/{runs[-1]}"
+        for model in self._models(name):
+            if model.info.labels.get("source") == source:
+                return str(model.tag)
+        staging = Path(tempfile.mkdtemp(prefix="pull-", dir=self.home))
+        try:
+            fs.get(f"{root.rstrip('/')}/{runs[-1]}/", str(staging), recursive=True)
+            bundle = staging if (staging / "bundle.json").exists() else staging / runs[-1]
+            return self.add(bundle, name, labels={"source": source})
+        finally:
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def upload(
+        self,
+        data: bytes,
+        name: str | None = None,
+        *,
+        max_unpacked_bytes: int = 2 << 30,
+    ) -> str:
+        """Register an uploaded archive: a ``.bentomodel`` (keeps its tag) or a tar
+        (optionally compressed) of a bundle directory (a new version of ``name``)."""
+        try:
+            archive = tarfile.open(fileobj=io.BytesIO(data), mode="r:*")  # noqa: SIM115
+        except (tarfile.TarError, EOFError, OSError) as err:
+            raise ArchiveError(
+                f"not a tar archive (.bentomodel, .tar, .tar.gz, .tar.xz): {err}"
+            ) from None
+        with archive:
+            files = _safe_members(archive, max_unpacked_bytes)
+            if "bundle.json" not in files:
+                raise ArchiveError(
+                    "the archive holds no bundle.json at its top level (or in its single "
+                    "top folder): it is not a model bundle"
+                )
+            manifest = _member_json(archive, files, "bundle.json")
+            _validate_manifest(archive, files, manifest)
+            labels, metadata = _labels_and_metadata(
+                manifest,
+                _member_json(archive, files, "metrics.json", required=False),
+                _member_json(archive, files, "lineage.json", required=False),
+            )
+            tag: str
+            if "model.yaml" in files:  # a .bentomodel: keep its name and version
+                info = _member_yaml(archive, files["model.yaml"])
+                raw = str((info or {}).get("name", "")), str((info or {}).get("version", ""))
+                if name and name != raw[0]:
+                    raise ArchiveError(f"the archive is model {raw[0]!r}, not {name!r}")
+                tag = f"{_checked_name(raw[0])}:{_checked_version(raw[1])}"
+                labels = {
+                    **{str(k): str(v) for k, v in (info.get("labels") or {}).items()},
+                    **labels,
+                }
+                if self._models(tag):
+                    raise RegistryConflict(f"model {tag} is already in the registry", field="tag")
+            elif name is None:
+                raise ArchiveError("a bundle archive needs a model name (the 'name' parameter)")
+            else:
+                tag = _checked_name(name)
+            with self._create(tag, labels, metadata) as model:
+                for relative, member in files.items():
+                    if relative == "model.yaml" or not member.isfile():
+                        continue
+                    destination = Path(model.path, *PurePosixPath(relative).parts)
+                    destination.parent.mkdir(parents=True, exist_ok=True)
+                    source = archive.extractfile(member)
+                    if source is None:
+                        raise ArchiveError(f"cannot read archive member {member.name!r}")
+                    with source, open(destination, "wb") as out:
+                        while chunk := source.read(1 << 20):
+                            out.write(chunk)
+        return str(model.tag)
+
+    def _create(self, tag: str, labels: dict[str, str], metadata: dict[str, Any]) -> Any:
+        """BentoML's model creation context (a staging folder, saved into the store on exit)."""
+        import bentoml
+
+        return bentoml.models.create(
+            tag, labels=labels, metadata=metadata, module="mlaas4hep.bundle",
+            _model_store=self.store,
+        )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _labels_and_metadata(
+    manifest: Mapping[str, Any], metrics: Mapping[str, Any], lineage: Mapping[str, Any]
+) -> tuple[dict[str, str], dict[str, Any]]:
+    labels = {
+        "framework": str(manifest.get("framework", "")),
+        "run": str(lineage.get("run_name", "")),
+    }
+    auc = metrics.get("test_auc")
+    metadata = {
+        "test_auc": float(auc) if isinstance(auc, (int, float)) else float("nan"),
+        "n_features": int(manifest.get("n_features") or 0),
+        "git_revision": str(lineage.get("git_revision", "")),
+    }
+    return labels, metadata
+
+
+def _safe_members(archive: tarfile.TarFile, max_unpacked_bytes: int) -> dict[str, tarfile.TarInfo]:
+    """Regular files and folders of the archive by path relative to the bundle's root."""
+    members: dict[str, tarfile.TarInfo] = {}
+    total = 0
+    for count, member in enumerate(archive, start=1):
+        if count > MAX_ARCHIVE_MEMBERS:
+            raise ArchiveError(f"the archive holds more than {MAX_ARCHIVE_MEMBERS} members")
+        name = member.name
+        path = PurePosixPath(name)
+        if (
+            "\\" in name
+            or "\x00" in name
+            or path.is_absolute()
+            or ".." in path.parts
+            or re.match(r"^[A-Za-z]:", name)
+        ):
+            raise ArchiveError(f"unsafe path in the archive: {name!r} (absolute or with '..')")
+        if not (member.isfile() or member.isdir()):
+            raise ArchiveError(
+                f"archive member {name!r} is a link or a special file: only regular files "
+                "and folders are accepted"
+            )
+        total += member.size
+        if total > max_unpacked_bytes:
+            raise ArchiveError(
+                f"the archive unpacks to more than {max_unpacked_bytes} bytes", status=413
+            )
+        normalized = path.as_posix().removeprefix("./")
+        if normalized and normalized != ".":
+            members[normalized] = member
+    files = {k: m for k, m in members.items() if m.isfile()}
+    if "bundle.json" not in files:  # a single top folder holding the bundle
+        tops = {PurePosixPath(k).parts[0] for k in files}
+        if len(tops) == 1:
+            top = tops.pop()
+            files = {k[len(top) + 1 :]: m for k, m in files.items() if k.startswith(top + "/")}
+    return files
+
+
+def _member_json(
+    archive: tarfile.TarFile, files: Mapping[str, tarfile.TarInfo], name: str, required: bool = True
+) -> dict[str, Any]:
+    if name not in files:
+        if required:
+            raise ArchiveError(f"the archive lacks {name}")
+        return {}
+    source = archive.extractfile(files[name])
+    try:
+        data = json.loads(source.read() if source else b"")
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArchiveError(f"{name} in the archive is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ArchiveError(f"{name} in the archive must hold a JSON object")
+    return data
+
+
+def _member_yaml(archive: tarfile.TarFile, member: tarfile.TarInfo) -> dict[str, Any]:
+    import yaml
+
+    source = archive.extractfile(member)
+    try:
+        data = yaml.safe_load(source.read() if source else b"")
+    except yaml.YAMLError as err:
+        raise ArchiveError(f"model.yaml in the archive is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ArchiveError("model.yaml in the archive must hold a mapping")
+    return data
+
+
+def _validate_manifest(
+    archive: tarfile.TarFile, files: Mapping[str, tarfile.TarInfo], manifest: Mapping[str, Any]
+) -> None:
+    from mlaas4hep.bundle import BUNDLE_VERSION
+    from mlaas4hep.vectorizer import Vectorizer
+
+    if manifest.get("bundle_version") != BUNDLE_VERSION:
+        raise ArchiveError(
+            f"bundle version {manifest.get('bundle_version')!r} is not supported "
+            f"(this release reads {BUNDLE_VERSION})"
+        )
+    try:
+        vectorizer = Vectorizer.from_dict(_member_json(archive, files, "vectorizer.json"))
+    except ConfigError as err:
+        raise ArchiveError(f"vectorizer.json in the archive: {err}") from None
+    if manifest.get("n_features") != vectorizer.n_features:
+        raise ArchiveError(
+            f"bundle.json says {manifest.get('n_features')} features but vectorizer.json "
+            f"makes {vectorizer.n_features}"
+        )
+    weights = str(manifest.get("weights", ""))
+    if weights not in files:
+        raise ArchiveError(f"the archive lacks the weights file {weights!r} named in bundle.json")
+    if manifest.get("model") not in (None, "default") and "model.py" not in files:
+        raise ArchiveError("bundle.json names a user model but the archive lacks model.py")
+
+
+def _checked_name(name: str) -> str:
+    if not _NAME.match(name or "") or len(name) > 63:
+        raise RegistryError(
+            f"model name {name!r}: lowercase letters, digits, '.', '_' and '-' only "
+            "(starting and ending with a letter or digit, at most 63 characters)",
+            field="name",
+        )
+    return name
+
+
+def _checked_version(version: str) -> str:
+    if not _NAME.match(version or "") or len(version) > 63:
+        raise ArchiveError(f"model.yaml in the archive has an invalid version {version!r}")
+    return version
+
+
+def _condition(text: str) -> tuple[str, str, float]:
+    match = _CONDITION.match(text)
+    if not match:
+        raise RegistryError(
+            f"metric condition {text!r}: write it as <metric><op><number>, e.g. test_auc>=0.8",
+            field="metric",
+        )
+    try:
+        return match.group(1), match.group(2), float(match.group(3))
+    except ValueError:
+        raise RegistryError(f"metric condition {text!r}: not a number", field="metric") from None
+
+
+def _date(value: str | dt.datetime | None, field: str) -> dt.datetime | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise RegistryError(
+                f"{field} {value!r}: an ISO 8601 date such as 2025-01-31 or "
+                "2025-01-31T12:00:00+00:00",
+                field=field,
+            ) from None
+    return _utc(value)
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _spec_summary(spec: Mapping[str, Any], branches: Sequence[str]) -> dict[str, Any]:
+    """Files, entries and the statistics of the model's branches from a DatasetSpec."""
+    if not spec:
+        return {}
+    from mlaas4hep.specs import DatasetSpec
+
+    try:
+        dataset = DatasetSpec.from_json(json.dumps(spec))
+    except MlaasError as err:
+        return {"error": str(err)}
+    stats = {}
+    for name in branches:
+        with contextlib.suppress(MlaasError, KeyError):
+            s = dataset.branch(name)
+            stats[name] = {
+                "kind": s.kind,
+                "dtype": s.dtype,
+                "min": _finite(s.min),
+                "max": _finite(s.max),
+                "mean": _finite(s.mean),
+                "std": _finite(s.std),
+                "max_length": s.max_length if s.kind == "jagged" else None,
+            }
+    return {"files": len(dataset.files), "entries": dataset.entries, "branches": stats}
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities replaced by None (strict JSON has neither)."""
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number and abs(number) != float("inf") else None

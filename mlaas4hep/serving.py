@@ -1,0 +1,277 @@
+"""The serving state of one worker process: the model it serves and how it scores.
+
+``serving/service.py`` (BentoML) creates one :class:`ModelServer` per worker process.
+It resolves the configured reference (``production``, ``tth:staging``, a pinned tag…)
+through the :class:`~mlaas4hep.registry.Registry`, loads the version with
+:class:`~mlaas4hep.inference.Predictor` (safe mode unless configured otherwise) and
+then watches the registry from a background thread: when the reference names another
+version (a promotion), the new version is loaded next to the old one and swapped in
+with one assignment. A request keeps the version it started with, so in-flight
+requests never fail during a switch; a version that fails to load is reported in
+``/status`` and the metrics, and the previous one keeps serving.
+
+Per-event requests go through an :class:`~mlaas4hep.batching.AdaptiveBatcher` per
+loaded version; bulk requests (Arrow, Parquet, ROOT files) are scored directly in a
+worker thread. Prometheus metrics (batch sizes, events scored, model tag, switches,
+load failures) are created on first use, after BentoML has set up its multiprocess
+collector.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mlaas4hep.batching import AdaptiveBatcher, split
+from mlaas4hep.errors import BranchError, MlaasError, ReadError
+from mlaas4hep.events import (
+    ARROW_STREAM,
+    EventColumns,
+    RequestError,
+    batch_columns,
+    encode_scores,
+    from_table,
+    parse_json,
+    read_table,
+)
+from mlaas4hep.inference import Predictor, root_chunks
+from mlaas4hep.registry import ModelNotFound, Registry
+from mlaas4hep.serving_config import ServeConfig
+from mlaas4hep.sources import scheme
+
+log = logging.getLogger("mlaas4hep.serving")
+JsonItem = list[dict[str, Any]] | EventColumns  # a /predict body after parse_json
+PULL_RETRY_SECONDS = 30.0  # between two looks into the models bucket
+
+
+@dataclass
+class Loaded:
+    """A version being served: its predictor and the batcher of its per-event requests."""
+
+    predictor: Predictor
+    batcher: AdaptiveBatcher[JsonItem, np.ndarray]
+
+
+class ModelServer:
+    """Loads, watches and scores with the configured model in this process."""
+
+    def __init__(
+        self, config: ServeConfig, registry: Registry | None = None, *, watch: bool = True
+    ) -> None:
+        self.config = config
+        self.registry = registry or Registry()
+        self.metrics = ServingMetrics.get()
+        self.current: Loaded | None = None
+        self.error: str | None = None
+        self._failed: str | None = None
+        self._next_pull = 0.0
+        self._refresh_lock = threading.Lock()
+        self._stop = threading.Event()
+        self.refresh()
+        self._watcher: threading.Thread | None = None
+        if watch:
+            self._watcher = threading.Thread(
+                target=self._watch, name="mlaas4hep-model-watch", daemon=True
+            )
+            self._watcher.start()
+
+    # --- which model ----------------------------------------------------------------
+    def refresh(self) -> bool:
+        """Resolve the reference again; load and swap in a new version. True if swapped."""
+        with self._refresh_lock:
+            try:
+                tag = self._resolve()
+            except (ModelNotFound, MlaasError) as err:
+                self.error = f"cannot resolve model {self.config.model!r}: {err}"
+                return False
+            if self.current is not None and self.current.predictor.tag == tag:
+                self.error = None
+                return False
+            if tag == self._failed:
+                return False  # reported already; wait for the reference to change
+            try:
+                predictor = Predictor.load(
+                    self.registry.path(tag), tag, trust_user_code=self.config.trust_user_code
+                )
+            except (MlaasError, OSError, ImportError) as err:  # ImportError: torch missing
+                self._failed = tag
+                self.error = f"cannot load model {tag}: {err}"
+                self.metrics.load_failures.inc()
+                log.error("%s; still serving %s", self.error, self.tag or "nothing")
+                return False
+            previous = self.current
+            self.current = Loaded(predictor, self._batcher(predictor))
+            self._failed, self.error = None, None
+            if previous is not None:
+                previous.batcher.close()  # its queued requests still finish
+            self.metrics.switched(previous.predictor.tag if previous else None, tag)
+            log.info("serving %s (was %s)", tag, previous.predictor.tag if previous else "nothing")
+            return True
+
+    def _resolve(self) -> str:
+        """The tag to serve: from the store, else pulled from the models bucket (tried at
+        most every ``PULL_RETRY_SECONDS``)."""
+        try:
+            return self.registry.resolve(self.config.model)
+        except ModelNotFound:
+            if not self.config.models_bucket or time.monotonic() < self._next_pull:
+                raise
+        self._next_pull = time.monotonic() + PULL_RETRY_SECONDS
+        tag = self.registry.pull(self.config.models_bucket, self.config.model)
+        log.info("pulled %s from %s", tag, self.config.models_bucket)
+        return tag
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.config.poll_seconds):
+            try:
+                self.refresh()
+            except Exception:  # the watcher must survive anything and keep polling
+                log.exception("model watch failed")
+
+    def close(self) -> None:
+        self._stop.set()
+
+    @property
+    def tag(self) -> str | None:
+        return self.current.predictor.tag if self.current else None
+
+    def ready(self) -> bool:
+        return self.current is not None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "model": self.current.predictor.describe() if self.current else None,
+            "reference": self.config.model,
+            "error": self.error,
+            "config": self.config.public(),
+        }
+
+    def _loaded(self) -> Loaded:
+        loaded = self.current
+        if loaded is None:
+            raise RequestError(
+                f"no model to serve yet: {self.error or 'nothing loaded'} "
+                "(upload one with POST /models and promote it)",
+                field="model",
+                status=503,
+            )
+        return loaded
+
+    def _batcher(self, predictor: Predictor) -> AdaptiveBatcher[JsonItem, Any]:
+        def score(items: Sequence[JsonItem]) -> list[np.ndarray | RequestError]:
+            events, errors = batch_columns(items, predictor.vectorizer)
+            sizes = [len(item) for item, error in zip(items, errors, strict=True) if not error]
+            scores = iter(split(predictor.score(events), sizes) if events is not None else [])
+            self.metrics.events.labels("predict", predictor.tag).inc(sum(sizes))
+            return [error or next(scores) for error in errors]
+
+        return AdaptiveBatcher(
+            score, max_events=self.config.limits.batch_events, on_batch=self.metrics.batch
+        )
+
+    # --- scoring --------------------------------------------------------------------
+    async def predict_json(self, body: dict[str, Any]) -> bytes:
+        """``{"events": [...]}`` or ``{"columns": {...}}`` → ``{"model", "scores"}`` (JSON)."""
+        loaded = self._loaded()
+        predictor = loaded.predictor
+        item = parse_json(body, predictor.vectorizer, self.config.limits.json_events)
+        scores = await loaded.batcher.submit(item, len(item))
+        return json.dumps({"model": predictor.tag, "scores": scores.tolist()}).encode()
+
+    def predict_table(self, body: bytes, media_type: str, accept: str) -> tuple[bytes, str, str]:
+        """An Arrow/Parquet body → scores encoded as ``accept``; returns (body, type, tag)."""
+        predictor = self._loaded().predictor
+        events = from_table(read_table(body, media_type), predictor.vectorizer)
+        scores = predictor.score(events)
+        self.metrics.events.labels("predict_arrow", predictor.tag).inc(len(events))
+        data, kind = encode_scores(scores, predictor.tag, accept or ARROW_STREAM)
+        return data, kind, predictor.tag
+
+    def predict_file(
+        self, source: str | bytes, accept: str, tree: str | None = None
+    ) -> tuple[bytes, str, str]:
+        """A ROOT file (its bytes, or an ``s3://``/``root://`` URL) scored in chunks."""
+        if isinstance(source, str) and scheme(source) not in ("s3", "root"):
+            raise RequestError(
+                f"only s3:// and root:// URLs are read ({source!r}); upload a local file "
+                "as the request body instead",
+                field="url",
+            )
+        predictor = self._loaded().predictor
+        parts = []
+        step = self.config.limits.file_step_events
+        try:
+            for chunk in root_chunks(source, predictor.branches, step, tree):
+                n = len(next(iter(chunk.values())))
+                if n:
+                    parts.append(predictor.score(EventColumns(chunk, n)))
+        except (ReadError, BranchError) as err:
+            field = "url" if isinstance(source, str) else "body"
+            raise RequestError(str(err), field=field, status=422) from None
+        scores = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        self.metrics.events.labels("predict_file", predictor.tag).inc(len(scores))
+        data, kind = encode_scores(scores, predictor.tag, accept)
+        return data, kind, predictor.tag
+
+
+class ServingMetrics:
+    """The service's own Prometheus metrics (BentoML adds requests and latency)."""
+
+    _instance: ServingMetrics | None = None
+
+    def __init__(self) -> None:
+        import prometheus_client as prom
+
+        sizes = [2**i for i in range(14)]
+        self.batch_events = prom.Histogram(
+            "mlaas4hep_batch_events",
+            "Events scored per adaptive batch of /predict requests",
+            buckets=sizes,
+        )
+        self.batch_requests = prom.Histogram(
+            "mlaas4hep_batch_requests",
+            "Requests per adaptive batch of /predict",
+            buckets=sizes,
+        )
+        self.batch_seconds = prom.Histogram(
+            "mlaas4hep_batch_seconds",
+            "Time to vectorise and score one batch",
+            buckets=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0],
+        )
+        self.events = prom.Counter(
+            "mlaas4hep_events_scored", "Events scored", ["endpoint", "model"]
+        )
+        self.model = prom.Gauge(
+            "mlaas4hep_model_info",
+            "1 for the model version being served",
+            ["tag"],
+            multiprocess_mode="livemax",
+        )
+        self.switches = prom.Counter("mlaas4hep_model_switches", "Model versions swapped in")
+        self.load_failures = prom.Counter(
+            "mlaas4hep_model_load_failures", "Model versions that failed to load"
+        )
+
+    @classmethod
+    def get(cls) -> ServingMetrics:
+        if cls._instance is None:
+            cls._instance = cls()
+        return cls._instance
+
+    def batch(self, requests: int, events: int, seconds: float) -> None:
+        self.batch_requests.observe(requests)
+        self.batch_events.observe(events)
+        self.batch_seconds.observe(seconds)
+
+    def switched(self, previous: str | None, tag: str) -> None:
+        if previous:
+            self.model.labels(previous).set(0)
+        self.model.labels(tag).set(1)
+        self.switches.inc()

@@ -1,0 +1,353 @@
+"""HTTP layer of the service: the registry and bulk endpoints, auth and body limits.
+
+``serving/service.py`` mounts :func:`build_app` (Starlette routes, GET/DELETE included,
+which ``@bentoml.api`` methods cannot be) and installs :class:`GuardMiddleware` in front
+of every route. The handlers are thin: they read the request, call the
+:class:`~mlaas4hep.serving.ModelServer` or the :class:`~mlaas4hep.registry.Registry`
+(in a thread when the work is blocking) and turn every refusal into a JSON body
+``{"error", "field", "problem"}`` with a 4xx status (:func:`error_response`).
+
+Auth: mutating registry endpoints (POST/DELETE under ``/models`` and ``/aliases``) need
+``Authorization: Bearer <token>``; with no token configured they are refused (403), so
+a service never runs with a default token. Prediction and read-only endpoints need it
+only with ``predict_requires_token``. Health, readiness and metrics stay open.
+
+Limits: a body larger than the endpoint's limit gets a 413 before it is parsed (by its
+``Content-Length``, or counted as it arrives when chunked).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from mlaas4hep.errors import BranchError, ConfigError, MlaasError, ReadError
+from mlaas4hep.events import ARROW_STREAM, JSON, RequestError, negotiate
+from mlaas4hep.inference import UnsafeBundleError
+from mlaas4hep.registry import DEFAULT_ALIAS, RegistryError
+from mlaas4hep.serving import ModelServer
+from mlaas4hep.serving_config import ServeConfig
+
+log = logging.getLogger("mlaas4hep.serving")
+DRAIN_BYTES = 64 << 20  # read (and drop) this much of a refused body so the client sees the answer
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+REGISTRY_PREFIXES = ("/models", "/aliases")
+
+
+def error_response(err: BaseException) -> JSONResponse:
+    """The JSON error response for an exception raised while serving a request."""
+    status, payload = error_payload(err)
+    return JSONResponse(payload, status_code=status)
+
+
+def error_payload(err: BaseException) -> tuple[int, dict[str, Any]]:
+    if isinstance(err, (RequestError, RegistryError)):
+        return err.status, err.payload()
+    if isinstance(err, UnsafeBundleError):
+        return 422, {"error": str(err), "field": "model", "problem": str(err)}
+    if isinstance(err, (BranchError, ReadError, ConfigError)):
+        field = getattr(err, "branch", None) or getattr(err, "url", None)
+        return 422, {"error": str(err), "field": field, "problem": str(err)}
+    if isinstance(err, MlaasError):
+        return 400, {"error": str(err), "field": None, "problem": str(err)}
+    log.exception("unexpected error while serving a request", exc_info=err)
+    return 500, {"error": "an unexpected error occurred; see the server log", "field": None}
+
+
+def _handled(
+    handler: Callable[[Request, ModelServer], Awaitable[Response]],
+    get_server: Callable[[], ModelServer],
+) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(request, get_server())
+        except Exception as err:
+            return error_response(err)
+
+    endpoint.__name__ = handler.__name__
+    return endpoint
+
+
+# ------------------------------------------------------------------------------ routes
+
+
+async def predict_arrow(request: Request, server: ModelServer) -> Response:
+    started = time.perf_counter()
+    body = await request.body()
+    received = time.perf_counter()
+    accept = negotiate(request.headers.get("accept", ""), ARROW_STREAM)
+    media = request.headers.get("content-type", "")
+    data, kind, tag = await run_in_threadpool(server.predict_table, body, media, accept)
+    return Response(data, media_type=kind, headers=_headers(tag, started, received))
+
+
+async def predict_file(request: Request, server: ModelServer) -> Response:
+    started = time.perf_counter()
+    accept = negotiate(request.headers.get("accept", ""), JSON)
+    tree = request.query_params.get("tree")
+    source: str | bytes
+    if request.headers.get("content-type", "").split(";")[0].strip() == JSON:
+        spec = _json_object(await request.body())
+        if not isinstance(spec.get("url"), str):
+            raise RequestError("give the file as {'url': 's3://… or root://…'}", field="url")
+        source, tree = spec["url"], spec.get("tree", tree)
+    elif "url" in request.query_params:
+        source = request.query_params["url"]
+    else:
+        source = await request.body()
+        if not source:
+            raise RequestError("empty body: upload a ROOT file or give a url", field="body")
+    received = time.perf_counter()
+    data, kind, tag = await run_in_threadpool(server.predict_file, source, accept, tree)
+    return Response(data, media_type=kind, headers=_headers(tag, started, received))
+
+
+def _headers(tag: str, started: float, received: float) -> dict[str, str]:
+    """The model tag, and where the time went (``Server-Timing``: body upload, scoring)."""
+    done = time.perf_counter()
+    timing = f"body;dur={(received - started) * 1e3:.1f}, score;dur={(done - received) * 1e3:.1f}"
+    return {"X-Model-Tag": tag, "Server-Timing": timing}
+
+
+async def status(request: Request, server: ModelServer) -> Response:
+    return JSONResponse(server.status())
+
+
+async def list_models(request: Request, server: ModelServer) -> Response:
+    query = request.query_params
+    labels = {}
+    for item in query.getlist("label"):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise RequestError(f"label filter {item!r}: write it as key=value", field="label")
+        labels[key] = value
+    models = await run_in_threadpool(
+        server.registry.list,
+        query.get("name") or None,
+        labels=labels,
+        dataset=query.get("dataset") or None,
+        metrics=query.getlist("metric"),
+        created_after=query.get("created_after"),
+        created_before=query.get("created_before"),
+        alias=query.get("alias") or None,
+    )
+    return JSONResponse({"models": models, "serving": server.tag})
+
+
+async def card(request: Request, server: ModelServer) -> Response:
+    return JSONResponse(await run_in_threadpool(server.registry.card, request.path_params["ref"]))
+
+
+async def upload_model(request: Request, server: ModelServer) -> Response:
+    body = await request.body()
+    if not body:
+        raise RequestError("empty body: send a .bentomodel or a tar of a bundle", field="body")
+    tag = await run_in_threadpool(
+        server.registry.upload,
+        body,
+        request.query_params.get("name") or None,
+        max_unpacked_bytes=server.config.limits.model_unpacked_bytes,
+    )
+    return JSONResponse({"tag": tag, "card": f"/models/{tag}"}, status_code=201)
+
+
+async def delete_model(request: Request, server: ModelServer) -> Response:
+    tag = await run_in_threadpool(server.registry.delete, request.path_params["ref"])
+    return JSONResponse({"deleted": tag})
+
+
+async def promote(request: Request, server: ModelServer) -> Response:
+    alias = request.query_params.get("alias")
+    body = await request.body()
+    if body:
+        alias = _json_object(body).get("alias", alias)
+    if not isinstance(alias or DEFAULT_ALIAS, str):
+        raise RequestError("alias must be a string", field="alias")
+    tag = await run_in_threadpool(
+        server.registry.promote, request.path_params["ref"], alias or DEFAULT_ALIAS
+    )
+    await run_in_threadpool(server.refresh)  # this worker switches now, the others on poll
+    return JSONResponse({"tag": tag, "alias": alias or DEFAULT_ALIAS, "serving": server.tag})
+
+
+async def aliases(request: Request, server: ModelServer) -> Response:
+    return JSONResponse({"aliases": await run_in_threadpool(server.registry.aliases)})
+
+
+async def remove_alias(request: Request, server: ModelServer) -> Response:
+    name, alias = request.path_params["name"], request.path_params["alias"]
+    tag = await run_in_threadpool(server.registry.remove_alias, name, alias)
+    return JSONResponse({"removed": f"{name}:{alias}", "was": tag})
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RequestError(f"the body is not valid JSON: {err}", field="body") from None
+    if not isinstance(data, dict):
+        raise RequestError("the body must be a JSON object", field="body")
+    return data
+
+
+def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
+    """The Starlette app of the registry and bulk endpoints (mounted by the service)."""
+
+    def route(path: str, handler: Any, method: str) -> Route:
+        return Route(path, _handled(handler, get_server), methods=[method])
+
+    return Starlette(
+        routes=[
+            route("/predict_arrow", predict_arrow, "POST"),
+            route("/predict_file", predict_file, "POST"),
+            route("/status", status, "GET"),
+            route("/models", list_models, "GET"),
+            route("/models", upload_model, "POST"),
+            route("/models/{ref}", card, "GET"),
+            route("/models/{ref}", delete_model, "DELETE"),
+            route("/models/{ref}/promote", promote, "POST"),
+            route("/aliases", aliases, "GET"),
+            route("/aliases/{name}/{alias}", remove_alias, "DELETE"),
+        ]
+    )
+
+
+# -------------------------------------------------------------------------- middleware
+
+
+class GuardMiddleware:
+    """ASGI middleware: bearer-token checks and body-size limits, per endpoint."""
+
+    def __init__(self, app: Any, config: ServeConfig) -> None:
+        self.app = app
+        self.config = config
+        self._token = config.token.encode() if config.token else None
+
+    def policy(self, method: str, path: str) -> tuple[int, bool]:
+        """(body limit in bytes, whether a token is needed) for a request."""
+        limits = self.config.limits
+        open_reads = not self.config.predict_requires_token
+        if path == "/predict":
+            return limits.json_bytes, not open_reads
+        if path == "/predict_arrow":
+            return limits.bulk_bytes, not open_reads
+        if path == "/predict_file":
+            return limits.file_bytes, not open_reads
+        if path.startswith(REGISTRY_PREFIXES):
+            if method in MUTATING:
+                return limits.model_bytes, True
+            return limits.json_bytes, not open_reads
+        return limits.json_bytes, False
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method, path = scope["method"], scope["path"]
+        limit, needs_token = self.policy(method, path)
+        length: int | None = None
+        authorization = b""
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                length = int(value) if value.isdigit() else None
+            elif key == b"authorization":
+                authorization = value
+        if needs_token:
+            refusal = self._check_token(authorization)
+            if refusal is not None:
+                await _drain(receive)
+                await _send_json(send, *refusal)
+                return
+        if length is not None:
+            if length > limit:
+                await _drain(receive)
+                await _send_json(send, 413, _too_large(path, limit, f"{length} bytes"))
+                return
+        elif method in MUTATING:  # chunked: count what arrives, replay it if within the limit
+            body, over = await _read_limited(receive, limit)
+            if over:
+                await _drain(receive)
+                await _send_json(send, 413, _too_large(path, limit, "a chunked body"))
+                return
+            receive = _replay(body, receive)
+        await self.app(scope, receive, send)
+
+    def _check_token(self, authorization: bytes) -> tuple[int, dict[str, Any]] | None:
+        if self._token is None:
+            problem = (
+                "this endpoint needs a token and the server has none configured: set "
+                "MLAAS4HEP_SERVE_TOKEN (or token in the serving config) to enable it"
+            )
+            return 403, {"error": problem, "field": "authorization", "problem": problem}
+        scheme_, _, given = authorization.partition(b" ")
+        if scheme_.lower() != b"bearer" or not given:
+            problem = "missing token: send 'Authorization: Bearer <token>'"
+            return 401, {"error": problem, "field": "authorization", "problem": problem}
+        if not hmac.compare_digest(given.strip(), self._token):
+            problem = "invalid token"
+            return 401, {"error": problem, "field": "authorization", "problem": problem}
+        return None
+
+
+def _too_large(path: str, limit: int, what: str) -> dict[str, Any]:
+    problem = f"{what} exceed(s) the limit of {limit} bytes for {path}"
+    return {"error": f"body: {problem}", "field": "body", "problem": problem}
+
+
+async def _send_json(send: Any, status: int, payload: dict[str, Any]) -> None:
+    body = json.dumps(payload).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b'Bearer realm="mlaas4hep"'))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _drain(receive: Any) -> None:
+    seen = 0
+    while seen <= DRAIN_BYTES:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
+async def _read_limited(receive: Any, limit: int) -> tuple[bytes, bool]:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), False
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return b"", True
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks), False
+
+
+def _replay(body: bytes, receive: Any) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """A ``receive`` that gives the buffered body, then the client's own messages."""
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

@@ -1,0 +1,143 @@
+"""Fixtures of the serving tests: a model trained by the real training job, its store,
+and ``bentoml serve`` on a free loopback port.
+
+* ``trained``: ``ray_jobs/train.py`` submitted to a Ray head of its own (loopback, free
+  ports) on a small sample of the ttH-like data, once per session; the job registers
+  its bundle in a fresh BentoML store (``BENTOML_HOME``) as the training issue does.
+  The Ray head is stopped as soon as the job ends, to give the CPUs back.
+* ``service``: the service on that store, two workers, serving ``tth`` (its
+  ``production`` alias) with a token and small limits, its ``s3://`` pointed at the
+  session's moto server, stopped by PID at the end.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlaas4hep.bento_server import BentoServer
+from mlaas4hep.registry import Registry
+from mlaas4hep.samples import make_tth_dataset
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+INCLUDE = ["Jet_pt", "Jet_eta", "Jet_btagDeepB", "nJet", "MET_pt", "HT"]
+JSON_LIMIT = 256 * 1024
+UPLOAD_LIMIT = 8 * 1024 * 1024
+
+
+@dataclass
+class Trained:
+    home: Path  # BENTOML_HOME of the store the job registered into
+    tag: str  # the version the job registered
+    files: list[Path]  # the sample ROOT files
+
+
+@dataclass
+class Service:
+    server: BentoServer
+    registry: Registry
+    token: str
+    tag: str
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    from mlaas4hep.stack import RayHead
+    from mlaas4hep.training.submit import job_result, submit_training, wait_for_job
+
+    data = tmp_path_factory.mktemp("serving-data")
+    files = [f.path for f in make_tth_dataset(data, n_events=9000, seed=17, block_size=3000)]
+    home = tmp_path_factory.mktemp("serving-bentoml")
+    out = tmp_path_factory.mktemp("serving-train")
+    config = {
+        "dataset": {
+            "files": [str(data)],
+            "labels": {"ttH_signal.root": 1, "*": 0},
+            "include": INCLUDE,
+        },
+        "vectorizer": {"padding": 6},
+        "training": {"epochs": 2, "chunk_size": 3000, "batch_size": 128},
+        "scaling": {"num_workers": 1},
+        "output": {"location": str(out), "name": "tth"},
+    }
+    path = out / "train.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "disabled")  # our own loopback head, no token
+        head = RayHead(num_cpus=2).start()
+    try:
+        job = submit_training(
+            head.address,
+            str(path),
+            working_dir=str(PROJECT_ROOT),
+            env={"BENTOML_HOME": str(home)},
+            python=sys.executable,
+        )
+        status, logs = wait_for_job(head.address, job, timeout=420)
+    finally:
+        head.stop()
+    result = job_result(logs)
+    assert status == "SUCCEEDED" and result and result["tag"], logs[-3000:]
+    return Trained(home=home, tag=result["tag"], files=files)
+
+
+def wait_until(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not within {timeout:g} s")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def service(
+    trained: Trained, moto_server, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    registry = Registry(trained.home)
+    registry.promote(trained.tag)
+    token = secrets.token_hex(16)
+    config = tmp_path_factory.mktemp("serving-config") / "serve.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "poll_seconds": 0.2,
+                "limits": {
+                    "json_bytes": JSON_LIMIT,
+                    "model_bytes": UPLOAD_LIMIT,
+                    "batch_events": 2048,
+                },
+            }
+        )
+    )
+    env = {
+        "BENTOML_HOME": str(trained.home),
+        "MLAAS4HEP_SERVE_CONFIG": str(config),
+        "MLAAS4HEP_SERVE_MODEL": "tth",
+        "MLAAS4HEP_SERVE_TOKEN": token,
+        "MLAAS4HEP_SERVE_WORKERS": "2",
+        **moto_server.env(),  # /predict_file reads s3:// URLs from the moto server
+    }
+    server = BentoServer(env=env).start()
+    try:
+        wait_until(lambda: server.get_status("/readyz") == 200, 60, "the service's /readyz")
+        yield Service(server, registry, token, trained.tag)
+    finally:
+        server.stop()
+
+
+def http_get(url: str) -> bytes:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=30) as response:
+        return response.read()

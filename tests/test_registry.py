@@ -1,0 +1,409 @@
+"""The model registry on a real BentoML store in a temporary folder (no server): list,
+filters, cards, resolution of aliases, atomic promotion, safe uploads; and loading a
+bundle for serving in safe mode, with the numpy forward pass equal to the framework's."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlaas4hep.bundle import ModelBundle
+from mlaas4hep.errors import ConfigError
+from mlaas4hep.events import EventColumns
+from mlaas4hep.inference import DenseNetwork, Predictor, UnsafeBundleError
+from mlaas4hep.registry import (
+    ALIASES_FILE,
+    ArchiveError,
+    ModelNotFound,
+    Registry,
+    RegistryConflict,
+    RegistryError,
+)
+from mlaas4hep.serving import ModelServer
+from mlaas4hep.serving_config import ServeConfig
+from mlaas4hep.specs import DatasetSpec
+from mlaas4hep.vectorizer import Vectorizer
+
+torch = pytest.importorskip("torch")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::numba.core.errors.NumbaTypeSafetyWarning"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:pathspec.*"),
+]
+
+BLOCKS = [
+    {"name": "nJet", "kind": "flat", "dtype": "int32", "length": 1, "shift": 0.0, "scale": 10.0},
+    {"name": "Jet_pt", "kind": "jagged", "dtype": "float32", "length": 4, "shift": 20.0,
+     "scale": 200.0},
+    {"name": "HT", "kind": "flat", "dtype": "float32", "length": 1, "shift": 0.0, "scale": 900.0},
+]  # fmt: skip
+MARKER_ENV = "MLAAS4HEP_TEST_USER_CODE_RAN"
+USER_CODE = f"""
+import os, pathlib
+pathlib.Path(os.environ["{MARKER_ENV}"]).write_text("user code ran")
+framework = "torch"
+
+def build_model(n_features):
+    import torch
+    return torch.nn.Sequential(torch.nn.Linear(n_features, 1), torch.nn.Sigmoid(),
+                               torch.nn.Flatten(0))
+"""
+
+
+def make_bundle(directory: Path, seed: int, auc: float = 0.8, user_code: bool = False) -> Path:
+    """A torch bundle (the default model, or a user model) with reference rows."""
+    from mlaas4hep.training import models
+
+    torch.manual_seed(seed)
+    vectorizer = Vectorizer.from_dict(
+        {"config_version": 1, "normalization": "minmax", "pad_value": 0.0, "nonfinite": "mask",
+         "blocks": BLOCKS}
+    )  # fmt: skip
+    code = USER_CODE if user_code else None
+    if code:
+        model = torch.nn.Sequential(
+            torch.nn.Linear(vectorizer.n_features, 1), torch.nn.Sigmoid(), torch.nn.Flatten(0)
+        )
+    else:
+        model = models.default_torch_model(vectorizer.n_features)
+    model.eval()
+    bundle = ModelBundle(
+        "torch", vectorizer, DatasetSpec(), model_code=code, model=model,
+        metrics={"test_auc": auc, "test_loss": float("nan"), "history": [{"unit": 0}]},
+        lineage={"run_name": f"run-{seed}", "git_revision": "abc123",
+                 "config": {"dataset": {"files": [f"s3://data/datasets/tth-{seed}/"]}},
+                 "libraries": {"torch": torch.__version__}},
+    )  # fmt: skip
+    rng = np.random.default_rng(seed)
+    X = rng.random((32, vectorizer.n_features), dtype=np.float32)
+    mask = rng.random((32, vectorizer.n_features)) > 0.2
+    bundle.reference = {"X": X, "mask": mask, "scores": bundle.predict_vectorized(X, mask)}
+    return bundle.save(directory / f"bundle-{seed}{'-user' if user_code else ''}")
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("bundles")
+    return {
+        "a": make_bundle(out, 1, auc=0.82),
+        "b": make_bundle(out, 2, auc=0.75),
+        "user": make_bundle(out, 3, user_code=True),
+    }
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Registry:
+    return Registry(tmp_path / "bentoml")
+
+
+def tar_of(directory: Path, arcname: str = "bundle", mode: str = "w:gz") -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=mode) as archive:
+        archive.add(directory, arcname=arcname)
+    return buffer.getvalue()
+
+
+def tar_with(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+            else:
+                archive.addfile(info)
+    return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def test_list_filters_and_cards(registry: Registry, bundles: dict[str, Path]) -> None:
+    first = registry.add(bundles["a"], "tth")
+    time.sleep(0.01)
+    second = registry.add(bundles["b"], "tth")
+    other = registry.add(bundles["a"], "zjets")
+    registry.promote(first)
+    listed = registry.list()
+    assert [m["tag"] for m in listed] == [other, second, first]  # newest first
+    entry = next(m for m in listed if m["tag"] == first)
+    assert entry["aliases"] == ["production"] and entry["framework"] == "torch"
+    assert entry["metrics"]["test_auc"] == pytest.approx(0.82)
+    assert entry["metrics"]["test_loss"] is None  # NaN is not JSON
+    assert entry["labels"] == {"framework": "torch", "run": "run-1"}
+    json.dumps(listed, allow_nan=False)
+    assert [m["tag"] for m in registry.list("tth")] == [second, first]
+    assert [m["tag"] for m in registry.list(metrics=["test_auc>=0.8"])] == [other, first]
+    assert [m["tag"] for m in registry.list(metrics=["test_auc<0.8"])] == [second]
+    assert [m["tag"] for m in registry.list(dataset="tth-2")] == [second]
+    assert [m["tag"] for m in registry.list(labels={"run": "run-2"})] == [second]
+    assert [m["tag"] for m in registry.list(alias="production")] == [first]
+    assert registry.list(created_after="2999-01-01") == []
+    assert len(registry.list(created_before="2999-01-01T00:00:00+00:00")) == 3
+    with pytest.raises(RegistryError, match="test_auc>=0.8"):
+        registry.list(metrics=["auc is high"])
+    with pytest.raises(RegistryError, match="ISO 8601"):
+        registry.list(created_after="yesterday")
+
+    card = registry.card("tth:production")
+    assert card["tag"] == first and card["aliases"] == ["production"]
+    assert card["inputs"]["features"][:3] == ["nJet", "Jet_pt[0]", "Jet_pt[1]"]
+    assert [b["name"] for b in card["inputs"]["branches"]] == ["nJet", "Jet_pt", "HT"]
+    assert card["model"]["architecture"].startswith("default")
+    assert card["metrics"]["roc_auc"] == pytest.approx(0.82)
+    assert card["lineage"]["git_revision"] == "abc123"
+    assert card["framework_versions"]["torch"] == torch.__version__
+    assert card["promotions"][0]["alias"] == "production"
+    json.dumps(card, allow_nan=False)
+
+
+def test_resolve_follows_aliases_names_and_versions(
+    registry: Registry, bundles: dict[str, Path]
+) -> None:
+    first = registry.add(bundles["a"], "tth")
+    time.sleep(0.01)
+    second = registry.add(bundles["b"], "tth")
+    assert registry.resolve("tth") == second  # no production alias: the latest
+    assert registry.resolve(first) == first
+    assert registry.resolve(f"tth:{first.split(':')[1][:6]}") == first  # a version prefix
+    registry.promote(first)
+    registry.promote(second, "staging")
+    assert registry.resolve("tth") == first
+    assert registry.resolve("tth:production") == first
+    assert registry.resolve("tth:staging") == second
+    assert registry.resolve("staging") == second  # a bare alias held by one model
+    assert registry.resolve("tth:latest") == second
+    other = registry.add(bundles["a"], "zjets")
+    registry.promote(other, "staging")
+    with pytest.raises(ModelNotFound, match="held by several models"):
+        registry.resolve("staging")
+    for ref in ("tth:nope", "ghost", "ghost:production", ""):
+        with pytest.raises(ModelNotFound):
+            registry.resolve(ref)
+
+
+def test_promotion_is_atomic_and_seen_by_another_process(
+    registry: Registry, bundles: dict[str, Path]
+) -> None:
+    first = registry.add(bundles["a"], "tth")
+    second = registry.add(bundles["b"], "tth")
+    elsewhere = Registry(registry.home)  # what another worker process holds
+    assert elsewhere.aliases() == {}
+    registry.promote(first)
+    assert elsewhere.resolve("tth:production") == first
+    registry.promote(second)
+    assert elsewhere.resolve("tth:production") == second
+    document = json.loads((registry.root / ALIASES_FILE).read_text())
+    assert [h["previous"] for h in document["history"]] == [None, first]
+    assert not list(registry.root.glob(".aliases-*"))  # no temporary file left behind
+    for bad in ("Production", "latest", "1st", "a" * 41):
+        with pytest.raises(RegistryError, match="alias"):
+            registry.promote(first, bad)
+    with pytest.raises(ModelNotFound):
+        registry.promote("tth:doesnotexist")
+    assert registry.remove_alias("tth", "production") == second
+    assert registry.aliases() == {}
+
+
+def test_delete_refuses_an_aliased_version(registry: Registry, bundles: dict[str, Path]) -> None:
+    first = registry.add(bundles["a"], "tth")
+    second = registry.add(bundles["b"], "tth")
+    registry.promote(first)
+    with pytest.raises(RegistryConflict, match="aliased as production"):
+        registry.delete(first)
+    assert registry.delete(second) == second
+    assert [m["tag"] for m in registry.list()] == [first]
+    with pytest.raises(ModelNotFound):
+        registry.delete(second)
+
+
+# ------------------------------------------------------------------------------ uploads
+
+
+def test_upload_of_a_bundle_tar_and_of_a_bentomodel(
+    registry: Registry, bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    import bentoml
+
+    tag = registry.upload(tar_of(bundles["a"]), name="tth")
+    stored = registry.path(tag)
+    for name in ("bundle.json", "model.pt", "vectorizer.json", "reference.npz"):
+        assert (stored / name).read_bytes() == (bundles["a"] / name).read_bytes()
+    assert registry.list()[0]["labels"]["run"] == "run-1"
+    flat = registry.upload(tar_of(bundles["b"], arcname="."), name="tth")  # members at the top
+    assert (registry.path(flat) / "bundle.json").exists()
+
+    exported = tmp_path / "tth.bentomodel"
+    bentoml.models.export_model(tag, str(exported), _model_store=registry.store)
+    registry.delete(tag)
+    assert registry.upload(exported.read_bytes()) == tag  # a .bentomodel keeps its tag
+    with pytest.raises(RegistryConflict, match="already in the registry"):
+        registry.upload(exported.read_bytes())
+    with pytest.raises(ArchiveError, match="is model 'tth', not 'other'"):
+        registry.upload(exported.read_bytes(), name="other")
+
+
+def regular(name: str) -> tarfile.TarInfo:
+    return tarfile.TarInfo(name)
+
+
+def special(name: str, kind: bytes, target: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    return info
+
+
+@pytest.mark.parametrize(
+    "members, message",
+    [
+        ([(regular("../evil.txt"), b"x")], "unsafe path"),
+        ([(regular("/etc/evil.txt"), b"x")], "unsafe path"),
+        ([(regular("bundle/../../evil.txt"), b"x")], "unsafe path"),
+        ([(special("bundle.json", tarfile.SYMTYPE, "/etc/passwd"), None)], "link or a special"),
+        ([(special("model.pt", tarfile.LNKTYPE, "bundle.json"), None)], "link or a special"),
+        ([(special("fifo", tarfile.FIFOTYPE), None)], "link or a special"),
+        ([(regular("notes.txt"), b"hello")], "no bundle.json"),
+    ],
+)
+def test_unsafe_or_foreign_archives_are_refused_before_anything_is_written(
+    registry: Registry, members: list, message: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ArchiveError, match=message):
+        registry.upload(tar_with(members), name="tth")
+    assert registry.list() == []
+    assert not (tmp_path / "evil.txt").exists() and not (registry.home / "evil.txt").exists()
+
+
+def test_archive_size_and_content_are_checked(registry: Registry, bundles: dict[str, Path]) -> None:
+    with pytest.raises(ArchiveError) as caught:
+        registry.upload(tar_of(bundles["a"]), name="tth", max_unpacked_bytes=1000)
+    assert caught.value.status == 413
+    with pytest.raises(ArchiveError, match="not a tar archive"):
+        registry.upload(b"PK\x03\x04 a zip file", name="tth")
+    with pytest.raises(ArchiveError, match="needs a model name"):
+        registry.upload(tar_of(bundles["a"]))
+    with pytest.raises(RegistryError, match="model name"):
+        registry.upload(tar_of(bundles["a"]), name="../tth")
+    manifest = json.loads((bundles["a"] / "bundle.json").read_text())
+    broken = tar_with(
+        [(regular("bundle.json"), json.dumps({**manifest, "n_features": 3}).encode()),
+         (regular("vectorizer.json"), (bundles["a"] / "vectorizer.json").read_bytes()),
+         (regular("model.pt"), b"")]
+    )  # fmt: skip
+    with pytest.raises(ArchiveError, match="says 3 features"):
+        registry.upload(broken, name="tth")
+    assert registry.list() == []
+
+
+# ------------------------------------------------------------------------ safe loading
+
+
+def test_numpy_forward_equals_the_framework_batched_or_not(bundles: dict[str, Path]) -> None:
+    predictor = Predictor.load(bundles["a"], "tth:a")
+    assert predictor.mode == "numpy" and isinstance(predictor.forward, DenseNetwork)
+    framework = ModelBundle.load(bundles["a"])
+    rng = np.random.default_rng(0)
+    n = 3000
+    counts = rng.integers(0, 7, n)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    from mlaas4hep.sources import JaggedView
+
+    events = EventColumns(
+        {
+            "nJet": counts.astype(np.int32),
+            "Jet_pt": JaggedView(offsets, rng.uniform(20, 300, offsets[-1]).astype(np.float32)),
+            "HT": rng.uniform(0, 900, n).astype(np.float32),
+        },
+        n,
+    )
+    expected = framework.predict(events.columns)
+    together = predictor.score(events)
+    np.testing.assert_allclose(together, expected, rtol=0, atol=1e-6)
+    one_by_one = np.concatenate(
+        [
+            predictor.score(EventColumns({k: c[i : i + 1] for k, c in events.columns.items()}, 1))
+            for i in range(0, n, 97)
+        ]
+    )
+    np.testing.assert_allclose(one_by_one, together[::97], rtol=0, atol=1e-6)
+
+
+def test_user_code_is_refused_in_safe_mode_and_never_runs(
+    bundles: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = tmp_path / "ran.txt"
+    monkeypatch.setenv(MARKER_ENV, str(marker))
+    with pytest.raises(UnsafeBundleError, match="MLAAS4HEP_SERVE_TRUST_USER_CODE=1"):
+        Predictor.load(bundles["user"], "tth:user")
+    assert not marker.exists()
+    predictor = Predictor.load(bundles["user"], "tth:user", trust_user_code=True)
+    assert predictor.mode == "framework" and marker.exists()
+
+
+def test_a_bundle_whose_scores_disagree_with_its_reference_is_refused(
+    bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    copy = tmp_path / "tampered"
+    shutil.copytree(bundles["a"], copy)
+    with np.load(copy / "reference.npz") as data:
+        reference = {k: data[k] for k in data.files}
+    reference["scores"] = reference["scores"] + 0.01
+    np.savez(copy / "reference.npz", **reference)
+    with pytest.raises(ConfigError, match="differ from the training job's"):
+        Predictor.load(copy, "tth:tampered")
+    with pytest.raises(ConfigError, match="not a model bundle"):
+        Predictor.load(tmp_path, "tth:empty")
+
+
+def test_the_server_switches_on_promotion_and_keeps_serving_after_a_bad_one(
+    registry: Registry, bundles: dict[str, Path], tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv(MARKER_ENV, str(tmp_path / "ran.txt"))
+    first = registry.promote(registry.add(bundles["a"], "tth"))
+    second = registry.add(bundles["b"], "tth")
+    user = registry.add(bundles["user"], "tth")
+    server = ModelServer(ServeConfig(model="tth"), registry, watch=False)
+    assert server.tag == first and server.ready()
+    registry.promote(second)
+    assert server.refresh() and server.tag == second
+    registry.promote(user)
+    assert not server.refresh() and server.tag == second
+    assert "trust_user_code" in server.error and not (tmp_path / "ran.txt").exists()
+    assert server.status()["model"]["tag"] == second
+    registry.promote(first)
+    assert server.refresh() and server.tag == first and server.error is None
+    empty = ModelServer(ServeConfig(model="ghost"), registry, watch=False)
+    assert not empty.ready() and "ghost" in empty.error
+    os.environ.pop(MARKER_ENV, None)
+
+
+def test_a_model_missing_here_is_pulled_from_the_models_bucket(
+    moto_server, bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    s3 = moto_server.client("s3")
+    s3.create_bucket(Bucket="models")
+    for run, key in (("tth-20250101-000000-aaaaaa", "a"), ("tth-20250202-000000-bbbbbb", "b")):
+        for path in bundles[key].rglob("*"):
+            if path.is_file():
+                relative = path.relative_to(bundles[key]).as_posix()
+                s3.upload_file(str(path), "models", f"bundles/tth/{run}/{relative}")
+    registry = Registry(tmp_path / "bentoml")
+    config = ServeConfig(model="tth", models_bucket="s3://models/bundles")
+    server = ModelServer(config, registry, watch=False)
+    assert server.ready(), server.error
+    source = registry.list()[0]["labels"]["source"]
+    assert source == "s3://models/bundles/tth/tth-20250202-000000-bbbbbb"  # the newest run
+    first = registry.pull("s3://models/bundles", "tth:tth-20250101-000000-aaaaaa")
+    assert registry.pull("s3://models/bundles", "tth:tth-20250101-000000-aaaaaa") == first
+    assert len(registry.list()) == 2
+    with pytest.raises(ModelNotFound, match="no bundle"):
+        registry.pull("s3://models/bundles", "tth:nope")
