@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)-$(subst $(comma),_,$(EXTRAS))
 PYTEST_ARGS ?=
 
-.PHONY: install test lint format check-infra bench bench-pipeline bench-serve validate-training demo stack-up stack-status stack-down clean
+.PHONY: install test lint format check-infra bench bench-pipeline bench-serve bench-training validate-training demo stack-up stack-status stack-down clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,8 +51,11 @@ bench-pipeline: install
 bench-serve: install
 	$(BIN)/python scripts/bench/bench_serve.py
 
+bench-training: install
+	$(BIN)/python scripts/bench/bench_training.py
+
 demo: install
-	$(BIN)/python scripts/demo.py
+	$(BIN)/python scripts/demo.py --continuous
 
 stack-up: install
 	$(BIN)/python scripts/local_stack.py up --detach

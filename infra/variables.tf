@@ -152,9 +152,9 @@ variable "ray_address" {
 }
 
 variable "retrain_entrypoint" {
-  description = "Command of the training job; {dataset}, {dataset_spec_url} and {models_url} are filled in at submission."
+  description = "Command of the retraining job (ray_jobs/retrain.py: trains the recipe <models_url>train.yaml on the DatasetSpec's files, registers and promotes); {dataset}, {dataset_spec_url} and {models_url} are filled in at submission."
   type        = string
-  default     = "python -m ray_jobs.train --dataset-spec {dataset_spec_url} --output {models_url}"
+  default     = "python ray_jobs/retrain.py --dataset {dataset} --dataset-spec {dataset_spec_url} --models {models_url} --margin 0.01"
 
   validation {
     condition     = length(trimspace(var.retrain_entrypoint)) > 0
@@ -163,7 +163,7 @@ variable "retrain_entrypoint" {
 }
 
 variable "retrain_runtime_env" {
-  description = "Ray runtime_env of the training job (working_dir, pip, env_vars, ...)."
+  description = "Ray runtime_env of the retraining job: on a cluster, working_dir as an uploaded package URI (s3://bucket/mlaas4hep.zip), pip, env_vars (BENTOML_HOME, ...)."
   type        = any
   default     = {}
 }

@@ -114,6 +114,21 @@ def _add_client_commands(commands: argparse._SubParsersAction) -> None:
     promote.add_argument("--alias", default="production")
     actions.add_parser("aliases", parents=[server], help="the aliases of every model")
 
+    ray = argparse.ArgumentParser(add_help=False)
+    ray.add_argument(
+        "--address",
+        help="Ray Jobs API, http://HOST:8265 (default: $MLAAS4HEP_RAY_ADDRESS or the local stack)",
+    )
+    jobs = commands.add_parser("jobs", help="retraining jobs on Ray: list, status, logs")
+    job_actions = jobs.add_subparsers(dest="action", required=True)
+    job_list = job_actions.add_parser("list", parents=[ray], help="retraining jobs, newest first")
+    job_list.add_argument("--dataset", help="only this dataset")
+    job_list.add_argument("--all", action="store_true", help="every Ray job, not only retraining")
+    job_status = job_actions.add_parser("status", parents=[ray], help="one job's status")
+    job_status.add_argument("job", help="submission id")
+    job_logs = job_actions.add_parser("logs", parents=[ray], help="one job's log")
+    job_logs.add_argument("job", help="submission id")
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
@@ -123,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "stream": _stream,
         "predict": _predict,
         "models": _models,
+        "jobs": _jobs,
     }[args.command]
     try:
         return handler(args)
@@ -363,6 +379,36 @@ def _models(args: argparse.Namespace) -> int:
         out.print(f"{args.alias} → {client.promote(args.ref, args.alias)}")
     else:
         out.print_json(json.dumps(client.aliases()))
+    return 0
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from mlaas4hep import jobs
+
+    address = args.address or jobs.default_address()
+
+    def when(seconds: float | None) -> str:
+        return datetime.fromtimestamp(seconds).isoformat(" ", "seconds") if seconds else ""
+
+    if args.action == "list":
+        table = Table("job", "dataset", "status", "started", "ended", "message")
+        for job in jobs.list_jobs(address, dataset=args.dataset, all_jobs=args.all):
+            message = job.message.strip().splitlines()
+            table.add_row(
+                job.submission_id, job.dataset, job.status, when(job.start_time),
+                when(job.end_time), message[-1][:80] if message else "",
+            )  # fmt: skip
+        out.print(table)
+        return 0
+    if args.action == "status":
+        job = jobs.job_info(address, args.job)
+        out.print(f"{job.submission_id}: {job.status} ({job.dataset or 'no dataset'})")
+        if job.message:
+            out.print(job.message.strip())
+        return 0 if job.status != "FAILED" else 1
+    out.print(jobs.job_logs(address, args.job), markup=False, highlight=False)
     return 0
 
 

@@ -115,7 +115,7 @@ def recipe_config(
 
 
 def _model_name(dataset: str) -> str:
-    name = "".join(c if c.isalnum() or c in "_-." else "-" for c in dataset).strip("-.")
+    name = "".join(c if c.isalnum() or c in "_-." else "-" for c in dataset.lower()).strip("-._")
     return name or "model"
 
 
@@ -148,7 +148,7 @@ def retrain(
     train: Callable[[Any], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Train the dataset's recipe on its DatasetSpec, register, decide the promotion."""
-    from mlaas4hep.registry import Registry
+    from mlaas4hep.registry import ModelNotFound, Registry
 
     started = time.time()
     recipe_url = recipe_url or f"{models_url.rstrip('/')}/{RECIPE_NAME}"
@@ -175,8 +175,8 @@ def retrain(
         raise ConfigError("the training recipe must keep output.bentoml_store true to retrain")
     registry = Registry()
     try:
-        current = registry.resolve(alias)
-    except Exception:  # no model behind the alias yet
+        current: str | None = registry.resolve(f"{tag.split(':')[0]}:{alias}")
+    except ModelNotFound:  # no model behind the alias yet
         current = None
     current_auc = val_auc_of(store_metrics(current)) if current else None
     decision = decide(tag, summary.get("val_auc"), current, current_auc, margin)

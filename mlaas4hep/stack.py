@@ -1,5 +1,12 @@
 """The local stack: moto, XRootD and a Ray head on loopback, the Terraform pipeline
-applied to moto, and the local function runtime; started and stopped as one.
+applied to moto, the local function runtime and (``serve``) ``bentoml serve``; started
+and stopped as one.
+
+With ``serve`` the stack is the whole service: the retrain function submits the real
+retraining job (``ray_jobs/retrain.py``, on the Ray head, with the model store of the
+stack), which registers and promotes a new model version, and ``bentoml serve`` (on the
+same store) follows the ``production`` alias. Without it the retrain entry point is a
+one-line placeholder, enough to watch the events flow.
 
 ``scripts/local_stack.py up`` runs :meth:`LocalStack.up` in a supervisor process that
 owns every child (servers by process group, the runtime by PID) and writes what it
@@ -22,12 +29,29 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from mlaas4hep.bento_server import BentoServer
 from mlaas4hep.servers import ManagedServer, MotoServer, ServerError, XRootDServer, free_port
 from mlaas4hep.terraform import INFRA_DIR, REPO_ROOT, Terraform
 
 STACK_DIR = REPO_ROOT / ".stack"
 LOCAL_VARS = INFRA_DIR / "envs" / "local.tfvars"
 DEFAULT_RETRAIN_ENTRYPOINT = "python -c \"print('retrain {dataset} from {dataset_spec_url}')\""
+#: The ECS/ALB serving deployment is for AWS: locally ``bentoml serve`` runs instead, so
+#: only its image repository is created (``serving_image_tag = null``), saving a minute.
+LOCAL_STACK_VARS = {"serving_image_tag": None}
+
+
+def retrain_entrypoint_for(margin: float, python: str = sys.executable) -> str:
+    """The retraining job the retrain function submits (formatted per dataset).
+
+    It runs in this checkout (``cd``): the Jobs REST API takes a ``working_dir`` only as
+    an uploaded package URI (``gcs://``, ``s3://``), which is what a real deployment
+    gives in ``retrain_runtime_env``; on one machine the checkout is already there.
+    """
+    return (
+        f"cd {REPO_ROOT} && {python} ray_jobs/retrain.py --dataset {{dataset}} "
+        f"--dataset-spec {{dataset_spec_url}} --models {{models_url}} --margin {margin}"
+    )
 
 
 class RayHead(ManagedServer):
@@ -211,17 +235,27 @@ class LocalStack:
         state_dir: Path = STACK_DIR,
         *,
         workers: dict[str, int] | None = None,
-        retrain_entrypoint: str = DEFAULT_RETRAIN_ENTRYPOINT,
+        retrain_entrypoint: str | None = None,
         variables: dict[str, Any] | None = None,
+        serve: bool = False,
+        retrain_margin: float = 0.02,
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.workers = workers or {}
+        self.serve = serve
+        if retrain_entrypoint is None:
+            retrain_entrypoint = (
+                retrain_entrypoint_for(retrain_margin) if serve else DEFAULT_RETRAIN_ENTRYPOINT
+            )
         self.retrain_entrypoint = retrain_entrypoint
         self.variables = dict(variables or {})
+        self.bentoml_home = self.state_dir / "bentoml"
         self.moto: MotoServer | None = None
         self.xrootd: XRootDServer | None = None
         self.ray: RayHead | None = None
+        self.bento: BentoServer | None = None
         self.runtime: subprocess.Popen[bytes] | None = None
+        self.outputs: dict[str, Any] = {}
         self.terraform = Terraform(state_dir=self.state_dir / "terraform")
 
     @property
@@ -230,18 +264,50 @@ class LocalStack:
 
     def tf_variables(self) -> dict[str, Any]:
         assert self.moto is not None and self.ray is not None
-        return {
+        variables: dict[str, Any] = {
             "aws_endpoint_url": self.moto.endpoint_url,
             "ray_address": self.ray.address,
             "retrain_entrypoint": self.retrain_entrypoint,
-            **self.variables,
         }
+        if self.serve:
+            variables["retrain_runtime_env"] = self.retrain_runtime_env()
+        variables["lambda_package_path"] = str(self.state_dir / "lambda" / "functions.zip")
+        return {**variables, **self.variables}
+
+    def retrain_runtime_env(self) -> dict[str, Any]:
+        """The Ray runtime_env of retraining jobs: moto and the stack's model store."""
+        from mlaas4hep.bundle import git_revision
+
+        assert self.moto is not None
+        env_vars = {
+            **self.moto.env(),
+            "BENTOML_HOME": str(self.bentoml_home),
+            "BENTOML_DO_NOT_TRACK": "true",
+            "TF_USE_LEGACY_KERAS": "1",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "MLAAS4HEP_GIT_REVISION": git_revision(REPO_ROOT),
+        }
+        return {"env_vars": env_vars}
+
+    def _var_files(self) -> list[Path]:
+        """``envs/local.tfvars`` and the stack's own overrides (which may hold nulls)."""
+        overrides = self.state_dir / "stack.tfvars.json"
+        overrides.write_text(json.dumps(LOCAL_STACK_VARS))
+        return [LOCAL_VARS, overrides]
 
     def up(self) -> dict[str, Any]:
         """Start the servers, apply Terraform, start the runtime; return the record."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        # The stack's own package: another build (another stack, a benchmark) rewriting a
+        # shared zip in the middle of this apply would change its hash under Terraform.
         subprocess.run(
-            [sys.executable, str(REPO_ROOT / "scripts" / "build_lambda_package.py")],
+            [
+                sys.executable,
+                str(REPO_ROOT / "scripts" / "build_lambda_package.py"),
+                "--out",
+                str(self.state_dir / "lambda"),
+            ],
             check=True,
             capture_output=True,
         )
@@ -249,13 +315,13 @@ class LocalStack:
         export = Path(tempfile.mkdtemp(prefix="mlaas4hep-stack-export-"))
         export.chmod(0o755)
         self.moto = MotoServer(workdir=self._workdir("moto")).start()
-        self.ray = RayHead(workdir=self._workdir("ray")).start()
+        self.ray = RayHead(num_cpus=2 if self.serve else 1, workdir=self._workdir("ray")).start()
         self.xrootd = XRootDServer(export, workdir=self._workdir("xrootd")).start()
         env = {**os.environ, **self.moto.env()}
         self.terraform.extra_env.update(self.moto.env())
         self.terraform.init()
-        self.terraform.apply([LOCAL_VARS], self.tf_variables())
-        outputs = self.terraform.output()
+        self.terraform.apply(self._var_files(), self.tf_variables())
+        outputs = self.outputs = self.terraform.output()
         (self.state_dir / "outputs.json").write_text(json.dumps(outputs, indent=1))
         runtime_log = open(self.state_dir / "runtime.log", "ab")  # noqa: SIM115 - child's log
         worker_args = [f"{name}={count}" for name, count in self.workers.items()]
@@ -274,6 +340,12 @@ class LocalStack:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        if self.serve:
+            self.bentoml_home.mkdir(parents=True, exist_ok=True)
+            self.bento = BentoServer(
+                env={"BENTOML_HOME": str(self.bentoml_home), **self.moto.env()},
+                workdir=self._workdir("bento"),
+            ).start()
         record = self.record(outputs)
         self.record_path.write_text(json.dumps(record, indent=1))
         return record
@@ -300,6 +372,13 @@ class LocalStack:
                 "address": self.ray.address,
             },
             "runtime": {"pid": self.runtime.pid},
+            "bento": None
+            if self.bento is None
+            else {
+                "pid": self.bento.pid,
+                "url": self.bento.url,
+                "home": str(self.bentoml_home),
+            },
             "terraform_state": str(self.terraform.state_path),
             "buckets": outputs["buckets"],
             "queues": {
@@ -311,6 +390,8 @@ class LocalStack:
 
     def down(self) -> None:
         """Destroy the Terraform resources and stop every child (by PID / group)."""
+        if self.bento is not None:
+            self.bento.stop()
         if self.runtime is not None and self.runtime.poll() is None:
             os.killpg(self.runtime.pid, signal.SIGTERM)
             try:
@@ -320,7 +401,7 @@ class LocalStack:
                 self.runtime.wait()
         if self.moto is not None and self.moto.is_running() and self.ray is not None:
             try:
-                self.terraform.destroy([LOCAL_VARS], self.tf_variables())
+                self.terraform.destroy(self._var_files(), self.tf_variables())
             except Exception as err:  # keep stopping the servers
                 print(f"terraform destroy failed: {err}", file=sys.stderr)
         for server in (self.xrootd, self.ray, self.moto):
@@ -350,8 +431,9 @@ def status(state_dir: Path = STACK_DIR) -> dict[str, Any]:
     if record is None:
         return {"running": False}
     out: dict[str, Any] = {"running": pid_alive(record["supervisor_pid"])}
-    for name in ("moto", "xrootd", "ray", "runtime"):
-        out[name] = {**record[name], "alive": pid_alive(record[name]["pid"])}
+    for name in ("moto", "xrootd", "ray", "runtime", "bento"):
+        if record.get(name):
+            out[name] = {**record[name], "alive": pid_alive(record[name]["pid"])}
     if out["moto"]["alive"]:
         import boto3
 
@@ -397,7 +479,9 @@ def stop_recorded(state_dir: Path = STACK_DIR, timeout: float = 180.0) -> bool:
         if not pid_alive(supervisor):
             return True
     # Orphans: stop each recorded process group still led by the recorded PID.
-    for name in ("runtime", "xrootd", "ray", "moto"):
+    for name in ("bento", "runtime", "xrootd", "ray", "moto"):
+        if not record.get(name):
+            continue
         pid = record[name]["pid"]
         if pid_alive(pid) and os.getpgid(pid) == pid:
             os.killpg(pid, signal.SIGKILL)
