@@ -277,7 +277,9 @@ class FileSpecOutcome:
     """What :func:`compute_and_store_file_spec` did.
 
     ``status`` is ``written``, ``exists``, ``skipped`` or ``leased`` (another delivery of
-    the same object version is computing its spec right now).
+    the same object version is computing its spec right now). ``seconds`` is the time
+    spent computing the spec, ``checks_seconds`` the S3 round trips before it (version,
+    existing spec, claim) and ``store_seconds`` those after it (write, release).
     """
 
     status: str
@@ -285,6 +287,8 @@ class FileSpecOutcome:
     spec_key: str = ""
     entries: int = 0
     seconds: float = 0.0
+    checks_seconds: float = 0.0
+    store_seconds: float = 0.0
 
 
 def claim_spec(
@@ -399,6 +403,7 @@ def compute_and_store_file_spec(
     """
     s3 = s3 or aws_client("s3")
     source = f"s3://{event.bucket}/{event.key}"
+    began = time.perf_counter()
     try:
         dataset, path = config.locate(event.key)
     except ValueError as err:
@@ -423,7 +428,7 @@ def compute_and_store_file_spec(
     except (ReadError, SpecError) as err:
         _write_quarantine(s3, config, event, dataset, path, err, receive_count)
         raise
-    seconds = time.perf_counter() - start
+    computed = time.perf_counter()
     # Keyed by the version actually read, which may be newer than the event's.
     read = str(spec.identity.get("version_id") or spec.identity.get("etag") or version)
     spec_key = config.file_spec_key(dataset, path, read)
@@ -444,7 +449,15 @@ def compute_and_store_file_spec(
     _clear_quarantine(s3, config, dataset, path, event.version)
     if leased:
         release_spec_claim(config, dataset, path, version, s3=s3)
-    return FileSpecOutcome(status, source, spec_key, spec.entries, seconds)
+    return FileSpecOutcome(
+        status,
+        source,
+        spec_key,
+        spec.entries,
+        seconds=computed - start,
+        checks_seconds=start - began,
+        store_seconds=time.perf_counter() - computed,
+    )
 
 
 def resolve_version(event: S3ObjectEvent, s3: Any) -> str:
@@ -669,6 +682,7 @@ def merge_batch(event: Mapping[str, Any], config: PipelineConfig, *, s3: Any = N
     per file (fewer conflicts); a dataset whose merge fails reports all its messages.
     """
     s3 = s3 or aws_client("s3")
+    began = time.perf_counter()
     failed: list[str] = []
     by_dataset: dict[str, list[tuple[str, FileSpec]]] = {}
     queued = {r.get("messageId"): queued_seconds(r) for r in event.get("Records", [])}
@@ -691,13 +705,15 @@ def merge_batch(event: Mapping[str, Any], config: PipelineConfig, *, s3: Any = N
                 current_identity=s3_object_identity(s3),
             )
             log.info(
-                "dataset %s: %s after %d attempt(s), %d files, %d entries (queued %.2f s)",
+                "dataset %s: %s after %d attempt(s), %d files, %d entries "
+                "(queued %.3f s, merged in %.3f s)",
                 dataset,
                 "updated" if outcome.changed else "unchanged",
                 outcome.attempts,
                 outcome.files,
                 outcome.entries,
                 max(queued.get(m, 0.0) for m, _ in items),
+                time.perf_counter() - began,
             )
         except Exception as err:  # reported to SQS
             log.error("dataset %s: merge failed: %s", dataset, err)
@@ -925,13 +941,16 @@ def spec_batch(event: Mapping[str, Any], config: PipelineConfig, *, s3: Any = No
                 owner=str(record.get("messageId", "")),
             )
             log.info(
-                "%s: %s %s (%s, queued %.2f s, computed in %.2f s)",
+                "%s: %s %s (%s, queued %.3f s, checks %.3f s, computed in %.3f s, "
+                "stored in %.3f s)",
                 outcome.source,
                 outcome.status,
                 outcome.spec_key,
                 item.event_name,
                 waited,
+                outcome.checks_seconds,
                 outcome.seconds,
+                outcome.store_seconds,
             )
 
     return handle_batch(event, process)

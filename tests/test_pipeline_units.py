@@ -10,6 +10,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -306,6 +307,20 @@ def test_spec_is_stored_once_and_the_claim_released():
     assert lease_is_takeable(json.dumps(lease), "anyone", 0.0)  # released
     second = compute_and_store_file_spec(data_event(), CONFIG, s3=s3, compute=compute, owner="m2")
     assert second.status == "exists" and len(calls) == 1
+
+
+def test_the_outcome_says_where_the_time_went():
+    s3 = FakeS3()
+    compute, _ = fake_compute()
+
+    def slow(source):
+        time.sleep(0.05)
+        return compute(source)
+
+    outcome = compute_and_store_file_spec(data_event(), CONFIG, s3=s3, compute=slow, owner="m1")
+    assert outcome.seconds >= 0.05
+    assert 0 < outcome.checks_seconds < outcome.seconds  # version, existing spec, claim
+    assert 0 < outcome.store_seconds < outcome.seconds  # write, release
 
 
 def test_an_event_without_version_id_is_keyed_like_the_stored_spec():

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from rootfiles import write_events
 
 from functions.local_runtime import LocalRuntime
 from mlaas4hep.cli import main as cli_main
@@ -28,6 +29,7 @@ from mlaas4hep.pipeline import (
     read_dataset_spec,
     read_quarantine,
 )
+from mlaas4hep.sources import open_tree
 from mlaas4hep.specs import DatasetSpec, compute_file_spec
 from mlaas4hep.stack import RayHead
 from mlaas4hep.terraform import INFRA_DIR, REPO_ROOT, Terraform
@@ -146,6 +148,23 @@ def test_uploads_yield_the_dataset_spec_of_the_files(stack, shared_data, tmp_pat
     direct = DatasetSpec.from_json((tmp_path / "direct.json").read_text())
     assert through_events == direct
     assert through_events == DatasetSpec.empty().merge(*map(compute_file_spec, urls))
+
+
+def test_a_file_with_many_baskets_is_read_in_a_few_requests(stack, moto_server, tmp_path):
+    # Each GET is a round trip on S3, and on moto a copy of the whole object: a spec must
+    # not cost one per basket (uproot's "64 MB" step reads every basket's header).
+    path = write_events(tmp_path / "baskets.root", 20_000, seed=5, basket=500)
+    key = "datasets/baskets/many.root"
+    url = upload(stack, path, key)
+    wait_for(lambda: dataset_files(stack, "baskets") == 1, 60, what="the file in the spec")
+    with open_tree(path) as tree:
+        baskets = sum(tree.tree[name].num_baskets for name in tree.select())
+    request = f"GET /{stack.config.data_bucket}/{key} HTTP"  # after werkzeug's colour codes
+    gets = [line for line in moto_server.log_path.read_text().splitlines() if request in line]
+    assert baskets == 280
+    assert 0 < len(gets) <= 10, gets
+    spec, _ = read_dataset_spec(stack.config, "baskets")
+    assert spec.files[url].entries == 20_000
 
 
 def test_events_delivered_twice_are_counted_once(stack):
