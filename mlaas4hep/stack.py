@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -316,7 +317,9 @@ class LocalStack:
         export.chmod(0o755)
         self.moto = MotoServer(workdir=self._workdir("moto")).start()
         self.ray = RayHead(num_cpus=2 if self.serve else 1, workdir=self._workdir("ray")).start()
-        self.xrootd = XRootDServer(export, workdir=self._workdir("xrootd")).start()
+        # Its own (temporary, traversable) work directory: the state directory may sit
+        # under a private home that the daemon's user cannot reach.
+        self.xrootd = XRootDServer(export).start()
         env = {**os.environ, **self.moto.env()}
         self.terraform.extra_env.update(self.moto.env())
         self.terraform.init()
@@ -399,7 +402,9 @@ class LocalStack:
             except subprocess.TimeoutExpired:
                 os.killpg(self.runtime.pid, signal.SIGKILL)
                 self.runtime.wait()
-        if self.moto is not None and self.moto.is_running() and self.ray is not None:
+        state = self.terraform.state_path
+        applied = state is not None and state.exists()
+        if applied and self.moto is not None and self.moto.is_running() and self.ray is not None:
             try:
                 self.terraform.destroy(self._var_files(), self.tf_variables())
             except Exception as err:  # keep stopping the servers
@@ -407,6 +412,8 @@ class LocalStack:
         for server in (self.xrootd, self.ray, self.moto):
             if server is not None:
                 server.stop()
+        if self.xrootd is not None:
+            shutil.rmtree(self.xrootd.export_dir, ignore_errors=True)
         self.record_path.unlink(missing_ok=True)
 
 
