@@ -59,7 +59,8 @@ def load_weights(model: Any, framework: str, directory: Path) -> None:
     """Load the weights saved by a training checkpoint or a bundle into ``model``."""
     if framework == "torch":
         torch = extras.torch()
-        model.load_state_dict(torch.load(Path(directory) / TORCH_WEIGHTS, weights_only=True))
+        path = Path(directory) / TORCH_WEIGHTS
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         model.eval()
     else:
         model.load_weights(str(Path(directory) / KERAS_WEIGHTS))

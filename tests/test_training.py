@@ -59,6 +59,8 @@ def test_config_typo_names_the_key_and_a_suggestion(tth: Path) -> None:
         ("scaling__num_workers", 0, "num_workers must be >= 1"),
         ("framework", "jax", "framework must be one of"),
         ("staging__enabled", True, "staging.cache"),
+        ("staging__mode", "whilst", "did you mean 'while'"),
+        ("training__prefetch_batches", -1, "prefetch_batches must be >= 0"),
         ("model", "model.txt", "build_model"),
     ],
 )
@@ -165,3 +167,153 @@ def test_bundle_round_trip_predicts_the_same(tth: Path, tmp_path: Path) -> None:
     assert loaded.vectorizer.to_dict() == vectorizer.to_dict()
     with pytest.raises(ConfigError, match="not a model bundle"):
         ModelBundle.load(tmp_path)
+
+
+# ----------------------------------------------------------- worker loops without Ray
+
+
+def loop_config(tth: Path, framework: str, run: str, **training: object) -> dict:
+    """The worker config of a one-worker job on the small sample."""
+    from mlaas4hep.training.job import prepare, worker_config
+
+    data = config([str(tth)], framework=framework, scaling={"num_workers": 1})
+    data["dataset"]["include"] = ["Jet_pt", "nJet", "HT"]
+    data["training"].update({"epochs": 3, "chunk_size": 2000, **training})
+    data["output"] = {"location": "unused", "run_name": run}
+    return worker_config(prepare(TrainConfig.from_dict(data)))
+
+
+def run_loop(framework: str, cfg: dict, session, device: str = "cpu") -> dict:
+    if framework == "torch":
+        from mlaas4hep.training.torch_loop import train_torch
+
+        return train_torch(cfg, device, session)
+    from mlaas4hep.training.keras_loop import train_keras
+
+    return train_keras(cfg, session)
+
+
+def final_weights(framework: str, directory: Path) -> list[np.ndarray]:
+    if framework == "torch":
+        import torch
+
+        state = torch.load(directory / "model.pt", weights_only=True)
+        return [value.numpy() for value in state.values()]
+    import h5py
+
+    with h5py.File(directory / "model.weights.h5") as f:
+        found: list[np.ndarray] = []
+        f.visititems(
+            lambda _, obj: found.append(obj[()]) if isinstance(obj, h5py.Dataset) else None
+        )
+        return found
+
+
+@pytest.mark.parametrize(
+    ("framework", "mode"),
+    [("torch", "standard"), ("torch", "per_chunk"), ("tensorflow", "standard")],
+)
+def test_a_resumed_loop_continues_exactly(
+    tth: Path, tmp_path: Path, framework: str, mode: str
+) -> None:
+    pytest.importorskip("torch" if framework == "torch" else "tf_keras")
+    from mlaas4hep.training.loop import InjectedFailure
+    from mlaas4hep.training.session import LocalSession
+
+    cfg = loop_config(tth, framework, f"resume-{framework}-{mode}", mode=mode)
+    straight = run_loop(framework, cfg, LocalSession(tmp_path / "straight"))
+    cfg["inject_failure"] = {"rank": 0, "unit": 0}
+    cfg["failure_marker"] = str(tmp_path / "failed-once")
+    session = LocalSession(tmp_path / "resumed")
+    with pytest.raises(InjectedFailure):
+        run_loop(framework, cfg, session)
+    assert [p.name for p in session.checkpoints()] == ["unit-00000"]
+    resumed = run_loop(framework, cfg, session)
+    # the optimizer state came back: Adam's step count goes on from the checkpoint
+    steps = [h["optimizer_steps"] for h in resumed["history"]]
+    assert steps == [h["optimizer_steps"] for h in straight["history"]]
+    assert steps == list(np.cumsum([h["steps"] for h in straight["history"]]))
+    assert resumed["stream"] == straight["stream"] and resumed["rng"] == straight["rng"]
+    # data order, dropout and optimizer moments too: the same numbers, bit for bit
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
+    last = session.checkpoints()[-1]
+    for a, b in zip(
+        final_weights(framework, last),
+        final_weights(framework, LocalSession(tmp_path / "straight").checkpoints()[-1]),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resuming_with_another_plan_is_refused(tth: Path, tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from mlaas4hep.training.session import LocalSession
+
+    session = LocalSession(tmp_path / "ckpt")
+    run_loop("torch", loop_config(tth, "torch", "plan-a", epochs=1), session)
+    other = loop_config(tth, "torch", "plan-b", epochs=1, batch_size=32)
+    with pytest.raises(ConfigError, match="belongs to another plan"):
+        run_loop("torch", other, session)
+
+
+def test_torch_loop_puts_batches_on_its_device(tth: Path, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from mlaas4hep.stream import Batch
+    from mlaas4hep.training.session import LocalSession
+    from mlaas4hep.training.torch_loop import batch_tensors
+
+    x = np.ones((4, 3), np.float32)
+    batch = Batch(x, x > 0, np.zeros(4, np.float32), np.ones(4, np.float32))
+    inputs, y, w = batch_tensors(batch, torch.device("meta"), with_mask=True)
+    assert {t.device.type for t in (inputs["features"], inputs["mask"], y, w)} == {"meta"}
+    # the loop's device defaults to the CPU, and every record says where it trained
+    state = run_loop("torch", loop_config(tth, "torch", "device", epochs=1), LocalSession(tmp_path))
+    assert [h["device"] for h in state["history"]] == ["cpu"]
+
+
+def test_batch_feed_ahead_gives_the_same_batches_and_times_the_wait() -> None:
+    from mlaas4hep.stream import Batch
+    from mlaas4hep.training.feed import BatchFeed
+
+    def source():
+        for unit in range(2):
+            for i in range(5):
+                yield unit, Batch(np.full((2, 1), 10 * unit + i, np.float32), None, None, None)
+
+    for depth in (0, 3):
+        with BatchFeed(source(), depth=depth) as feed:
+            got = [float(b.X[0, 0]) for u in range(2) for b in feed.take(u, 5)]
+        assert got == [0, 1, 2, 3, 4, 10, 11, 12, 13, 14]
+        assert feed.batches == 10 and feed.wait_seconds >= 0
+    with BatchFeed(source(), depth=3) as feed, pytest.raises(RuntimeError, match="unit 0"):
+        list(feed.take(1, 1))
+
+    def failing():
+        yield 0, Batch(np.zeros((1, 1), np.float32), None, None, None)
+        raise OSError("disk gone")
+
+    with BatchFeed(failing(), depth=2) as feed, pytest.raises(OSError, match="disk gone"):
+        list(feed.take(0, 2))
+
+
+def test_local_run_writes_a_bundle_that_predicts_the_same(tth: Path, tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    import json
+
+    import yaml
+
+    from mlaas4hep.bundle import ModelBundle
+    from mlaas4hep.training.local import main
+
+    data = config([str(tth)], framework="torch")
+    data["output"] = {"location": str(tmp_path / "out"), "name": "local", "bentoml_store": False}
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["--config", str(path), "--device", "cpu", "--run-name", "local-1"]) == 0
+    summary = json.loads((tmp_path / "out" / "local-1" / "summary.json").read_text())
+    assert summary["units"] == 1 and summary["framework"] == "torch"
+    assert 0 <= summary["data_wait_fraction"] <= 1
+    assert {"spec", "fit", "evaluate", "bundle", "total"} <= set(summary["timings"])
+    bundle = ModelBundle.load(summary["bundle"]["output"])
+    scores = bundle.predict_vectorized(bundle.reference["X"], bundle.reference["mask"])
+    np.testing.assert_allclose(scores, bundle.reference["scores"], rtol=1e-6)

@@ -2,7 +2,9 @@
 
 ``ray_jobs/train.py`` is a thin entry point over :func:`run_training`; the pieces are
 importable on their own (a config is validated without Ray; a plan is computed without
-TensorFlow), and nothing here imports Ray, TensorFlow or PyTorch at import time.
+TensorFlow; the worker loops, ``keras_loop`` and ``torch_loop``, run under Ray or in
+one process, see ``python -m mlaas4hep.training.local``), and nothing here imports
+Ray, TensorFlow or PyTorch at import time.
 """
 
 from __future__ import annotations

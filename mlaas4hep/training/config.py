@@ -21,6 +21,7 @@ from mlaas4hep.errors import ConfigError
 
 FRAMEWORKS = ("auto", "tensorflow", "torch")
 MODES = ("standard", "per_chunk")
+STAGING_MODES = ("before", "while")
 NORMALIZATIONS = ("minmax", "zscore", "none")
 NONFINITE = ("mask", "keep", "zero", "raise")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -63,6 +64,8 @@ class TrainingConfig:
     learning_rate: float = 1e-3
     seed: int = 0
     with_mask: bool = False
+    #: Batches produced ahead in a background thread while the model trains (0: none).
+    prefetch_batches: int = 64
 
 
 @dataclass
@@ -77,11 +80,18 @@ class ScalingConfig:
 
 @dataclass
 class StagingConfig:
-    """Copy ``root://`` inputs into a cache (an ``s3://`` prefix or a directory) first."""
+    """Copy ``root://`` inputs into a cache (an ``s3://`` prefix or a directory).
+
+    ``before``: training starts once every file is staged. ``while``: training starts at
+    once on the ``root://`` URLs and each file switches to its cached copy once staged
+    (workers look at the cache at most every ``check_seconds`` per file).
+    """
 
     enabled: bool = False
     cache: str | None = None
     parallel: int = 4
+    mode: str = "before"
+    check_seconds: float = 5.0
 
 
 @dataclass
@@ -186,6 +196,11 @@ class TrainConfig:
             raise ConfigError("staging.cache: give an s3:// prefix or a directory to stage into")
         if self.staging.parallel < 1:
             raise ConfigError("staging.parallel must be >= 1")
+        _choice("staging.mode", self.staging.mode, STAGING_MODES)
+        if self.staging.check_seconds < 0:
+            raise ConfigError("staging.check_seconds must be >= 0")
+        if t.prefetch_batches < 0:
+            raise ConfigError(f"training.prefetch_batches must be >= 0, not {t.prefetch_batches}")
         if not _NAME.match(self.output.name):
             raise ConfigError(
                 f"output.name {self.output.name!r}: letters, digits, '_', '-', '.' only"

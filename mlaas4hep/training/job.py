@@ -4,10 +4,13 @@
 or computes the DatasetSpec, builds the Vectorizer (a branch absent from the spec fails
 here), opens every file of every split (a missing or unreadable file fails here, named),
 resolves the labels and counts the steps each worker will run. :func:`run_training`
-then stages ``root://`` inputs if asked, runs Ray Train (``TensorflowTrainer`` or
-``TorchTrainer``) with checkpoints under the output location, evaluates the final model
-on the test split in the driver (AUC, ROC), draws the plots and saves the model bundle
-to the BentoML store and the models bucket.
+stages ``root://`` inputs if asked (before training, or while it runs: see
+:mod:`mlaas4hep.staging`), runs Ray Train (``TensorflowTrainer`` or ``TorchTrainer``)
+with checkpoints under the output location, then :func:`finish` evaluates the final
+model on the test split in the driver (AUC, ROC), draws the plots and saves the model
+bundle to the BentoML store and the models bucket. The summary it returns holds the
+time each step took (``timings``) and the input pipeline's stall
+(``data_wait_fraction``).
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +36,9 @@ from mlaas4hep.training import models
 from mlaas4hep.training.config import TrainConfig
 from mlaas4hep.training.plan import StepPlan, make_plan
 from mlaas4hep.vectorizer import Vectorizer
+
+if TYPE_CHECKING:
+    from mlaas4hep.staging import StagingRun, StagingTable
 
 
 @dataclass
@@ -48,6 +56,7 @@ class PreparedJob:
     with_mask: bool
     run_name: str
     staged: dict[str, str]
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def output(self) -> str:
@@ -77,15 +86,29 @@ def load_or_compute_spec(config: TrainConfig, files: list[str], workers: int = 2
 
 
 def build_streams(
-    config: TrainConfig, files: list[str], vectorizer: Vectorizer
+    config: TrainConfig,
+    files: list[str],
+    vectorizer: Vectorizer,
+    staging: StagingTable | None = None,
 ) -> dict[str, ChunkStream]:
-    """The train/validation/test streams (same files, seed and split hash)."""
+    """The train/validation/test streams (same files, seed and split hash).
+
+    With ``staging``, the streams read each staged file from its cached copy, keyed by
+    its original URL all the same.
+    """
     d = config.dataset
     labels = None
     if d.labels is not None:
         labels = dict(d.labels)
-    base = ChunkStream(
+    stream_class: Callable[..., ChunkStream] = ChunkStream
+    extra: dict[str, Any] = {}
+    if staging is not None:
+        from mlaas4hep.staging import StagedChunkStream
+
+        stream_class, extra = StagedChunkStream, {"staging": staging}
+    base = stream_class(
         files,
+        **extra,
         vectorizer=vectorizer,
         tree=d.tree,
         chunk_size=config.worker_chunk_size,
@@ -100,12 +123,27 @@ def build_streams(
     return {split: base.with_split(split) for split in ("train", "validation", "test")}
 
 
-def prepare(config: TrainConfig, staged: dict[str, str] | None = None) -> PreparedJob:
-    """Validate the whole job against the data: every error here comes before training."""
+@contextmanager
+def timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Add the seconds the block takes to ``timings[name]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+def prepare(config: TrainConfig, staging: StagingRun | None = None) -> PreparedJob:
+    """Validate the whole job against the data: every error here comes before training.
+
+    With ``staging``, files already in the cache are read from there (the spec too).
+    """
+    timings: dict[str, float] = {}
     files = resolve_files(config)
-    staged = staged or {}
-    files = [staged.get(f, f) for f in files]
-    spec = load_or_compute_spec(config, files)
+    table = staging.table(config.staging.check_seconds) if staging is not None else None
+    with timed(timings, "spec"):
+        read = [table.targets[f] if table and f in table.staged else f for f in files]
+        spec = load_or_compute_spec(config, read)
     v = config.vectorizer
     vectorizer = Vectorizer(
         spec,
@@ -116,34 +154,37 @@ def prepare(config: TrainConfig, staged: dict[str, str] | None = None) -> Prepar
         pad_value=v.pad_value,
         nonfinite=v.nonfinite,  # type: ignore[arg-type]
     )
-    streams = build_streams(config, files, vectorizer)
-    for stream in streams.values():
-        stream.num_events  # noqa: B018 - opens every file, checks its branches
+    streams = build_streams(config, files, vectorizer, table)
+    with timed(timings, "open_files"):
+        for stream in streams.values():
+            stream.num_events  # noqa: B018 - opens every file, checks its branches
     model_code = None
     if config.model != models.DEFAULT_MODEL:
         model_code = models.read_model_code(config.model)
     framework = models.detect_framework(model_code, config.framework)
     with_mask = models.wants_mask(model_code, config.training.with_mask)
-    plan = make_plan(
-        streams["train"],
-        streams["validation"],
-        mode=config.training.mode,
-        epochs=config.training.epochs,
-        batch_size=config.training.batch_size,
-        workers=config.scaling.num_workers,
-    )
+    with timed(timings, "plan"):
+        plan = make_plan(
+            streams["train"],
+            streams["validation"],
+            mode=config.training.mode,
+            epochs=config.training.epochs,
+            batch_size=config.training.batch_size,
+            workers=config.scaling.num_workers,
+        )
     run_name = config.output.run_name or (
         f"{config.output.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     )
+    staged = dict(table.targets) if table is not None else {}
     return PreparedJob(
         config, files, spec, vectorizer, streams, plan, framework, model_code, with_mask,
-        run_name, staged,
+        run_name, staged, timings,
     )  # fmt: skip
 
 
 def worker_config(job: PreparedJob) -> dict[str, Any]:
     """The ``train_loop_config`` every worker receives."""
-    from mlaas4hep.training.worker import failure_marker
+    from mlaas4hep.training.loop import failure_marker
 
     return {
         "streams": {"train": job.streams["train"], "validation": job.streams["validation"]},
@@ -154,6 +195,9 @@ def worker_config(job: PreparedJob) -> dict[str, Any]:
         "n_features": job.vectorizer.n_features,
         "learning_rate": job.config.training.learning_rate,
         "seed": job.config.training.seed,
+        "prefetch_batches": job.config.training.prefetch_batches,
+        # compute threads per worker; more than its CPUs fight the batch feed's thread
+        "threads": max(1, int(job.config.scaling.cpus_per_worker)),
         "inject_failure": job.config.inject_failure,
         "failure_marker": failure_marker(job.run_name),
     }
@@ -262,47 +306,92 @@ def evaluate(
     return metrics, arrays
 
 
-def run_training(config: TrainConfig, log: Any = print) -> dict[str, Any]:
-    """The whole job: stage, prepare, fit, evaluate, plot, bundle. Returns a summary."""
-    started = time.perf_counter()
-    staged: dict[str, str] = {}
-    if config.staging.enabled:
-        from mlaas4hep.staging import stage_files
+def begin_staging(
+    config: TrainConfig, log: Callable[[str], None], use_ray: bool | None = None
+) -> StagingRun | None:
+    """Find which ``root://`` inputs are staged already; in ``before`` mode, stage the rest.
 
-        sources = [f for f in resolve_files(config) if scheme(f) == "root"]
-        report = stage_files(sources, config.staging.cache, parallel=config.staging.parallel)
-        staged = {item["source"]: item["cached"] for item in report}
-        log(f"staged {sum(not r['skipped'] for r in report)} file(s), {len(report)} in cache")
-    job = prepare(config, staged)
-    log(
-        f"prepared {job.run_name}: {len(job.files)} files, {job.vectorizer.n_features} features, "
-        f"{job.framework}, {job.plan.mode} mode, {job.plan.units} units, "
-        f"{job.plan.train_events} training events on {job.plan.num_workers} workers"
+    In ``while`` mode the copies start with :func:`start_copies`, once the job is
+    prepared: the spec pass forks worker processes, which must not happen while copies
+    run in this process's threads.
+    """
+    if not config.staging.enabled:
+        return None
+    from mlaas4hep.staging import StagingRun
+
+    sources = [f for f in resolve_files(config) if scheme(f) == "root"]
+    staging = StagingRun(
+        sources, config.staging.cache, parallel=config.staging.parallel, use_ray=use_ray
     )
-    fit_start = time.perf_counter()
-    result = fit(job)
-    fit_seconds = time.perf_counter() - fit_start
-    if result.error is not None:
-        raise result.error
-    if result.checkpoint is None:
-        raise RuntimeError(f"training run {job.run_name} produced no checkpoint")
+    log(
+        f"staging {len(staging.pending)} root:// file(s) into {config.staging.cache} "
+        f"({len(staging.staged)} already there) {config.staging.mode} training"
+    )
+    if config.staging.mode == "before":
+        report = staging.wait()
+        log(f"staged {sum(not r['skipped'] for r in report)} file(s), {len(report)} in cache")
+    return staging
+
+
+def start_copies(staging: StagingRun | None) -> None:
+    """Start the copies of ``while`` staging (training reads the source until they land)."""
+    if staging is not None:
+        staging.start()
+
+
+def finish(
+    job: PreparedJob,
+    checkpoint_dir: Path,
+    *,
+    timings: dict[str, float],
+    started: float,
+    checkpoint: str,
+    staging: StagingRun | None = None,
+) -> dict[str, Any]:
+    """Evaluate the checkpoint's model, draw the plots, save and export the bundle."""
     from mlaas4hep import bundle as bundles
 
-    with result.checkpoint.as_directory() as directory:
-        state = json.loads((Path(directory) / "state.json").read_text())
-        model = load_trained_model(job, Path(directory))
+    config = job.config
+    state = json.loads((checkpoint_dir / "state.json").read_text())
+    history = state["history"]
+    with timed(timings, "evaluate"):
+        model = load_trained_model(job, checkpoint_dir)
         test_metrics, arrays = evaluate(job, model)
-        history = state["history"]
+    with timed(timings, "bundle"):
         out = bundles.ModelBundle.from_training(job, model, history, test_metrics)
-        out.metrics["fit_seconds"] = fit_seconds
-        out.metrics["total_seconds"] = time.perf_counter() - started
         local = bundles.workspace(job.run_name)
+    with timed(timings, "plots"):
         plots = bundles.write_plots(local / "plots", history, arrays, job.vectorizer)
+    staging_summary = None
+    if staging is not None:
+        records = staging.wait(errors="record")  # training read the source meanwhile
+        staging_summary = {
+            "mode": config.staging.mode,
+            "files": len(records),
+            "copied": sum(not r["skipped"] and "error" not in r for r in records),
+            "bytes": sum(r["bytes"] for r in records),
+        }
+        failed = {r["source"]: r["error"] for r in records if "error" in r}
+        if failed:
+            staging_summary["failed"] = failed
+        out.lineage["staging"] = staging_summary
+    timings["units"] = sum(h.get("seconds", 0.0) for h in history)
+    timings["total"] = time.perf_counter() - started
+    out.metrics["fit_seconds"] = timings.get("fit", 0.0)
+    out.metrics["total_seconds"] = timings["total"]
+    out.metrics["timings"] = dict(timings)
+    with timed(timings, "bundle"):
         out.save(local / "bundle", extra_files=plots)
     tag = None
     if config.output.bentoml_store:
-        tag = out.save_to_store(config.output.name, local / "bundle")
-    exported = out.export(local / "bundle", job.output, job.run_name, config.output.models_bucket)
+        with timed(timings, "store"):
+            tag = out.save_to_store(config.output.name, local / "bundle")
+    with timed(timings, "export"):
+        exported = out.export(
+            local / "bundle", job.output, job.run_name, config.output.models_bucket
+        )
+    timings["total"] = time.perf_counter() - started
+    waits = [h["data_wait_fraction"] for h in history if "data_wait_fraction" in h]
     summary = {
         "run_name": job.run_name,
         "tag": tag,
@@ -311,10 +400,48 @@ def run_training(config: TrainConfig, log: Any = print) -> dict[str, Any]:
         "test_auc": test_metrics["test_auc"],
         "val_auc": history[-1]["val_auc"] if history else None,
         "units": len(history),
-        "fit_seconds": fit_seconds,
-        "total_seconds": time.perf_counter() - started,
+        "fit_seconds": timings.get("fit", 0.0),
+        "total_seconds": timings["total"],
+        "timings": timings,
+        "train_events": job.plan.train_events,
+        "data_wait_fraction": max(waits) if waits else None,
+        "optimizer_steps": history[-1].get("optimizer_steps") if history else None,
+        "reads": history[-1].get("reads") if history else None,
+        "staging": staging_summary,
         "bundle": exported,
-        "checkpoint": str(result.checkpoint.path),
+        "checkpoint": checkpoint,
     }
     write_text(f"{job.output}/{job.run_name}/summary.json", json.dumps(summary, indent=1))
     return summary
+
+
+def run_training(config: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The whole job: stage, prepare, fit, evaluate, plot, bundle. Returns a summary."""
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    with timed(timings, "staging"):
+        staging = begin_staging(config, log)
+    with timed(timings, "prepare"):
+        job = prepare(config, staging)
+    timings.update(job.timings)
+    log(
+        f"prepared {job.run_name}: {len(job.files)} files, {job.vectorizer.n_features} features, "
+        f"{job.framework}, {job.plan.mode} mode, {job.plan.units} units, "
+        f"{job.plan.train_events} training events on {job.plan.num_workers} workers"
+    )
+    start_copies(staging)
+    with timed(timings, "fit"):
+        result = fit(job)
+    if result.error is not None:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {job.run_name} produced no checkpoint")
+    with result.checkpoint.as_directory() as directory:
+        return finish(
+            job,
+            Path(directory),
+            timings=timings,
+            started=started,
+            checkpoint=str(result.checkpoint.path),
+            staging=staging,
+        )

@@ -93,6 +93,8 @@ def test_tensorflow_two_workers_from_s3_to_bundle(
     assert status == "SUCCEEDED", logs[-3000:]
     assert result["test_auc"] > 0.7, result
     assert result["units"] == 2 and result["framework"] == "tensorflow"
+    assert 0 <= result["data_wait_fraction"] <= 1
+    assert {"spec", "plan", "fit", "evaluate", "bundle", "total"} <= set(result["timings"])
 
     from mlaas4hep.bundle import ModelBundle
 
@@ -137,7 +139,12 @@ def test_a_failed_worker_resumes_from_the_checkpoint(
     import json
 
     metrics = json.loads(Path(result["bundle"]["output"], "metrics.json").read_text())
-    assert [h["unit"] for h in metrics["history"]] == [0, 1, 2]
+    history = metrics["history"]
+    assert [h["unit"] for h in history] == [0, 1, 2]
+    # the optimizer state came back with the weights: Adam's iteration count goes on
+    steps = history[0]["steps"]
+    assert steps > 0 and [h["optimizer_steps"] for h in history] == [steps, 2 * steps, 3 * steps]
+    assert all(0 <= h["data_wait_fraction"] <= 1 and len(h["workers"]) == 2 for h in history)
 
 
 def test_xrootd_source_with_torch_in_per_chunk_mode(
@@ -157,10 +164,15 @@ def test_xrootd_source_with_torch_in_per_chunk_mode(
     config = base_config(urls, str(tmp_path / "out"), mode="per_chunk", epochs=3)
     config["model"] = str(model)
     config["training"]["learning_rate"] = 3e-3
+    # training starts on the root:// URLs while Ray tasks stage the files into a cache
+    cache = tmp_path / "cache"
+    config["staging"] = {"enabled": True, "mode": "while", "cache": str(cache), "check_seconds": 0}
     status, logs, result = run_job(ray_head, tmp_path, config, {"BENTOML_HOME": str(bentoml_home)})
     assert status == "SUCCEEDED", logs[-3000:]
     assert result["framework"] == "torch" and result["mode"] == "per_chunk"
     assert result["test_auc"] > 0.7, result
+    assert result["staging"]["copied"] == len(tth_files) == len(list(cache.rglob("*.root")))
+    assert result["reads"]["cache"] > 0, result["reads"]  # the workers read the copies
 
     from mlaas4hep.bundle import ModelBundle
 

@@ -1,0 +1,251 @@
+"""What the Keras and PyTorch worker loops share: setup, checkpoint state, unit records.
+
+Everything a loop needs comes in its ``config`` dict (built by the driver, see
+:func:`mlaas4hep.training.job.worker_config`): the train and validation ChunkStreams
+(pickled without open files), the :class:`~mlaas4hep.training.plan.StepPlan`, the
+model code and options. :func:`setup` takes this worker's shard of both streams, so
+that every worker keeps the same file mix.
+
+A checkpoint holds the weights, the optimizer state (the loops write them) and
+``state.json``: the next unit, the history, the plan it belongs to, and the data and
+random-number positions. Both are functions of the unit: the streams are shuffled from
+``(seed, epoch)`` and per-chunk batches from ``(seed, unit)``, and every unit reseeds
+the framework's random numbers (dropout) from :func:`unit_seed`. So a run resumed from
+the checkpoint of unit ``u`` trains unit ``u + 1`` exactly as the run that was
+interrupted would have.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlaas4hep.errors import ConfigError
+from mlaas4hep.stream import ChunkStream
+from mlaas4hep.training.feed import BatchFeed, batches_per_unit, plan_batches
+from mlaas4hep.training.plan import StepPlan
+from mlaas4hep.training.session import Session
+
+STATE_FILE = "state.json"
+
+
+class InjectedFailure(RuntimeError):
+    """Raised on purpose (``inject_failure`` in the config) to test recovery."""
+
+
+@dataclass
+class Worker:
+    """One worker's view of the job: its shards, the plan and the model options."""
+
+    config: dict[str, Any]
+    session: Session
+    plan: StepPlan
+    train: ChunkStream
+    validation: ChunkStream
+
+    @property
+    def rank(self) -> int:
+        return self.session.rank
+
+    @property
+    def world(self) -> int:
+        return self.session.world_size
+
+    @property
+    def seed(self) -> int:
+        return int(self.config["seed"])
+
+    @property
+    def with_mask(self) -> bool:
+        return bool(self.config["with_mask"])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.config["n_features"])
+
+    def feed(self, first_unit: int) -> BatchFeed:
+        """The training batches from ``first_unit`` on, made ahead in a background thread."""
+        source = plan_batches(self.train, self.plan, first_unit, self.seed)
+        return BatchFeed(source, depth=int(self.config.get("prefetch_batches", 64)))
+
+    def close(self) -> None:
+        self.train.close()
+        self.validation.close()
+
+
+def setup(config: dict[str, Any], session: Session) -> Worker:
+    """This worker's shards of the train and validation streams, and the plan."""
+    plan = StepPlan(**config["plan"])
+    if session.world_size != plan.num_workers:
+        raise ConfigError(
+            f"the step plan was made for {plan.num_workers} worker(s), but {session.world_size} run"
+        )
+    train = config["streams"]["train"].shard(session.rank, session.world_size)
+    validation = config["streams"]["validation"].shard(session.rank, session.world_size)
+    if "threads" in config:  # decompress in as many threads as the worker has CPUs
+        for stream in (train, validation):
+            stream.decompression_threads = max(1, int(config["threads"]))
+    return Worker(config, session, plan, train, validation)
+
+
+def unit_seed(seed: int, unit: int) -> int:
+    """The seed of a unit's random numbers (dropout), the same on every worker and run."""
+    return int(np.random.SeedSequence([seed, unit]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+# ------------------------------------------------------------------------------ state
+
+
+def plan_key(plan: StepPlan) -> dict[str, Any]:
+    """What a checkpoint must agree on with the run that resumes from it."""
+    return {
+        "mode": plan.mode,
+        "units": plan.units,
+        "batch_size": plan.batch_size,
+        "num_workers": plan.num_workers,
+    }
+
+
+def fresh_state(worker: Worker) -> dict[str, Any]:
+    return {"next_unit": 0, "history": [], "plan": plan_key(worker.plan)}
+
+
+def restore_state(worker: Worker) -> dict[str, Any]:
+    """The state of the last checkpoint (a fresh one without), checked against the plan.
+
+    Read before the model is built, so that the batch feed starts reading at once.
+    """
+    with worker.session.last_checkpoint() as directory:
+        if directory is None:
+            return fresh_state(worker)
+        state = json.loads((directory / STATE_FILE).read_text())
+        if state.get("plan") != plan_key(worker.plan):
+            raise ConfigError(
+                f"the checkpoint in {directory} belongs to another plan "
+                f"({state.get('plan')}, this run: {plan_key(worker.plan)}): "
+                "resume with the same data and training options, or give a new run name"
+            )
+        return state
+
+
+def restore_model(worker: Worker, state: dict[str, Any], load: Callable[[Path], None]) -> None:
+    """Load the weights and optimizer state of the checkpoint that ``state`` came from."""
+    if state["next_unit"] == 0:
+        return
+    with worker.session.last_checkpoint() as directory:
+        if directory is None:
+            raise RuntimeError("internal error: the checkpoint disappeared while resuming")
+        load(directory)
+
+
+def next_state(state: dict[str, Any], record: dict[str, Any], worker: Worker) -> dict[str, Any]:
+    """The state after ``record``'s unit: where data and random numbers resume."""
+    plan, unit = worker.plan, record["unit"]
+    following = unit + 1
+    if plan.mode == "standard":
+        position = {"epoch": following, "chunk": 0}
+    else:
+        position = {"epoch": 0, "chunk": following}
+    return {
+        "next_unit": following,
+        "history": [*state["history"], record],
+        "plan": plan_key(plan),
+        "stream": {**position, "seed": worker.seed},
+        "rng": {"seed": worker.seed, "next_unit_seed": unit_seed(worker.seed, following)},
+        "optimizer_steps": record["optimizer_steps"],
+    }
+
+
+def write_state(directory: Path, state: dict[str, Any]) -> None:
+    (directory / STATE_FILE).write_text(json.dumps(state))
+
+
+def report(worker: Worker, record: dict[str, Any], state: dict[str, Any], save: Callable) -> None:
+    """Write the checkpoint of a unit (weights, optimizer, state) and report it.
+
+    Every rank writes: under MultiWorkerMirroredStrategy reading synchronised variables
+    is a collective operation, so a save on rank 0 alone would wait for the others.
+    """
+    name = f"unit-{record['unit']:05d}"  # every rank must give the same name
+    with tempfile.TemporaryDirectory(prefix="mlaas4hep-ckpt-") as directory:
+        save(Path(directory))
+        write_state(Path(directory), state)
+        worker.session.report({**record, "history": state["history"]}, Path(directory), name)
+
+
+# ---------------------------------------------------------------------------- records
+
+
+def unit_names(plan: StepPlan, unit: int) -> dict[str, int]:
+    if plan.mode == "standard":
+        return {"epoch": unit, "chunk": -1}
+    return {"epoch": plan.epochs - 1, "chunk": unit}
+
+
+def timing_record(per_worker: np.ndarray) -> dict[str, Any]:
+    """Timings of a unit from every worker's ``[train, wait, produce]`` seconds.
+
+    ``data_wait_fraction`` is the share of training time the slowest-fed worker spent
+    blocked on its next batch (the input pipeline's stall; goal: below 0.1).
+    """
+    per_worker = np.asarray(per_worker, dtype=np.float64).reshape(-1, 3)
+    train, wait, produce = per_worker.T
+    fractions = np.divide(wait, train, out=np.zeros_like(wait), where=train > 0)
+    return {
+        "train_seconds": float(train.max()),
+        "wait_seconds": float(wait.max()),
+        "produce_seconds": float(produce.max()),
+        "data_wait_fraction": float(fractions.max()),
+        "workers": [
+            {"train_seconds": t, "wait_seconds": w, "produce_seconds": p}
+            for t, w, p in per_worker.tolist()
+        ],
+    }
+
+
+def unit_record(
+    worker: Worker, unit: int, metrics: dict[str, float], timings: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    steps = batches_per_unit(worker.plan, unit)
+    return {
+        "unit": unit,
+        **unit_names(worker.plan, unit),
+        **metrics,
+        **timings,
+        "steps": steps,
+        "events": steps * worker.plan.batch_size * worker.world,
+        **extra,
+    }
+
+
+def stream_reads(stream: ChunkStream) -> dict[str, int] | None:
+    """Blocks read from the source and from the staging cache (staged streams only)."""
+    reads = getattr(stream, "reads", None)
+    return dict(reads) if reads is not None else None
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def maybe_fail(config: dict[str, Any], rank: int, unit: int) -> None:
+    inject = config.get("inject_failure")
+    if not inject or inject.get("rank", 0) != rank or inject.get("unit", 0) != unit:
+        return
+    marker = Path(config["failure_marker"])
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"worker {rank} failed on purpose after unit {unit}\n")
+    raise InjectedFailure(f"worker {rank}: injected failure after unit {unit}")
+
+
+def failure_marker(run_name: str) -> str:
+    """Where an injected failure records that it happened (it happens once per run)."""
+    return os.path.join(tempfile.gettempdir(), f"mlaas4hep-failure-{run_name}")
