@@ -31,7 +31,7 @@ from mlaas4hep.pipeline import (
 )
 from mlaas4hep.sources import open_tree
 from mlaas4hep.specs import DatasetSpec, compute_file_spec
-from mlaas4hep.stack import RayHead
+from mlaas4hep.stack import LOCAL_STACK_VARS, RayHead
 from mlaas4hep.terraform import INFRA_DIR, REPO_ROOT, Terraform
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -63,8 +63,13 @@ def stack(moto_server, tmp_path_factory):
         [sys.executable, str(REPO_ROOT / "scripts" / "build_lambda_package.py")], check=True
     )
     ray = RayHead().start()
-    tf = Terraform(state_dir=tmp_path_factory.mktemp("terraform"), env=moto_server.env())
-    var_files = [INFRA_DIR / "envs" / "local.tfvars"]
+    state_dir = tmp_path_factory.mktemp("terraform")
+    tf = Terraform(state_dir=state_dir, env=moto_server.env())
+    # The pipeline without the ECS/ALB serving deployment (only its image repository):
+    # tests/integration/test_infra_serving.py applies, re-plans and destroys that one.
+    overrides = state_dir / "pipeline.tfvars.json"
+    overrides.write_text(json.dumps(LOCAL_STACK_VARS))
+    var_files = [INFRA_DIR / "envs" / "local.tfvars", overrides]
     variables = {
         "environment": "it",
         "aws_endpoint_url": moto_server.endpoint_url,
