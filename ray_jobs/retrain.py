@@ -14,12 +14,10 @@ the decision; a configuration or data error exits with status 2 before any train
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from mlaas4hep.errors import MlaasError
 from mlaas4hep.retraining import DEFAULT_ALIAS, DEFAULT_MARGIN, retrain
-from mlaas4hep.training.submit import RESULT_PREFIX
+from mlaas4hep.training.submit import report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         help="promote unless the validation AUC drops by more than this",
     )
     args = parser.parse_args(argv)
-    try:
-        record = retrain(
+    return report(
+        lambda: retrain(
             args.dataset,
             args.dataset_spec,
             args.models,
@@ -46,11 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             margin=args.margin,
             log=lambda line: print(line, flush=True),
         )
-    except (MlaasError, OSError) as err:
-        print(f"error: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
-        return 2
-    print(RESULT_PREFIX + json.dumps(record), flush=True)
-    return 0
+    )
 
 
 if __name__ == "__main__":

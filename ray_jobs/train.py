@@ -11,12 +11,10 @@ status 2 and a one-line message before any training starts.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from mlaas4hep.errors import MlaasError
 from mlaas4hep.training import TrainConfig, run_training
-from mlaas4hep.training.submit import RESULT_PREFIX
+from mlaas4hep.training.submit import report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,17 +22,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="training YAML (path or s3:// URL)")
     parser.add_argument("--run-name", help="resume (or name) this run: output.run_name")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> dict:
         config = TrainConfig.from_yaml(args.config)
         if args.run_name:
             config.output.run_name = args.run_name
             config.validate()
-        summary = run_training(config, log=lambda line: print(line, flush=True))
-    except (MlaasError, OSError) as err:
-        print(f"error: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
-        return 2
-    print(RESULT_PREFIX + json.dumps(summary), flush=True)
-    return 0
+        return run_training(config, log=lambda line: print(line, flush=True))
+
+    return report(body)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 import tempfile
@@ -28,7 +27,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mlaas4hep.errors import MlaasError
 from mlaas4hep.sources import scheme
 from mlaas4hep.training.config import TrainConfig
 from mlaas4hep.training.job import (
@@ -40,7 +38,7 @@ from mlaas4hep.training.job import (
     worker_config,
 )
 from mlaas4hep.training.session import LocalSession
-from mlaas4hep.training.submit import RESULT_PREFIX
+from mlaas4hep.training.submit import report
 
 
 def run_local(
@@ -100,18 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-name", help="resume (or name) this run: output.run_name")
     parser.add_argument("--checkpoints", type=Path, help="local checkpoint directory")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> dict[str, Any]:
         config = TrainConfig.from_yaml(args.config)
         if args.run_name:
             config.output.run_name = args.run_name
-        summary = run_local(
-            config, args.device, args.checkpoints, log=lambda s: print(s, flush=True)
-        )
-    except (MlaasError, OSError) as err:
-        print(f"error: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
-        return 2
-    print(RESULT_PREFIX + json.dumps(summary), flush=True)
-    return 0
+        return run_local(config, args.device, args.checkpoints, log=lambda s: print(s, flush=True))
+
+    return report(body)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from mlaas4hep import extras
+from mlaas4hep.errors import MlaasError
 
 RESULT_PREFIX = "MLAAS4HEP_RESULT "
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -68,3 +69,16 @@ def job_result(logs: str) -> dict[str, Any] | None:
         if line.startswith(RESULT_PREFIX):
             return json.loads(line[len(RESULT_PREFIX) :])
     return None
+
+
+def report(body: Callable[[], dict[str, Any]]) -> int:
+    """Run a job's body and end it as every mlaas4hep job ends: its summary printed as one
+    ``MLAAS4HEP_RESULT`` line (status 0), or a configuration or data error as one line
+    on stderr (status 2) — what :func:`job_result` and a person reading the log expect."""
+    try:
+        summary = body()
+    except (MlaasError, OSError) as err:
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        return 2
+    print(RESULT_PREFIX + json.dumps(summary), flush=True)
+    return 0
