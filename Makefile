@@ -58,7 +58,7 @@ demo: install
 	$(BIN)/python scripts/demo.py --continuous
 
 stack-up: install
-	$(BIN)/python scripts/local_stack.py up --detach
+	$(BIN)/python scripts/local_stack.py up --detach --serve
 
 stack-status: install
 	$(BIN)/python scripts/local_stack.py status

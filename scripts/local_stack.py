@@ -1,6 +1,6 @@
 """Start, inspect and stop the local stack (moto, XRootD, Ray head, Terraform, runtime).
 
-    python scripts/local_stack.py up [--detach] [--workers spec_file=2]
+    python scripts/local_stack.py up [--detach] [--serve] [--workers spec_file=2]
     python scripts/local_stack.py status
     python scripts/local_stack.py down
 
@@ -37,6 +37,8 @@ def _up(args: argparse.Namespace) -> int:
         command = [sys.executable, __file__, "up", "--state-dir", str(state_dir)]
         for item in args.workers:
             command += ["--workers", item]
+        if args.serve:
+            command.append("--serve")
         with open(state_dir / "supervisor.log", "ab") as log:
             child = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT
@@ -52,7 +54,7 @@ def _up(args: argparse.Namespace) -> int:
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, _: stopping.append(signum))
     workers = dict((w.split("=")[0], int(w.split("=")[1])) for w in args.workers)
-    local = stack.LocalStack(state_dir, workers=workers)
+    local = stack.LocalStack(state_dir, workers=workers, serve=args.serve)
     try:
         record = local.up()
         print(json.dumps(record, indent=1), flush=True)
@@ -86,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--state-dir", default=str(stack.STACK_DIR), help=argparse.SUPPRESS)
     parser.add_argument("--detach", action="store_true", help="run the supervisor in background")
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="also bentoml serve, and real retraining jobs (ray_jobs/retrain.py) on the Ray head",
+    )
     parser.add_argument(
         "--workers", action="append", default=[], metavar="NAME=N", help="runtime concurrency"
     )
