@@ -23,7 +23,6 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from mlaas4hep.errors import ConfigError
@@ -129,13 +128,6 @@ def val_auc_of(metrics: Mapping[str, Any]) -> float | None:
     return None
 
 
-def store_metrics(tag: str) -> dict[str, Any]:
-    """``metrics.json`` of a model in the BentoML store."""
-    import bentoml
-
-    return json.loads((Path(bentoml.models.get(tag).path) / "metrics.json").read_text())
-
-
 def retrain(
     dataset: str,
     spec_url: str,
@@ -178,7 +170,9 @@ def retrain(
         current: str | None = registry.resolve(f"{tag.split(':')[0]}:{alias}")
     except ModelNotFound:  # no model behind the alias yet
         current = None
-    current_auc = val_auc_of(store_metrics(current)) if current else None
+    current_auc = None
+    if current is not None:  # the registry knows where a version's bundle lies
+        current_auc = val_auc_of(json.loads((registry.path(current) / "metrics.json").read_text()))
     decision = decide(tag, summary.get("val_auc"), current, current_auc, margin)
     if decision.promote:
         registry.promote(tag, alias)
