@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 import warnings
 
+import awkward as ak
+import isal.isal_zlib
 import numpy as np
 import pytest
 import uproot
@@ -17,6 +19,7 @@ from mlaas4hep.sources import (
     file_identity,
     jagged_parts,
     open_tree,
+    use_zlib_library,
 )
 
 
@@ -172,3 +175,39 @@ def test_memory_step_size_reads_no_basket_headers(tmp_path, monkeypatch):
         assert sum(len(c["nJet"]) for c in tree.iterate(names, step_size="200 kB")) == 6000
         assert tree.step_entries(names, "200 kB") < 6000  # several steps
     assert reads == []
+
+
+def test_zlib_baskets_inflate_with_isal_to_the_same_arrays(tmp_path, monkeypatch):
+    path = write_events(tmp_path / "zlib.root", 3000, seed=4, basket=700)  # ZLIB(1)
+    calls = []
+    inflate = isal.isal_zlib.decompress
+    monkeypatch.setattr(
+        isal.isal_zlib, "decompress", lambda *a, **k: calls.append(1) or inflate(*a, **k)
+    )
+    try:
+        assert use_zlib_library("zlib") == "zlib"
+        with open_tree(path) as tree:
+            plain = tree.arrays(tree.select())
+        assert calls == []
+        assert use_zlib_library("isal") == "isal"
+        with open_tree(path) as tree:
+            fast = tree.arrays(tree.select())
+        assert calls  # every basket went through ISA-L
+    finally:
+        use_zlib_library()
+    assert plain.keys() == fast.keys()
+    for name in plain:
+        assert ak.array_equal(plain[name], fast[name]), name
+
+
+def test_zlib_library_choice_is_checked_and_leaves_writing_alone(monkeypatch):
+    try:
+        with pytest.raises(ValueError, match="MLAAS4HEP_ZLIB must be 'isal' or 'zlib'"):
+            use_zlib_library("gzip")
+        monkeypatch.setenv("MLAAS4HEP_ZLIB", "zlib")
+        assert use_zlib_library() == "zlib"
+        monkeypatch.delenv("MLAAS4HEP_ZLIB")
+        assert use_zlib_library() == "isal"  # the default, installed with the package
+        assert uproot.ZLIB.library == "zlib"  # written files keep zlib's levels
+    finally:
+        use_zlib_library()
