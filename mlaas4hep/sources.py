@@ -251,8 +251,6 @@ def _uncompressed_bytes(branch: Any) -> int:
     return int(sum(branch.basket_uncompressed_bytes(i) for i in range(branch.num_baskets)))
 
 
-_XROOTD_CONFIGURED = False
-
 #: ``MLAAS4HEP_ZLIB``: the inflate library for ZLIB baskets, ``isal`` or ``zlib``.
 ZLIB_VARIABLE = "MLAAS4HEP_ZLIB"
 
@@ -269,7 +267,9 @@ def use_zlib_library(library: str | None = None) -> str:
     """
     wanted = library or os.environ.get(ZLIB_VARIABLE) or "isal"
     if wanted not in ("isal", "zlib"):
-        raise ValueError(f"{ZLIB_VARIABLE} must be 'isal' or 'zlib', not {wanted!r}")
+        raise ValueError(
+            f"the ZLIB library ({ZLIB_VARIABLE}) must be 'isal' or 'zlib', not {wanted!r}"
+        )
     if wanted == "isal":
         try:
             import isal.isal_zlib  # noqa: F401
@@ -287,6 +287,9 @@ try:
 except ValueError as _err:  # a typo in the variable must not stop every import
     warnings.warn(f"{_err}; using zlib", stacklevel=1)
     use_zlib_library("zlib")
+
+
+_XROOTD_CONFIGURED = False
 
 
 def _configure_xrootd_client() -> None:

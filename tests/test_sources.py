@@ -202,7 +202,9 @@ def test_zlib_baskets_inflate_with_isal_to_the_same_arrays(tmp_path, monkeypatch
 
 def test_zlib_library_choice_is_checked_and_leaves_writing_alone(monkeypatch):
     try:
-        with pytest.raises(ValueError, match="MLAAS4HEP_ZLIB must be 'isal' or 'zlib'"):
+        with pytest.raises(
+            ValueError, match=r"\(MLAAS4HEP_ZLIB\) must be 'isal' or 'zlib', not 'gzip'"
+        ):
             use_zlib_library("gzip")
         monkeypatch.setenv("MLAAS4HEP_ZLIB", "zlib")
         assert use_zlib_library() == "zlib"
