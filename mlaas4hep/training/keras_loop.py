@@ -28,7 +28,7 @@ from mlaas4hep.stream import Batch
 from mlaas4hep.training import loop, models
 from mlaas4hep.training.feed import BatchFeed, batches_per_unit
 from mlaas4hep.training.plan import exact_batches
-from mlaas4hep.training.session import LocalSession, Session
+from mlaas4hep.training.session import Session
 
 KERAS_WEIGHTS = "model.weights.h5"
 KERAS_OPTIMIZER = "optimizer.npz"
@@ -87,23 +87,13 @@ def train_keras(config: dict[str, Any], session: Session | None = None) -> dict[
 
     ``session`` is where checkpoints go and come from (a fresh local directory if None).
     """
-    if session is None:
-        import tempfile
-
-        session = LocalSession(tempfile.mkdtemp(prefix="mlaas4hep-local-"))
-    worker = loop.setup(config, session)
-    state = loop.restore_state(worker)
-    feed = worker.feed(state["next_unit"])  # reads while TensorFlow loads and builds
-    models.keras()  # tf-keras chosen before TensorFlow is first imported
-    tf = extras.tensorflow()
-    if "threads" in config:  # inter-op threads stay: the collectives wait in them
-        with contextlib.suppress(RuntimeError):  # set before TensorFlow's runtime starts
-            tf.config.threading.set_intra_op_parallelism_threads(int(config["threads"]))
-    try:
+    with loop.started(config, session) as (worker, state, feed):
+        models.keras()  # tf-keras chosen before TensorFlow is first imported
+        tf = extras.tensorflow()
+        if "threads" in config:  # inter-op threads stay: the collectives wait in them
+            with contextlib.suppress(RuntimeError):  # before TensorFlow's runtime starts
+                tf.config.threading.set_intra_op_parallelism_threads(int(config["threads"]))
         return _train(worker, state, feed)
-    finally:
-        feed.close()
-        worker.close()
 
 
 def _train(worker: loop.Worker, state: dict[str, Any], feed: BatchFeed) -> dict[str, Any]:
@@ -176,15 +166,11 @@ def _train(worker: loop.Worker, state: dict[str, Any], feed: BatchFeed) -> dict[
             "val_auc": float(scores["auc"]),
         }
         timings = loop.timing_record(gather([train_seconds, wait, produce]))
-        record = loop.unit_record(
-            worker, unit, metrics, timings,
+        state = loop.finish_unit(
+            worker, state, unit, metrics, timings, save,
             validation_seconds=time.perf_counter() - validated,
             seconds=time.perf_counter() - started,
             optimizer_steps=int(model.optimizer.iterations.numpy()),
             device=devices[0],
-            reads=loop.stream_reads(worker.train),
         )  # fmt: skip
-        state = loop.next_state(state, record, worker)
-        loop.report(worker, record, state, save)
-        loop.maybe_fail(config, worker.rank, unit)
     return state

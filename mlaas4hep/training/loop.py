@@ -17,10 +17,11 @@ interrupted would have.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from mlaas4hep.errors import ConfigError
 from mlaas4hep.stream import ChunkStream
 from mlaas4hep.training.feed import BatchFeed, batches_per_unit, plan_batches
 from mlaas4hep.training.plan import StepPlan
-from mlaas4hep.training.session import Session
+from mlaas4hep.training.session import LocalSession, Session
 
 STATE_FILE = "state.json"
 
@@ -93,6 +94,25 @@ def setup(config: dict[str, Any], session: Session) -> Worker:
         for stream in (train, validation):
             stream.decompression_threads = max(1, int(config["threads"]))
     return Worker(config, session, plan, train, validation)
+
+
+@contextlib.contextmanager
+def started(
+    config: dict[str, Any], session: Session | None
+) -> Iterator[tuple[Worker, dict[str, Any], BatchFeed]]:
+    """This worker (checkpoints in ``session``, a fresh local directory if None), the
+    state it resumes from and its batch feed, already reading while the framework loads
+    and the model is built; the feed and the streams are closed on the way out."""
+    if session is None:
+        session = LocalSession(tempfile.mkdtemp(prefix="mlaas4hep-local-"))
+    worker = setup(config, session)
+    state = restore_state(worker)
+    feed = worker.feed(state["next_unit"])
+    try:
+        yield worker, state, feed
+    finally:
+        feed.close()
+        worker.close()
 
 
 def unit_seed(seed: int, unit: int) -> int:
@@ -223,6 +243,25 @@ def unit_record(
         "events": steps * worker.plan.batch_size * worker.world,
         **extra,
     }
+
+
+def finish_unit(
+    worker: Worker,
+    state: dict[str, Any],
+    unit: int,
+    metrics: dict[str, float],
+    timings: dict[str, Any],
+    save: Callable[[Path], None],
+    **extra: Any,
+) -> dict[str, Any]:
+    """Close a trained and validated unit, the same for every framework: its record
+    (with the stream's reads), the checkpoint and report, and the injected failure of a
+    recovery test; the state the next unit starts from."""
+    record = unit_record(worker, unit, metrics, timings, **extra, reads=stream_reads(worker.train))
+    state = next_state(state, record, worker)
+    report(worker, record, state, save)
+    maybe_fail(worker.config, worker.rank, unit)
+    return state
 
 
 def stream_reads(stream: ChunkStream) -> dict[str, int] | None:

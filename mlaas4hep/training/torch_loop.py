@@ -13,7 +13,6 @@ A checkpoint holds the weights (``model.pt``), the optimizer's ``state_dict``
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +26,7 @@ from mlaas4hep.stream import Batch
 from mlaas4hep.training import loop, models
 from mlaas4hep.training.feed import BatchFeed
 from mlaas4hep.training.plan import exact_batches
-from mlaas4hep.training.session import LocalSession, Session
+from mlaas4hep.training.session import Session
 
 TORCH_WEIGHTS = "model.pt"
 TORCH_OPTIMIZER = "optimizer.pt"
@@ -66,16 +65,8 @@ def train_torch(
     device = torch.device(device)
     if device.type == "cpu":  # OpenMP threads spin: more than the CPUs starve the feed
         torch.set_num_threads(int(config.get("threads", torch.get_num_threads())))
-    if session is None:
-        session = LocalSession(tempfile.mkdtemp(prefix="mlaas4hep-local-"))
-    worker = loop.setup(config, session)
-    state = loop.restore_state(worker)
-    feed = worker.feed(state["next_unit"])  # reads while the model is being built
-    try:
+    with loop.started(config, session) as (worker, state, feed):
         return _train(worker, state, feed, device, prepare_model)
-    finally:
-        feed.close()
-        worker.close()
 
 
 def _train(
@@ -165,16 +156,12 @@ def _train(
                 "auc": auc(np.concatenate(labels), s),
             }
         per_worker = gathered(np.array([[train_seconds, wait, produce]]))[0]
-        record = loop.unit_record(
-            worker, unit, {**metrics, "val_loss": val_loss, "val_auc": val_auc},
-            loop.timing_record(per_worker),
+        state = loop.finish_unit(
+            worker, state, unit, {**metrics, "val_loss": val_loss, "val_auc": val_auc},
+            loop.timing_record(per_worker), save,
             validation_seconds=time.perf_counter() - validated,
             seconds=time.perf_counter() - started,
             optimizer_steps=optimizer_steps(optimizer),
             device=str(device),
-            reads=loop.stream_reads(worker.train),
         )  # fmt: skip
-        state = loop.next_state(state, record, worker)
-        loop.report(worker, record, state, save)
-        loop.maybe_fail(config, worker.rank, unit)
     return state
