@@ -101,15 +101,19 @@ class BatchFeed:
             self.batches += 1
             yield batch
 
+    def _pull(self) -> tuple[int, Batch]:
+        """The source's next batch, its making time counted (StopIteration at the end)."""
+        start = time.perf_counter()
+        item = next(self._source)
+        self.produce_seconds += time.perf_counter() - start
+        return item
+
     def _next(self) -> tuple[int, Batch]:
         if self._thread is None:
-            start = time.perf_counter()
             try:
-                item = next(self._source)
+                return self._pull()
             except StopIteration:
                 raise RuntimeError("internal error: the batch feed ran dry") from None
-            self.produce_seconds += time.perf_counter() - start
-            return item
         kind, value = self._slots.get()
         if kind == "item":
             return value  # type: ignore[return-value]
@@ -120,13 +124,11 @@ class BatchFeed:
     def _produce(self) -> None:
         try:
             while not self._stop.is_set():
-                start = time.perf_counter()
                 try:
-                    item = next(self._source)
+                    item = self._pull()
                 except StopIteration:
                     self._put(("done", None))
                     return
-                self.produce_seconds += time.perf_counter() - start
                 self._put(("item", item))
         except BaseException as err:  # handed to the training loop, raised there
             self._put(("error", err))
