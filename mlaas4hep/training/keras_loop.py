@@ -3,20 +3,21 @@
 Under Ray the model lives in a ``MultiWorkerMirroredStrategy`` (gradients all-reduced
 between workers); in one process in TensorFlow's default strategy. Nothing pins a
 device: TensorFlow places the ops itself, on a GPU when it sees one (``use_gpu: true``
-gives each Ray worker its GPU). Batches come from a :class:`~.feed.BatchFeed` through
-``tf.data.Dataset.from_generator``, without tf.data's own prefetch, so the time the
-feed's consumer is blocked is the time the training step waits for data.
+gives each Ray worker its GPU).
 
-Each unit is ``model.fit`` (one epoch, or ``epochs`` passes over a chunk), then
-``model.evaluate`` on the validation shard, then a checkpoint: the weights, the
-optimizer's variables (Adam's moments and iteration count) and the state.
+The loop takes every batch from the :class:`~.feed.BatchFeed` itself and hands it to a
+compiled step (:class:`DistributedSteps`: ``strategy.run(model.train_step)``), so a
+unit trains on exactly its planned batches whatever TensorFlow would read ahead, and
+the time the loop is blocked on the feed is the time the step waits for data. Each
+unit is its training steps (one epoch, or ``epochs`` passes over a chunk), the exact
+loss and AUC on the validation shard, then a checkpoint: the weights, the optimizer's
+variables (Adam's moments and iteration count) and the state.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,6 @@ from mlaas4hep.errors import ConfigError
 from mlaas4hep.stream import Batch
 from mlaas4hep.training import loop, models
 from mlaas4hep.training.feed import BatchFeed, batches_per_unit
-from mlaas4hep.training.plan import exact_batches
 from mlaas4hep.training.session import Session
 
 KERAS_WEIGHTS = "model.weights.h5"
@@ -54,32 +54,61 @@ def load_optimizer(optimizer: Any, path: Path) -> None:
         variable.assign(value)
 
 
-def tf_batches(
-    make: Callable[[], Iterator[Batch]], n_features: int, with_mask: bool, has_weights: bool
-) -> Any:
-    """A ``tf.data.Dataset`` of ``(features, y[, w])`` from the batches ``make()`` yields.
+def step_data(batch: Batch, with_mask: bool, has_weights: bool) -> tuple[Any, ...]:
+    """``(features, y[, w])`` of one batch as the training step takes it (``model.train_step``)."""
+    features: Any = {"features": batch.X, "mask": batch.mask} if with_mask else batch.X
+    return (features, batch.y, batch.w) if has_weights else (features, batch.y)
 
-    No tf.data prefetch: the batch feed is the prefetcher, and the time its consumer
-    waits is then the time the training step waits.
+
+class DistributedSteps:
+    """Compiled training and scoring steps that take one batch each, from Python.
+
+    The loop hands every batch to :meth:`train` itself, so a unit trains on exactly the
+    batches it takes from the :class:`~.feed.BatchFeed`: no ``tf.data`` iterator and no
+    ``experimental_distribute_dataset`` stand between them. (Those read ahead of the
+    steps, and under MultiWorkerMirroredStrategy a dataset whose batch size is not
+    static is re-batched into ``num_replicas_in_sync`` pieces: ``model.fit`` trained on
+    half of every batch and left the rest in the feed for the next unit to find.)
+    A batch is this worker's share of the global step, split over its local replicas.
     """
-    tf = extras.tensorflow()
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    x_spec = tf.TensorSpec((None, n_features), tf.float32)
-    features_spec: Any = x_spec
-    if with_mask:
-        features_spec = {"features": x_spec, "mask": tf.TensorSpec(x_spec.shape, tf.bool)}
-    signature = [features_spec, tf.TensorSpec((None,), tf.float32)]
-    if has_weights:
-        signature.append(tf.TensorSpec((None,), tf.float32))
 
-    def generate() -> Iterator[tuple[Any, ...]]:
-        for b in make():
-            features = {"features": b.X, "mask": b.mask} if with_mask else b.X
-            yield (features, b.y, b.w) if has_weights else (features, b.y)
+    def __init__(self, strategy: Any, model: Any, workers: int) -> None:
+        tf = extras.tensorflow()
+        self.strategy = strategy
+        self.model = model
+        self.local_replicas = max(1, strategy.num_replicas_in_sync // workers)
+        self._predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        self._train: Any = None
 
-    data = tf.data.Dataset.from_generator(generate, output_signature=tuple(signature))
-    return data.with_options(options)
+    def reset(self) -> None:
+        """A newly traced training step: it draws from the random seed set just before
+        (dropout), so that a unit resumed from a checkpoint draws the same numbers."""
+        tf = extras.tensorflow()
+        strategy, model = self.strategy, self.model
+
+        def step(data: Any) -> Any:
+            return strategy.run(model.train_step, args=(data,))
+
+        self._train = tf.function(step, reduce_retracing=True)
+
+    def train(self, data: tuple[Any, ...]) -> None:
+        """One optimizer step on one batch (gradients all-reduced between workers)."""
+        self._train(self._distribute(data))
+
+    def predict(self, features: Any) -> np.ndarray:
+        """Scores of one batch on this worker, with the current weights."""
+        return np.asarray(self._predict(features)).reshape(-1)
+
+    def _distribute(self, data: tuple[Any, ...]) -> Any:
+        if self.local_replicas == 1:
+            return data
+        tf = extras.tensorflow()
+        n = self.local_replicas
+        parts = [tf.nest.map_structure(lambda a, i=i: np.array_split(a, n)[i], data)
+                 for i in range(n)]  # fmt: skip
+        return self.strategy.experimental_distribute_values_from_function(
+            lambda context: parts[context.replica_id_in_sync_group % n]
+        )
 
 
 def train_keras(config: dict[str, Any], session: Session | None = None) -> dict[str, Any]:
@@ -126,16 +155,19 @@ def _train(worker: loop.Worker, state: dict[str, Any], feed: BatchFeed) -> dict[
 
     loop.restore_model(worker, state, load)
     has_weights = worker.train.weight_expr is not None
+    steps = DistributedSteps(strategy, model, worker.world)
 
-    def dataset(make: Callable[[], Iterator[Batch]]) -> Any:
-        return tf_batches(make, worker.n_features, worker.with_mask, has_weights)
-
-    def gather(values: list[float]) -> np.ndarray:
-        """``values`` of every worker, one row each."""
+    def gather(values: np.ndarray) -> np.ndarray:
+        """``values`` (the same shape on every worker) of every worker, one row each."""
         if not session.distributed:
-            return np.array([values])
-        local = strategy.run(lambda: tf.constant([values], tf.float64))
+            return values[None]
+        local = strategy.run(lambda: tf.constant(values[None]))
         return strategy.gather(local, axis=0).numpy()
+
+    def validate() -> tuple[float, float]:
+        scores, labels = loop.validation_scores(worker, lambda b: steps.predict(step_data(
+            b, worker.with_mask, False)[0]))  # fmt: skip
+        return loop.validation_metrics(gather(scores).ravel(), gather(labels).ravel())
 
     devices = [d.name for d in tf.config.list_logical_devices("GPU")] or ["CPU"]
     for unit in range(state["next_unit"], plan.units):
@@ -145,27 +177,25 @@ def _train(worker: loop.Worker, state: dict[str, Any], feed: BatchFeed) -> dict[
             continue  # every worker skips the same chunk (too small for a batch)
         # dropout draws from the unit's seed: a resumed run continues exactly
         k.utils.set_random_seed(loop.unit_seed(worker.seed, unit))
-        model.make_train_function(force=True)
-        passes = 1 if plan.mode == "standard" else plan.epochs
+        steps.reset()
+        last_pass = count - count // (1 if plan.mode == "standard" else plan.epochs)
         wait, produce = feed.wait_seconds, feed.produce_seconds
-        data = dataset(lambda u=unit, n=count: feed.take(u, n))
-        history = model.fit(data, epochs=passes, steps_per_epoch=count // passes, verbose=0)
+        for step, batch in enumerate(feed.take(unit, count)):
+            if step in (0, last_pass):  # the metrics of the unit's last pass, as fit's
+                model.reset_metrics()
+            steps.train(step_data(batch, worker.with_mask, has_weights))
+        trained = model.get_metrics_result()
         train_seconds = time.perf_counter() - started
         wait, produce = feed.wait_seconds - wait, feed.produce_seconds - produce
         validated = time.perf_counter()
-        validation = dataset(
-            lambda: exact_batches(worker.validation, plan.batch_size, 0, plan.validation_steps)
-        ).prefetch(2)
-        scores = model.evaluate(
-            validation, steps=plan.validation_steps, verbose=0, return_dict=True
-        )
+        val_loss, val_auc = validate()
         metrics = {
-            "loss": float(history.history["loss"][-1]),
-            "auc": float(history.history["auc"][-1]),
-            "val_loss": float(scores["loss"]),
-            "val_auc": float(scores["auc"]),
+            "loss": float(trained["loss"]),
+            "auc": float(trained["auc"]),
+            "val_loss": val_loss,
+            "val_auc": val_auc,
         }
-        timings = loop.timing_record(gather([train_seconds, wait, produce]))
+        timings = loop.timing_record(gather(np.array([train_seconds, wait, produce])))
         state = loop.finish_unit(
             worker, state, unit, metrics, timings, save,
             validation_seconds=time.perf_counter() - validated,

@@ -29,9 +29,10 @@ from typing import Any
 import numpy as np
 
 from mlaas4hep.errors import ConfigError
-from mlaas4hep.stream import ChunkStream
+from mlaas4hep.metrics import auc, binary_cross_entropy
+from mlaas4hep.stream import Batch, ChunkStream
 from mlaas4hep.training.feed import BatchFeed, batches_per_unit, plan_batches
-from mlaas4hep.training.plan import StepPlan
+from mlaas4hep.training.plan import StepPlan, exact_batches
 from mlaas4hep.training.session import LocalSession, Session
 
 STATE_FILE = "state.json"
@@ -200,6 +201,29 @@ def report(worker: Worker, record: dict[str, Any], state: dict[str, Any], save: 
         worker.session.report({**record, "history": state["history"]}, Path(directory), name)
 
 
+# ------------------------------------------------------------------------- validation
+
+
+def validation_scores(
+    worker: Worker, predict: Callable[[Batch], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """This worker's scores and labels of the validation shard: exactly
+    ``plan.validation_steps`` batches, the same count on every worker (so that the
+    loops can gather them with a collective of one shape)."""
+    plan = worker.plan
+    scores, labels = [], []
+    for batch in exact_batches(worker.validation, plan.batch_size, 0, plan.validation_steps):
+        scores.append(np.asarray(predict(batch), dtype=np.float64).reshape(-1))
+        labels.append(np.asarray(batch.y, dtype=np.float64))
+    return np.concatenate(scores), np.concatenate(labels)
+
+
+def validation_metrics(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """``(val_loss, val_auc)`` of every worker's validation scores: the exact AUC, the
+    same for each framework."""
+    return binary_cross_entropy(labels, scores), auc(labels, scores)
+
+
 # ---------------------------------------------------------------------------- records
 
 
@@ -256,7 +280,18 @@ def finish_unit(
 ) -> dict[str, Any]:
     """Close a trained and validated unit, the same for every framework: its record
     (with the stream's reads), the checkpoint and report, and the injected failure of a
-    recovery test; the state the next unit starts from."""
+    recovery test; the state the next unit starts from.
+
+    The unit must have taken exactly its planned steps (``optimizer_steps`` in ``extra``,
+    counted by the optimizer, against the state's count before the unit): a unit that
+    trained on more or fewer batches than planned fails here, before its checkpoint.
+    """
+    planned = batches_per_unit(worker.plan, unit)
+    taken = int(extra["optimizer_steps"]) - int(state.get("optimizer_steps", 0))
+    if taken != planned:
+        raise RuntimeError(
+            f"internal error: unit {unit} took {taken} optimizer steps, {planned} were planned"
+        )
     record = unit_record(worker, unit, metrics, timings, **extra, reads=stream_reads(worker.train))
     state = next_state(state, record, worker)
     report(worker, record, state, save)

@@ -21,11 +21,10 @@ from typing import Any
 import numpy as np
 
 from mlaas4hep import extras
-from mlaas4hep.metrics import auc, binary_cross_entropy
+from mlaas4hep.metrics import auc
 from mlaas4hep.stream import Batch
 from mlaas4hep.training import loop, models
 from mlaas4hep.training.feed import BatchFeed
-from mlaas4hep.training.plan import exact_batches
 from mlaas4hep.training.session import Session
 
 TORCH_WEIGHTS = "model.pt"
@@ -110,18 +109,16 @@ def _train(
         torch.distributed.all_gather_object(parts, arrays)
         return [np.concatenate([p[i] for p in parts]) for i in range(len(arrays))]
 
+    def predict(batch: Batch) -> np.ndarray:
+        inputs, _, _ = batch_tensors(batch, device, worker.with_mask)
+        return model(inputs).reshape(-1).cpu().numpy()
+
     def evaluate() -> tuple[float, float]:
         model.eval()
-        scores, labels = [], []
         with torch.no_grad():
-            for b in exact_batches(worker.validation, plan.batch_size, 0, plan.validation_steps):
-                inputs, _, _ = batch_tensors(b, device, worker.with_mask)
-                scores.append(model(inputs).reshape(-1))
-                labels.append(b.y)
+            scores, labels = loop.validation_scores(worker, predict)
         model.train()
-        s = torch.cat(scores).cpu().numpy() if scores else np.zeros(0, np.float32)
-        s, y = gathered(s, np.concatenate(labels))
-        return binary_cross_entropy(y, s), auc(y, s)
+        return loop.validation_metrics(*gathered(scores, labels))
 
     model.train()
     for unit in range(state["next_unit"], plan.units):

@@ -77,13 +77,12 @@ class FeedReader:
         worker.close()
 
     def read(self, worker_config: dict[str, Any], rank: int, world: int) -> dict[str, float]:
-        """Consume one epoch of this worker's shard as tf.data tensors; time it."""
-        import numpy as np
+        """Consume one epoch of this worker's shard as the Keras step takes it; time it."""
         import tensorflow as tf
 
         from mlaas4hep.training import loop
         from mlaas4hep.training.feed import batches_per_unit
-        from mlaas4hep.training.keras_loop import tf_batches
+        from mlaas4hep.training.keras_loop import step_data
         from mlaas4hep.training.session import Session
 
         session = Session()
@@ -91,20 +90,17 @@ class FeedReader:
         worker = loop.setup(worker_config, session)
         count = batches_per_unit(worker.plan, 0)
         weights = worker.train.weight_expr is not None
+        events = 0
         start = time.perf_counter()
         with worker.feed(0) as feed:
-            data = tf_batches(
-                lambda: feed.take(0, count), worker.n_features, worker.with_mask, weights
-            )
-
-            @tf.autograph.experimental.do_not_convert
-            def add_batch(n: Any, item: Any) -> Any:
-                return n + tf.shape(item[1], tf.int64)[0]
-
-            events = data.reduce(np.int64(0), add_batch)  # in a graph, as model.fit consumes it
+            for batch in feed.take(0, count):  # to tensors, as the training step gets them
+                data = tf.nest.map_structure(
+                    tf.convert_to_tensor, step_data(batch, worker.with_mask, weights)
+                )
+                events += int(data[1].shape[0])
         seconds = time.perf_counter() - start
         worker.close()
-        return {"events": int(events), "seconds": seconds, "produce": feed.produce_seconds}
+        return {"events": events, "seconds": seconds, "produce": feed.produce_seconds}
 
 
 def pipeline(address: str, data: Path, spec: str, repeat: int) -> dict[int, float]:

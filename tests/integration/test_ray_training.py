@@ -15,9 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from rootfiles import write_events
 
 from mlaas4hep.samples import make_tth_dataset
 from mlaas4hep.stack import RayHead
+from mlaas4hep.training import TrainConfig
+from mlaas4hep.training.feed import batches_per_unit
+from mlaas4hep.training.job import prepare
+from mlaas4hep.training.plan import StepPlan, shard_counts
 from mlaas4hep.training.submit import job_result, submit_training, wait_for_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -67,6 +72,16 @@ def run_job(ray_head: RayHead, tmp_path: Path, config: dict, env: dict[str, str]
     )
     status, logs = wait_for_job(ray_head.address, job_id, timeout=420)
     return status, logs, job_result(logs)
+
+
+def assert_planned_steps(history: list[dict], plan: StepPlan) -> None:
+    """Every unit of ``plan`` that holds a batch trained exactly its batches, in order."""
+    planned = {u: batches_per_unit(plan, u) for u in range(plan.units)}
+    trained = [u for u, n in planned.items() if n > 0]
+    assert [h["unit"] for h in history] == trained
+    assert [h["steps"] for h in history] == [planned[u] for u in trained]
+    cumulative = np.cumsum([planned[u] for u in trained]).tolist()
+    assert [h["optimizer_steps"] for h in history] == cumulative
 
 
 def base_config(files: list[str], output: str, **training: object) -> dict:
@@ -144,6 +159,7 @@ def test_a_failed_worker_resumes_from_the_checkpoint(
     # the optimizer state came back with the weights: Adam's iteration count goes on
     steps = history[0]["steps"]
     assert steps > 0 and [h["optimizer_steps"] for h in history] == [steps, 2 * steps, 3 * steps]
+    assert_planned_steps(history, prepare(TrainConfig.from_dict(config)).plan)
     assert all(0 <= h["data_wait_fraction"] <= 1 and len(h["workers"]) == 2 for h in history)
 
 
@@ -180,3 +196,56 @@ def test_xrootd_source_with_torch_in_per_chunk_mode(
     assert bundle.lineage["files"] and all(k.startswith("root://") for k in bundle.lineage["files"])
     scores = bundle.predict_vectorized(bundle.reference["X"], bundle.reference["mask"])
     np.testing.assert_allclose(scores, bundle.reference["scores"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def uneven_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Three one-cluster files of sizes that divide by nothing here, with ``position``
+    (0 → 1 along each file): the cut ``position < 0.6`` keeps all of the first half of
+    a file, which worker 0 reads, and a fifth of the second half, which worker 1 reads."""
+    out = tmp_path_factory.mktemp("uneven")
+    files = []
+    for seed, (name, n) in enumerate([("sig.root", 3001), ("bkg_a.root", 4999),
+                                      ("bkg_b.root", 6007)]):  # fmt: skip
+        position = (np.arange(n) / n).astype(np.float32)
+        files.append(write_events(out / name, n, seed + 1, extra={"position": position}))
+    return files
+
+
+@pytest.mark.parametrize(
+    ("framework", "mode", "epochs"),
+    [("tensorflow", "standard", 3), ("tensorflow", "per_chunk", 2), ("torch", "standard", 2)],
+)
+def test_every_unit_trains_exactly_its_planned_steps_with_uneven_shards(
+    ray_head: RayHead, uneven_files, tmp_path, framework: str, mode: str, epochs: int
+) -> None:
+    """The regression of a Keras job that died at unit boundaries (a batch of one unit
+    reaching the next): units whose sizes divide neither by the batch nor by the worker
+    count, and a shard five times smaller than the other, train exactly as planned."""
+    if framework == "torch":
+        pytest.importorskip("torch")
+    files = [str(p) for p in uneven_files]
+    config = {
+        "dataset": {
+            "files": files, "labels": {"sig.root": 1, "*": 0}, "cut": "position < 0.6",
+            "include": ["Jet_pt", "Jet_eta", "nJet", "MET_pt", "nPV"],
+        },
+        "vectorizer": {"padding": 5},
+        "framework": framework,
+        "training": {"epochs": epochs, "mode": mode, "chunk_size": 1000, "batch_size": 37},
+        "scaling": {"num_workers": 2, "use_gpu": False, "max_failures": 0},
+        "output": {"location": str(tmp_path / "out"), "name": "uneven",
+                   "bentoml_store": False},
+    }  # fmt: skip
+    job = prepare(TrainConfig.from_dict(config))
+    train = sorted(sum(c) for c in shard_counts(job.streams["train"], 2))
+    assert train[0] * 3 < train[1], train  # one shard much smaller than the other
+    assert train[0] % 37 and train[1] % 37
+    status, logs, result = run_job(ray_head, tmp_path, config, {})
+    assert status == "SUCCEEDED", logs[-3000:]
+    assert "internal error" not in logs
+    import json
+
+    metrics = json.loads(Path(result["bundle"]["output"], "metrics.json").read_text())
+    assert_planned_steps(metrics["history"], job.plan)
+    assert result["units"] == len(metrics["history"]) >= 2
