@@ -39,9 +39,9 @@ import numpy as np
 
 from mlaas4hep import extras
 from mlaas4hep.errors import ConfigError
-from mlaas4hep.sources import scheme
+from mlaas4hep.io.documents import copy_tree
 from mlaas4hep.specs import DatasetSpec
-from mlaas4hep.vectorizer import Vectorizer
+from mlaas4hep.transform.vectorizer import Vectorizer
 
 if TYPE_CHECKING:
     from mlaas4hep.training.job import PreparedJob
@@ -307,19 +307,6 @@ class ModelBundle:
             places["models_bucket"] = f"{models_bucket.rstrip('/')}/{name}/{run_name}"
             copy_tree(directory, places["models_bucket"])
         return places
-
-
-def copy_tree(source: str | os.PathLike[str], target: str) -> None:
-    """Copy a local directory to a local path or an ``s3://`` prefix."""
-    source = Path(source)
-    if scheme(target) == "s3":
-        from mlaas4hep.sources import _s3fs
-
-        fs = _s3fs()
-        for path in sorted(p for p in source.rglob("*") if p.is_file()):
-            fs.put_file(str(path), f"{target}/{path.relative_to(source).as_posix()}")
-        return
-    shutil.copytree(source, target, dirs_exist_ok=True)
 
 
 def workspace(run_name: str) -> Path:

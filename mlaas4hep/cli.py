@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from mlaas4hep.sources import open_tree
+    from mlaas4hep.io.tree import open_tree
 
     with open_tree(args.file, args.tree) as root_tree:
         names = root_tree.select(args.include, args.exclude, warn=False)
@@ -200,7 +200,8 @@ def _progress() -> Progress:
 
 
 def _specs(args: argparse.Namespace) -> int:
-    from mlaas4hep.sources import expand_sources, read_text, write_text
+    from mlaas4hep.io.documents import read_text, write_text
+    from mlaas4hep.io.expand import expand_sources
     from mlaas4hep.specs import DatasetSpec, compute_dataset_spec
 
     urls = expand_sources(args.files)
@@ -258,21 +259,18 @@ def _step_size(text: str) -> int | str:
 
 
 def _stream(args: argparse.Namespace) -> int:
-    import fnmatch
-
     import numpy as np
 
-    from mlaas4hep.sources import expand_sources, read_text
+    from mlaas4hep.io import names
+    from mlaas4hep.io.documents import read_text
+    from mlaas4hep.io.expand import expand_sources
     from mlaas4hep.specs import DatasetSpec
     from mlaas4hep.stream import ChunkStream
-    from mlaas4hep.vectorizer import Vectorizer
+    from mlaas4hep.transform.vectorizer import Vectorizer
 
     spec = DatasetSpec.from_json(read_text(args.spec))
     urls = expand_sources(args.files)
-    labels = {
-        url: float(any(fnmatch.fnmatch(url, p) or url.endswith("/" + p) for p in args.signal))
-        for url in urls
-    }
+    labels = {url: float(any(names.matches_file(url, p) for p in args.signal)) for url in urls}
     padding: int | str = int(args.padding) if args.padding.isdigit() else args.padding
     vectorizer = Vectorizer(
         spec, args.include, args.exclude, normalization=args.normalization, padding=padding

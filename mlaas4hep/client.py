@@ -31,7 +31,7 @@ import numpy as np
 
 from mlaas4hep import extras
 from mlaas4hep.errors import MlaasError
-from mlaas4hep.sources import scheme
+from mlaas4hep.io.location import scheme
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 JSON = "application/json"

@@ -181,7 +181,7 @@ def _records(events: Any, names: list[str], n: int) -> list[dict[str, Any]]:
 def _read_events(paths: list[Path], names: list[str]) -> tuple[Any, np.ndarray]:
     import awkward as ak
 
-    from mlaas4hep.sources import open_tree
+    from mlaas4hep.io.tree import open_tree
 
     parts, labels = [], []
     for path in paths:

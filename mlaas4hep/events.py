@@ -1,8 +1,8 @@
 """Request bodies → event columns for the Vectorizer, checked against the model's branches.
 
 Serving takes raw events, never flattened vectors. This module turns what a client sends
-into the columns :meth:`mlaas4hep.vectorizer.Vectorizer.transform` reads (a numpy array
-per flat branch, a :class:`~mlaas4hep.sources.JaggedView` per jagged one):
+into the columns :meth:`mlaas4hep.transform.vectorizer.Vectorizer.transform` reads (a numpy array
+per flat branch, a :class:`~mlaas4hep.io.columns.JaggedView` per jagged one):
 
 * JSON records ``{"events": [{"nJet": 2, "Jet_pt": [51.2, 33.0], ...}, ...]}``;
 * JSON columns ``{"columns": {"nJet": [2, ...], "Jet_pt": [[51.2, 33.0], ...], ...}}``;
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import difflib
 import io
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -29,12 +28,11 @@ from operator import itemgetter
 from typing import Any
 
 import numpy as np
-from numba.core.errors import NumbaTypeSafetyWarning
 
 from mlaas4hep import extras
 from mlaas4hep.errors import MlaasError
-from mlaas4hep.sources import JaggedView
-from mlaas4hep.vectorizer import FeatureBlock, Vectorizer
+from mlaas4hep.io.columns import JaggedView
+from mlaas4hep.transform.vectorizer import FeatureBlock, Vectorizer
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 ARROW_FILE = "application/vnd.apache.arrow.file"
@@ -42,10 +40,6 @@ PARQUET = "application/vnd.apache.parquet"
 JSON = "application/json"
 
 Column = np.ndarray | JaggedView
-
-# Arrow buffers arrive read-only, and numba warns when such arrays enter the typed lists
-# of the Vectorizer; its kernels only read them.
-warnings.filterwarnings("ignore", "unsafe cast from readonly", NumbaTypeSafetyWarning)
 
 
 class RequestError(MlaasError, ValueError):

@@ -33,7 +33,7 @@ from mlaas4hep import extras
 from mlaas4hep.bundle import KERAS_WEIGHTS, TORCH_WEIGHTS
 from mlaas4hep.errors import ConfigError
 from mlaas4hep.events import EventColumns
-from mlaas4hep.vectorizer import Vectorizer
+from mlaas4hep.transform.vectorizer import Vectorizer
 
 #: Layer widths of the default model (mlaas4hep.training.models.default_keras_model).
 DEFAULT_WIDTHS = (128, 64, 1)
@@ -230,7 +230,7 @@ class Predictor:
 
 def _empty_event(vectorizer: Vectorizer, writeable: bool) -> dict[str, Any]:
     """One event with every branch present (flat zeros, empty lists)."""
-    from mlaas4hep.sources import JaggedView
+    from mlaas4hep.io.columns import JaggedView
 
     def array(n: int, dtype: Any) -> np.ndarray:
         values = np.zeros(n, dtype=dtype)
@@ -250,7 +250,7 @@ def root_chunks(
     source: str | bytes, branches: list[str], step_events: int, tree: str | None = None
 ) -> Iterator[dict[str, Any]]:
     """Chunks of ``branches`` from a ROOT file: an ``s3://``/``root://`` URL or its bytes."""
-    from mlaas4hep.sources import open_tree
+    from mlaas4hep.io.tree import open_tree
 
     if isinstance(source, str):
         with open_tree(source, tree) as root_tree:
@@ -261,7 +261,7 @@ def root_chunks(
     import uproot
 
     from mlaas4hep.errors import ReadError
-    from mlaas4hep.sources import _only_tree
+    from mlaas4hep.io.tree import only_tree as _only_tree
 
     try:
         file = uproot.open(io.BytesIO(source), object_cache=None, array_cache=None)

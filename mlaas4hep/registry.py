@@ -627,7 +627,7 @@ def _validate_manifest(
     archive: tarfile.TarFile, files: Mapping[str, tarfile.TarInfo], manifest: Mapping[str, Any]
 ) -> None:
     from mlaas4hep.bundle import BUNDLE_VERSION
-    from mlaas4hep.vectorizer import Vectorizer
+    from mlaas4hep.transform.vectorizer import Vectorizer
 
     if manifest.get("bundle_version") != BUNDLE_VERSION:
         raise ArchiveError(

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mlaas4hep.errors import ConfigError
-from mlaas4hep.sources import read_text, write_text
+from mlaas4hep.io.documents import read_text, write_text
 from mlaas4hep.specs import DatasetSpec
 
 RECIPE_NAME = "train.yaml"

@@ -42,9 +42,9 @@ from mlaas4hep.events import (
     read_table,
 )
 from mlaas4hep.inference import Predictor, root_chunks
+from mlaas4hep.io.location import scheme
 from mlaas4hep.registry import ModelNotFound, Registry
 from mlaas4hep.serving_config import ServeConfig
-from mlaas4hep.sources import scheme
 
 log = logging.getLogger("mlaas4hep.serving")
 JsonItem = list[dict[str, Any]] | EventColumns  # a /predict body after parse_json

@@ -28,15 +28,13 @@ from typing import Any
 import numpy as np
 
 from mlaas4hep.errors import BranchError, MlaasError, SchemaVersionError, SpecError
-from mlaas4hep.sources import (
-    BranchInfo,
-    expand_sources,
-    file_identity,
-    flat_values,
-    jagged_parts,
-    normalize_url,
-    open_tree,
-)
+from mlaas4hep.io.branches import BranchInfo
+from mlaas4hep.io.columns import flat_values, jagged_parts
+from mlaas4hep.io.expand import expand_sources
+from mlaas4hep.io.identity import file_identity
+from mlaas4hep.io.location import normalize_url
+from mlaas4hep.io.names import matches
+from mlaas4hep.io.tree import open_tree
 
 SCHEMA_VERSION = 1
 DEFAULT_STEP_SIZE = "64 MB"
@@ -578,12 +576,10 @@ def compute_file_spec(
 
 
 def _selected(name: str, include: Sequence[str] | None, exclude: Sequence[str] | None) -> bool:
-    import fnmatch
-
     inc = include if include is not None else ["*"]
-    if not any(fnmatch.fnmatchcase(name, p) for p in inc):
+    if not any(matches(name, p) for p in inc):
         return False
-    return not any(fnmatch.fnmatchcase(name, p) for p in exclude or [])
+    return not any(matches(name, p) for p in exclude or [])
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Reading XRootD over a wide-area network at every epoch is slow; a training job can
 stage its inputs into a cache, in parallel Ray tasks (or threads without Ray), and
 read the cached copies. Each copy carries the identity of its source (size and the
-server's checksum, see :func:`mlaas4hep.sources.file_identity`): in S3 object metadata,
+server's checksum, see :func:`mlaas4hep.io.identity.file_identity`): in S3 object metadata,
 or in a ``<file>.identity.json`` next to a local copy, written only once the copy is
 complete. A file whose cached identity matches its source is not copied again. The
 bytes are checked while they stream (size, and adler32 when the server gives one), so
@@ -33,7 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from mlaas4hep.errors import ReadError
-from mlaas4hep.sources import RootTree, file_identity, normalize_url, open_tree, scheme
+from mlaas4hep.io.identity import file_identity
+from mlaas4hep.io.location import normalize_url, scheme
+from mlaas4hep.io.tree import RootTree, open_tree
 from mlaas4hep.stream import ChunkStream
 
 BLOCK = 8 << 20

@@ -13,13 +13,12 @@ branch/expression), a selection cut and per-event weights come with each chunk.
 block (equal in events of its split), so each shard keeps the same file mix, all shards
 have the same number of events to within one per block, and together they deliver every
 event once.
-Chunks become ``X``/``mask`` through a :class:`~mlaas4hep.vectorizer.Vectorizer`
+Chunks become ``X``/``mask`` through a :class:`~mlaas4hep.transform.vectorizer.Vectorizer`
 writing straight into the shuffled rows, without intermediate copies.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import itertools
 import os
 import queue
@@ -33,10 +32,14 @@ import awkward as ak
 import numpy as np
 
 from mlaas4hep.errors import BranchError, ConfigError
-from mlaas4hep.expressions import Expression
+from mlaas4hep.io import names
+from mlaas4hep.io.columns import numpy_column
+from mlaas4hep.io.expand import expand_sources
+from mlaas4hep.io.location import normalize_url
+from mlaas4hep.io.tree import RootTree, open_tree
 from mlaas4hep.mixing import SPLITS, chunk_plan, key_hash, split_mask
-from mlaas4hep.sources import RootTree, expand_sources, normalize_url, numpy_column, open_tree
-from mlaas4hep.vectorizer import Vectorizer
+from mlaas4hep.transform.expressions import Expression
+from mlaas4hep.transform.vectorizer import Vectorizer
 
 DEFAULT_BLOCK_SIZE = 50_000
 
@@ -586,8 +589,11 @@ def _shard_range(start: int, stop: int, shards: tuple[tuple[int, int], ...]) -> 
 
 
 def _resolve_labels(files: list[str], labels: Mapping[str, float]) -> dict[str, float]:
-    """Match each file to a label: by full URL, by file name, or by a glob pattern."""
-    normalized = {normalize_url(k) if "*" not in k else k: float(v) for k, v in labels.items()}
+    """Match each file to a label: by full URL, by file name, or else by the first
+    pattern that :func:`~mlaas4hep.io.names.matches_file` accepts."""
+    normalized = {
+        k if names.is_pattern(k) else normalize_url(k): float(v) for k, v in labels.items()
+    }
     resolved = {}
     for url in files:
         name = url.rsplit("/", 1)[-1]
@@ -596,11 +602,7 @@ def _resolve_labels(files: list[str], labels: Mapping[str, float]) -> dict[str, 
         elif name in labels:
             resolved[url] = float(labels[name])
         else:
-            match = [
-                v
-                for k, v in labels.items()
-                if fnmatch.fnmatchcase(url, k) or fnmatch.fnmatchcase(name, k)
-            ]
+            match = [v for k, v in labels.items() if names.matches_file(url, k)]
             if not match:
                 raise ConfigError(f"no label given for file {url}")
             resolved[url] = float(match[0])

@@ -58,7 +58,7 @@ def mlaas4hep_keras(data: Path, epochs: int, batch: int) -> tuple[float, float]:
     from mlaas4hep.specs import compute_dataset_spec
     from mlaas4hep.stream import ChunkStream
     from mlaas4hep.training.models import default_keras_model
-    from mlaas4hep.vectorizer import Vectorizer
+    from mlaas4hep.transform.vectorizer import Vectorizer
 
     start = time.perf_counter()
     spec = compute_dataset_spec([str(data)], workers=2).dataset

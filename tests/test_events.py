@@ -32,11 +32,10 @@ from mlaas4hep.events import (
 )
 from mlaas4hep.serving_config import Limits, ServeConfig
 from mlaas4hep.serving_http import GuardMiddleware
-from mlaas4hep.vectorizer import Vectorizer
+from mlaas4hep.transform.vectorizer import Vectorizer
 
-# Arrow buffers are read-only: numba's warning about it is filtered in mlaas4hep.events,
-# but pytest resets the filters of every test.
-pytestmark = pytest.mark.filterwarnings("ignore::numba.core.errors.NumbaTypeSafetyWarning")
+# Arrow buffers are read-only: they must reach the kernels without numba's cast warning.
+pytestmark = pytest.mark.filterwarnings("error::numba.core.errors.NumbaTypeSafetyWarning")
 
 VECTORIZER = Vectorizer.from_dict(
     {

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mlaas4hep.errors import ExpressionError
-from mlaas4hep.expressions import Expression
+from mlaas4hep.transform.expressions import Expression
 
 COLUMNS = {
     "nJet": np.array([0, 2, 3]),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mlaas4hep.errors import BranchError
-from mlaas4hep.images import event_images
+from mlaas4hep.transform.images import event_images
 
 
 def test_images_count_and_weight_entries():

@@ -29,7 +29,7 @@ from mlaas4hep.registry import (
 from mlaas4hep.serving import ModelServer
 from mlaas4hep.serving_config import ServeConfig
 from mlaas4hep.specs import DatasetSpec
-from mlaas4hep.vectorizer import Vectorizer
+from mlaas4hep.transform.vectorizer import Vectorizer
 
 torch = pytest.importorskip("torch")
 pytestmark = [
@@ -313,7 +313,7 @@ def test_numpy_forward_equals_the_framework_batched_or_not(bundles: dict[str, Pa
     n = 3000
     counts = rng.integers(0, 7, n)
     offsets = np.concatenate([[0], np.cumsum(counts)])
-    from mlaas4hep.sources import JaggedView
+    from mlaas4hep.io.columns import JaggedView
 
     events = EventColumns(
         {

@@ -11,7 +11,7 @@ from rootfiles import write_events
 from mlaas4hep.errors import BranchError, ConfigError, ExpressionError, ReadError
 from mlaas4hep.specs import compute_dataset_spec
 from mlaas4hep.stream import ChunkStream
-from mlaas4hep.vectorizer import Vectorizer
+from mlaas4hep.transform.vectorizer import Vectorizer
 
 SIZES = [1200, 3300, 700, 4800]
 

@@ -150,7 +150,7 @@ def test_bundle_round_trip_predicts_the_same(tth: Path, tmp_path: Path) -> None:
     from mlaas4hep.bundle import ModelBundle
     from mlaas4hep.specs import compute_dataset_spec
     from mlaas4hep.training import models
-    from mlaas4hep.vectorizer import Vectorizer
+    from mlaas4hep.transform.vectorizer import Vectorizer
 
     spec = compute_dataset_spec([str(tth)]).dataset
     vectorizer = Vectorizer(spec, ["Jet_pt", "nJet"], padding=4)

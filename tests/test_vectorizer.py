@@ -9,9 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlaas4hep.errors import BranchError, ConfigError
-from mlaas4hep.sources import BranchInfo, open_tree
+from mlaas4hep.io.branches import BranchInfo
+from mlaas4hep.io.tree import open_tree
 from mlaas4hep.specs import DatasetSpec, FileSpec, array_stats, compute_file_spec
-from mlaas4hep.vectorizer import Vectorizer
+from mlaas4hep.transform.vectorizer import Vectorizer
 
 
 @pytest.fixture(scope="module")

@@ -45,7 +45,7 @@ class DatasetConfig:
 
 @dataclass
 class VectorizerConfig:
-    """The Vectorizer options (see :class:`mlaas4hep.vectorizer.Vectorizer`)."""
+    """The Vectorizer options (see :class:`mlaas4hep.transform.vectorizer.Vectorizer`)."""
 
     normalization: str = "minmax"
     padding: int | str | dict[str, int | str] = "max"
@@ -127,7 +127,7 @@ class TrainConfig:
         """Load and validate a YAML file (a local path or an ``s3://`` URL)."""
         import yaml
 
-        from mlaas4hep.sources import read_text
+        from mlaas4hep.io.documents import read_text
 
         try:
             text = read_text(str(path))

@@ -28,14 +28,16 @@ import numpy as np
 
 from mlaas4hep import extras
 from mlaas4hep.errors import ConfigError
+from mlaas4hep.io.documents import read_text, write_text
+from mlaas4hep.io.expand import expand_sources
+from mlaas4hep.io.location import normalize_url, scheme
 from mlaas4hep.metrics import auc, binary_cross_entropy, roc_curve
-from mlaas4hep.sources import expand_sources, normalize_url, read_text, scheme, write_text
 from mlaas4hep.specs import DatasetSpec, compute_dataset_spec, load_spec
 from mlaas4hep.stream import ChunkStream
 from mlaas4hep.training import models
 from mlaas4hep.training.config import TrainConfig
 from mlaas4hep.training.plan import StepPlan, make_plan
-from mlaas4hep.vectorizer import Vectorizer
+from mlaas4hep.transform.vectorizer import Vectorizer
 
 if TYPE_CHECKING:
     from mlaas4hep.staging import StagingRun, StagingTable

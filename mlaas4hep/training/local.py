@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mlaas4hep.sources import scheme
+from mlaas4hep.io.location import scheme
 from mlaas4hep.training.config import TrainConfig
 from mlaas4hep.training.job import (
     begin_staging,

@@ -27,11 +27,11 @@ import awkward as ak
 import numpy as np
 import uproot
 
+from mlaas4hep.io.tree import open_tree
 from mlaas4hep.samples import cached_dataset
-from mlaas4hep.sources import open_tree
 from mlaas4hep.specs import DatasetSpec, compute_file_spec
 from mlaas4hep.stream import ChunkStream
-from mlaas4hep.vectorizer import Vectorizer
+from mlaas4hep.transform.vectorizer import Vectorizer
 
 ROOT = Path(__file__).resolve().parents[2]
 

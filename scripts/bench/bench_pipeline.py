@@ -47,10 +47,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from functions.local_runtime import LocalRuntime  # noqa: E402
+from mlaas4hep.io.tree import open_tree  # noqa: E402
 from mlaas4hep.pipeline import PipelineConfig, read_dataset_spec  # noqa: E402
 from mlaas4hep.samples import cached_dataset, make_paper_dataset  # noqa: E402
 from mlaas4hep.servers import MotoServer  # noqa: E402
-from mlaas4hep.sources import open_tree  # noqa: E402
 from mlaas4hep.specs import compute_dataset_spec  # noqa: E402
 from mlaas4hep.terraform import INFRA_DIR, Terraform  # noqa: E402
 

@@ -72,7 +72,7 @@ def make_bundle(home: Path, data: Path) -> tuple[str, Any]:
     from mlaas4hep.registry import Registry
     from mlaas4hep.specs import compute_dataset_spec
     from mlaas4hep.training import models
-    from mlaas4hep.vectorizer import Vectorizer
+    from mlaas4hep.transform.vectorizer import Vectorizer
 
     spec = compute_dataset_spec([str(data)]).dataset
     vectorizer = Vectorizer(spec, INCLUDE, padding=8)

@@ -23,13 +23,13 @@ from rootfiles import write_events
 
 from functions.local_runtime import LocalRuntime
 from mlaas4hep.cli import main as cli_main
+from mlaas4hep.io.tree import open_tree
 from mlaas4hep.pipeline import (
     PipelineConfig,
     merge_into_dataset,
     read_dataset_spec,
     read_quarantine,
 )
-from mlaas4hep.sources import open_tree
 from mlaas4hep.specs import DatasetSpec, compute_file_spec
 from mlaas4hep.stack import LOCAL_STACK_VARS, RayHead
 from mlaas4hep.terraform import INFRA_DIR, REPO_ROOT, Terraform

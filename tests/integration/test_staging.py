@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mlaas4hep.io.identity import file_identity
+from mlaas4hep.io.tree import open_tree
 from mlaas4hep.samples import make_tth_dataset
-from mlaas4hep.sources import file_identity, open_tree
 from mlaas4hep.staging import (
     StagedChunkStream,
     StagingTable,

@@ -7,10 +7,12 @@ import pytest
 
 from mlaas4hep.cli import main
 from mlaas4hep.errors import ReadError
-from mlaas4hep.sources import expand_sources, file_identity, open_tree
+from mlaas4hep.io.expand import expand_sources
+from mlaas4hep.io.identity import file_identity
+from mlaas4hep.io.tree import open_tree
 from mlaas4hep.specs import DatasetSpec, compute_file_spec
 from mlaas4hep.stream import ChunkStream
-from mlaas4hep.vectorizer import Vectorizer
+from mlaas4hep.transform.vectorizer import Vectorizer
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from mlaas4hep.errors import BranchError
-from mlaas4hep.sources import columns_of, jagged_parts
+from mlaas4hep.io.columns import columns_of, jagged_parts
 
 
 def event_images(

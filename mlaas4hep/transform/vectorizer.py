@@ -15,7 +15,6 @@ without needing the dataset spec or any code from the user.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -23,11 +22,13 @@ from typing import Any, Literal
 import awkward as ak
 import numpy as np
 
-from mlaas4hep import kernels
-from mlaas4hep.buffers import POOL
 from mlaas4hep.errors import BranchError, ConfigError
-from mlaas4hep.sources import columns_of, flat_values, jagged_parts, select_branches
+from mlaas4hep.io import names
+from mlaas4hep.io.branches import select_branches
+from mlaas4hep.io.columns import columns_of, flat_values, jagged_parts
 from mlaas4hep.specs import BranchStats, DatasetSpec
+from mlaas4hep.transform import kernels
+from mlaas4hep.transform.buffers import POOL
 
 Normalization = Literal["minmax", "zscore", "none"]
 NonFinite = Literal["mask", "keep", "zero", "raise"]
@@ -351,25 +352,28 @@ class _KernelInputs:
 
 
 def _typed_list(arrays: list[np.ndarray], dtype: Any) -> Any:
+    """A numba typed list of read-only arrays: the kernels only read their inputs, and
+    Arrow buffers of a request arrive read-only (a writable array enters as it is)."""
     from numba.typed import List
 
-    typed = List.empty_list(numba_array_type(dtype))
+    typed = List.empty_list(numba_array_type(dtype, readonly=True))
     for array in arrays:
         typed.append(array)
     return typed
 
 
-def numba_array_type(dtype: Any) -> Any:
+def numba_array_type(dtype: Any, readonly: bool = False) -> Any:
+    """The numba type of a contiguous 1-d array of ``dtype``."""
     import numba
 
-    return numba.types.Array(numba.from_dtype(np.dtype(dtype)), 1, "C")
+    return numba.types.Array(numba.from_dtype(np.dtype(dtype)), 1, "C", readonly=readonly)
 
 
 def _first_rule(name: str, rules: Mapping[str, int | str], default: int | str) -> int | str:
     if name in rules:
         return rules[name]
     for pattern, rule in rules.items():
-        if fnmatch.fnmatchcase(name, pattern):
+        if names.matches(name, pattern):
             return rule
     return default
 

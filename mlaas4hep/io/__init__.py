@@ -1,0 +1,15 @@
+"""Reading: where ROOT files and documents live, and opening the trees they hold.
+
+One module per location scheme behind one small interface, as uproot's ``source/*.py``
+(:mod:`.location` defines :class:`~.location.Location` and picks one by URL;
+:mod:`.local`, :mod:`.s3`, :mod:`.xrootd`, :mod:`.https` implement it). On top of them:
+opening a tree and classifying its branches (:mod:`.tree`, :mod:`.branches`), the
+content identity of a file (:mod:`.identity`), turning paths, directories, globs and
+prefixes into file URLs (:mod:`.expand`), small documents (:mod:`.documents`), the
+inflate library for ZLIB baskets (:mod:`.codec`), one name-matching rule
+(:mod:`.names`), transport failures as :class:`~mlaas4hep.errors.ReadError`
+(:mod:`.failures`), and the columns of a chunk as numpy offsets and content
+(:mod:`.columns`), which specs, transforms and the service all read.
+
+May import: :mod:`mlaas4hep.errors` and :mod:`mlaas4hep.extras` only.
+"""

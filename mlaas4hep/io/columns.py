@@ -1,0 +1,101 @@
+"""Columns of a chunk as numpy data: the columnar helpers every transform shares.
+
+A jagged column is two numpy arrays, ``offsets`` (absolute, into ``content``) and
+``content`` (the flat values), as awkward keeps it; :func:`jagged_parts` gets them from
+whatever layout uproot, Arrow or a JSON request produced, without a copy where the
+layout allows, and :class:`JaggedView` slices events with two integer operations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import awkward as ak
+import numpy as np
+
+from mlaas4hep.errors import BranchError
+
+
+@dataclass(frozen=True)
+class JaggedView:
+    """A jagged column as numpy ``offsets`` (absolute, into ``content``) and ``content``.
+
+    Slicing a range of events is two integer operations, where slicing an awkward array
+    builds new layout objects: the ChunkStream hands these to the Vectorizer.
+    """
+
+    offsets: np.ndarray
+    content: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, where: slice) -> JaggedView:
+        start, stop, step = where.indices(len(self))
+        if step != 1:
+            raise ValueError("a JaggedView only takes contiguous slices")
+        return JaggedView(self.offsets[start : stop + 1], self.content)
+
+    @classmethod
+    def of(cls, array: ak.Array | np.ndarray) -> JaggedView:
+        offsets, content = jagged_parts(array)
+        return cls(offsets, content)
+
+
+def numpy_column(array: ak.Array | np.ndarray, kind: str) -> np.ndarray | JaggedView:
+    """A column as numpy data: the values of a flat branch, a JaggedView of a jagged one."""
+    return flat_values(array) if kind == "flat" else JaggedView.of(array)
+
+
+def jagged_parts(array: ak.Array | np.ndarray | JaggedView) -> tuple[np.ndarray, np.ndarray]:
+    """``(offsets, content)`` of a one-level jagged or fixed-size array, as numpy views.
+
+    ``offsets`` has ``len(array) + 1`` entries and may not start at 0 (a sliced array);
+    ``content`` is the flat values, indexed by ``offsets``. No copy for the layouts uproot
+    produces (ListOffsetArray/RegularArray over a NumpyArray).
+    """
+    if isinstance(array, JaggedView):
+        return array.offsets, array.content
+    if isinstance(array, np.ndarray):
+        n, length = array.shape[0], array.shape[1]
+        return np.arange(n + 1, dtype=np.int64) * length, array.reshape(-1)
+    layout = ak.to_layout(array)
+    if isinstance(layout, ak.contents.ListOffsetArray) and isinstance(
+        layout.content, ak.contents.NumpyArray
+    ):
+        return np.asarray(layout.offsets.data, dtype=np.int64), np.asarray(layout.content.data)
+    if isinstance(layout, ak.contents.RegularArray) and isinstance(
+        layout.content, ak.contents.NumpyArray
+    ):
+        n = len(layout)
+        content = np.asarray(layout.content.data)[: n * layout.size]
+        return np.arange(n + 1, dtype=np.int64) * layout.size, content
+    if isinstance(layout, ak.contents.NumpyArray) and layout.data.ndim == 2:
+        return jagged_parts(np.asarray(layout.data))
+    counts = np.asarray(ak.num(array, axis=1), dtype=np.int64)
+    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return offsets, np.asarray(ak.flatten(array, axis=1))
+
+
+def flat_values(array: ak.Array | np.ndarray) -> np.ndarray:
+    """The numpy values of a flat branch (no copy for uproot's NumpyArray layouts)."""
+    if isinstance(array, np.ndarray):
+        return array
+    return np.asarray(ak.to_numpy(array))
+
+
+def columns_of(chunk: Mapping[str, Any] | ak.Array, names: Sequence[str]) -> Mapping[str, Any]:
+    """The named columns of a chunk (a dict of arrays or an awkward record array)."""
+    if isinstance(chunk, ak.Array):
+        fields = set(chunk.fields)
+        missing = [n for n in names if n not in fields]
+        if missing:
+            raise BranchError(f"the chunk lacks the branch(es) {', '.join(missing)}")
+        return {n: chunk[n] for n in names}
+    missing = [n for n in names if n not in chunk]
+    if missing:
+        raise BranchError(f"the chunk lacks the branch(es) {', '.join(missing)}")
+    return chunk
