@@ -21,10 +21,10 @@ with contextlib.suppress(ImportError):  # the [xrootd] extra is optional
     import XRootD.client  # noqa: F401
 
 _EXPORTS = {
-    "ChunkStream": "mlaas4hep.stream",
-    "DatasetSpec": "mlaas4hep.specs",
-    "FileSpec": "mlaas4hep.specs",
-    "compute_file_spec": "mlaas4hep.specs",
+    "ChunkStream": "mlaas4hep.stream.chunks",
+    "DatasetSpec": "mlaas4hep.spec.documents",
+    "FileSpec": "mlaas4hep.spec.documents",
+    "compute_file_spec": "mlaas4hep.spec.compute",
     "Vectorizer": "mlaas4hep.transform.vectorizer",
     "open_tree": "mlaas4hep.io.tree",
     "MlaasError": "mlaas4hep.errors",

@@ -40,7 +40,7 @@ import numpy as np
 from mlaas4hep import extras
 from mlaas4hep.errors import ConfigError
 from mlaas4hep.io.documents import copy_tree
-from mlaas4hep.specs import DatasetSpec
+from mlaas4hep.spec.documents import DatasetSpec
 from mlaas4hep.transform.vectorizer import Vectorizer
 
 if TYPE_CHECKING:

@@ -202,7 +202,8 @@ def _progress() -> Progress:
 def _specs(args: argparse.Namespace) -> int:
     from mlaas4hep.io.documents import read_text, write_text
     from mlaas4hep.io.expand import expand_sources
-    from mlaas4hep.specs import DatasetSpec, compute_dataset_spec
+    from mlaas4hep.spec.compute import compute_dataset_spec
+    from mlaas4hep.spec.documents import DatasetSpec
 
     urls = expand_sources(args.files)
     previous = None
@@ -264,8 +265,8 @@ def _stream(args: argparse.Namespace) -> int:
     from mlaas4hep.io import names
     from mlaas4hep.io.documents import read_text
     from mlaas4hep.io.expand import expand_sources
-    from mlaas4hep.specs import DatasetSpec
-    from mlaas4hep.stream import ChunkStream
+    from mlaas4hep.spec.documents import DatasetSpec
+    from mlaas4hep.stream.chunks import ChunkStream
     from mlaas4hep.transform.vectorizer import Vectorizer
 
     spec = DatasetSpec.from_json(read_text(args.spec))

@@ -219,7 +219,7 @@ class Demo:
         return self.stack.outputs["buckets"]
 
     def _dataset_files(self) -> int:
-        from mlaas4hep.specs import DatasetSpec
+        from mlaas4hep.spec.documents import DatasetSpec
 
         key = f"datasets/{DATASET}/dataset.json"
         try:

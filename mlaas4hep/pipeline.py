@@ -38,7 +38,8 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from mlaas4hep.errors import MlaasError, ReadError, SpecError
-from mlaas4hep.specs import DatasetSpec, FileSpec, compute_file_spec
+from mlaas4hep.spec.compute import compute_file_spec
+from mlaas4hep.spec.documents import DatasetSpec, FileSpec
 
 log = logging.getLogger("mlaas4hep.pipeline")
 

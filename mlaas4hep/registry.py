@@ -714,7 +714,7 @@ def _spec_summary(spec: Mapping[str, Any], branches: Sequence[str]) -> dict[str,
     """Files, entries and the statistics of the model's branches from a DatasetSpec."""
     if not spec:
         return {}
-    from mlaas4hep.specs import DatasetSpec
+    from mlaas4hep.spec.documents import DatasetSpec
 
     try:
         dataset = DatasetSpec.from_json(json.dumps(spec))

@@ -27,7 +27,7 @@ from typing import Any
 
 from mlaas4hep.errors import ConfigError
 from mlaas4hep.io.documents import read_text, write_text
-from mlaas4hep.specs import DatasetSpec
+from mlaas4hep.spec.documents import DatasetSpec
 
 RECIPE_NAME = "train.yaml"
 DEFAULT_ALIAS = "production"

@@ -9,7 +9,8 @@ import sys
 from rootfiles import write_events
 
 from mlaas4hep.cli import main
-from mlaas4hep.specs import DatasetSpec, compute_file_spec
+from mlaas4hep.spec.compute import compute_file_spec
+from mlaas4hep.spec.documents import DatasetSpec
 
 
 def test_inspect_prints_tree_and_branches(shared_data, capsys):

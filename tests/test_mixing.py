@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlaas4hep.mixing import apportion, chunk_plan, split_mask
+from mlaas4hep.stream.mixing import apportion, chunk_plan, split_mask
 
 sizes_strategy = st.lists(st.integers(0, 5_000), min_size=1, max_size=12).filter(
     lambda s: sum(s) > 0

@@ -33,7 +33,8 @@ from mlaas4hep.pipeline import (
     retrain_datasets_of,
     retrain_if_quiet,
 )
-from mlaas4hep.specs import DatasetSpec, compute_file_spec
+from mlaas4hep.spec.compute import compute_file_spec
+from mlaas4hep.spec.documents import DatasetSpec
 
 CONFIG = PipelineConfig(
     data_bucket="data",

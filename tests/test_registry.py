@@ -28,7 +28,7 @@ from mlaas4hep.registry import (
 )
 from mlaas4hep.serving import ModelServer
 from mlaas4hep.serving_config import ServeConfig
-from mlaas4hep.specs import DatasetSpec
+from mlaas4hep.spec.documents import DatasetSpec
 from mlaas4hep.transform.vectorizer import Vectorizer
 
 torch = pytest.importorskip("torch")

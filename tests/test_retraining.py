@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from mlaas4hep.errors import ConfigError
 from mlaas4hep.retraining import decide, recipe_config, val_auc_of
-from mlaas4hep.specs import DatasetSpec, compute_file_spec
+from mlaas4hep.spec.compute import compute_file_spec
+from mlaas4hep.spec.documents import DatasetSpec
 
 RECIPE = {
     "dataset": {"files": ["ignored.root"], "labels": {"ttH_signal*.root": 1, "*": 0}},

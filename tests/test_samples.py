@@ -20,8 +20,8 @@ import uproot
 from mlaas4hep import samples
 from mlaas4hep.errors import ConfigError
 from mlaas4hep.io.tree import open_tree
-from mlaas4hep.specs import compute_dataset_spec
-from mlaas4hep.stream import ChunkStream
+from mlaas4hep.spec.compute import compute_dataset_spec
+from mlaas4hep.stream.chunks import ChunkStream
 from mlaas4hep.transform.vectorizer import Vectorizer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,15 +13,9 @@ from hypothesis import strategies as st
 from rootfiles import write_events
 
 from mlaas4hep.errors import BranchError, ReadError, SchemaVersionError, SpecError
-from mlaas4hep.specs import (
-    BranchStats,
-    DatasetSpec,
-    FileSpec,
-    compute_dataset_spec,
-    compute_file_spec,
-    load_spec,
-    values_stats,
-)
+from mlaas4hep.spec.compute import compute_dataset_spec, compute_file_spec
+from mlaas4hep.spec.documents import DatasetSpec, FileSpec, load_spec
+from mlaas4hep.spec.statistics import BranchStats, values_stats
 
 
 def test_hzz_statistics_match_numpy(shared_data):
@@ -217,7 +211,7 @@ def test_spec_pass_imports_no_compiled_kernels():
     import subprocess
     import sys
 
-    code = "import mlaas4hep.specs, sys; print('numba' in sys.modules)"
+    code = "import mlaas4hep.spec.compute, sys; print('numba' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
 

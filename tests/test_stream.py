@@ -9,8 +9,8 @@ import pytest
 from rootfiles import write_events
 
 from mlaas4hep.errors import BranchError, ConfigError, ExpressionError, ReadError
-from mlaas4hep.specs import compute_dataset_spec
-from mlaas4hep.stream import ChunkStream
+from mlaas4hep.spec.compute import compute_dataset_spec
+from mlaas4hep.stream.chunks import ChunkStream
 from mlaas4hep.transform.vectorizer import Vectorizer
 
 SIZES = [1200, 3300, 700, 4800]
@@ -183,7 +183,7 @@ def test_core_import_loads_no_framework():
     import subprocess
 
     code = (
-        "import mlaas4hep.stream, mlaas4hep.frameworks, sys; "
+        "import mlaas4hep.stream.chunks, mlaas4hep.stream.adapters, sys; "
         "print(any(m in sys.modules for m in ('torch', 'tensorflow', 'ray', 'bentoml', 'boto3')))"
     )
     result = subprocess.run(

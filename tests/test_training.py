@@ -148,7 +148,7 @@ def test_auc_with_ties_counts_half() -> None:
 def test_bundle_round_trip_predicts_the_same(tth: Path, tmp_path: Path) -> None:
     pytest.importorskip("tf_keras")
     from mlaas4hep.bundle import ModelBundle
-    from mlaas4hep.specs import compute_dataset_spec
+    from mlaas4hep.spec.compute import compute_dataset_spec
     from mlaas4hep.training import models
     from mlaas4hep.transform.vectorizer import Vectorizer
 
@@ -258,7 +258,7 @@ def test_resuming_with_another_plan_is_refused(tth: Path, tmp_path: Path) -> Non
 
 def test_torch_loop_puts_batches_on_its_device(tth: Path, tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
-    from mlaas4hep.stream import Batch
+    from mlaas4hep.stream.batches import Batch
     from mlaas4hep.training.session import LocalSession
     from mlaas4hep.training.torch_loop import batch_tensors
 
@@ -272,7 +272,7 @@ def test_torch_loop_puts_batches_on_its_device(tth: Path, tmp_path: Path) -> Non
 
 
 def test_batch_feed_ahead_gives_the_same_batches_and_times_the_wait() -> None:
-    from mlaas4hep.stream import Batch
+    from mlaas4hep.stream.batches import Batch
     from mlaas4hep.training.feed import BatchFeed
 
     def source():

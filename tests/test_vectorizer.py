@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from mlaas4hep.errors import BranchError, ConfigError
 from mlaas4hep.io.branches import BranchInfo
 from mlaas4hep.io.tree import open_tree
-from mlaas4hep.specs import DatasetSpec, FileSpec, array_stats, compute_file_spec
+from mlaas4hep.spec.compute import compute_file_spec
+from mlaas4hep.spec.documents import DatasetSpec, FileSpec
+from mlaas4hep.spec.statistics import array_stats
 from mlaas4hep.transform.vectorizer import Vectorizer
 
 

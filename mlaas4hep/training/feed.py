@@ -22,7 +22,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from mlaas4hep.stream import Batch, Chunk, ChunkStream
+from mlaas4hep.stream.batches import Batch, Chunk
+from mlaas4hep.stream.chunks import ChunkStream
 from mlaas4hep.training.plan import StepPlan, exact_batches
 
 

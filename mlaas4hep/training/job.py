@@ -5,7 +5,7 @@ or computes the DatasetSpec, builds the Vectorizer (a branch absent from the spe
 here), opens every file of every split (a missing or unreadable file fails here, named),
 resolves the labels and counts the steps each worker will run. :func:`run_training`
 stages ``root://`` inputs if asked (before training, or while it runs: see
-:mod:`mlaas4hep.staging`), runs Ray Train (``TensorflowTrainer`` or ``TorchTrainer``)
+:mod:`mlaas4hep.io.staging`), runs Ray Train (``TensorflowTrainer`` or ``TorchTrainer``)
 with checkpoints under the output location, then :func:`finish` evaluates the final
 model on the test split in the driver (AUC, ROC), draws the plots and saves the model
 bundle to the BentoML store and the models bucket. The summary it returns holds the
@@ -32,15 +32,16 @@ from mlaas4hep.io.documents import read_text, write_text
 from mlaas4hep.io.expand import expand_sources
 from mlaas4hep.io.location import normalize_url, scheme
 from mlaas4hep.metrics import auc, binary_cross_entropy, roc_curve
-from mlaas4hep.specs import DatasetSpec, compute_dataset_spec, load_spec
-from mlaas4hep.stream import ChunkStream
+from mlaas4hep.spec.compute import compute_dataset_spec
+from mlaas4hep.spec.documents import DatasetSpec, load_spec
+from mlaas4hep.stream.chunks import ChunkStream
 from mlaas4hep.training import models
 from mlaas4hep.training.config import TrainConfig
 from mlaas4hep.training.plan import StepPlan, make_plan
 from mlaas4hep.transform.vectorizer import Vectorizer
 
 if TYPE_CHECKING:
-    from mlaas4hep.staging import StagingRun, StagingTable
+    from mlaas4hep.io.staging import StagingRun, StagingTable
 
 
 @dataclass
@@ -105,7 +106,7 @@ def build_streams(
     stream_class: Callable[..., ChunkStream] = ChunkStream
     extra: dict[str, Any] = {}
     if staging is not None:
-        from mlaas4hep.staging import StagedChunkStream
+        from mlaas4hep.stream.staged import StagedChunkStream
 
         stream_class, extra = StagedChunkStream, {"staging": staging}
     base = stream_class(
@@ -319,7 +320,7 @@ def begin_staging(
     """
     if not config.staging.enabled:
         return None
-    from mlaas4hep.staging import StagingRun
+    from mlaas4hep.io.staging import StagingRun
 
     sources = [f for f in resolve_files(config) if scheme(f) == "root"]
     staging = StagingRun(

@@ -25,7 +25,7 @@ import numpy as np
 
 from mlaas4hep import extras
 from mlaas4hep.errors import ConfigError
-from mlaas4hep.stream import Batch
+from mlaas4hep.stream.batches import Batch
 from mlaas4hep.training import loop, models
 from mlaas4hep.training.feed import BatchFeed, batches_per_unit
 from mlaas4hep.training.session import Session

@@ -30,7 +30,8 @@ import numpy as np
 
 from mlaas4hep.errors import ConfigError
 from mlaas4hep.metrics import auc, binary_cross_entropy
-from mlaas4hep.stream import Batch, ChunkStream
+from mlaas4hep.stream.batches import Batch
+from mlaas4hep.stream.chunks import ChunkStream
 from mlaas4hep.training.feed import BatchFeed, batches_per_unit, plan_batches
 from mlaas4hep.training.plan import StepPlan, exact_batches
 from mlaas4hep.training.session import LocalSession, Session

@@ -1,7 +1,7 @@
 """The step plan: how many batches every worker runs, so that collectives never hang.
 
 Data-parallel training (MultiWorkerMirroredStrategy, DDP) needs every worker to run the
-same number of steps. Shards of a :class:`~mlaas4hep.stream.ChunkStream` hold the same
+same number of steps. Shards of a :class:`~mlaas4hep.stream.chunks.ChunkStream` hold the same
 number of events to within one per block, and a selection cut changes each shard's
 count differently; so the driver counts, before training, the events each shard
 delivers (from the layout alone without a cut, reading only the cut's branches with
@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from mlaas4hep.errors import ConfigError
-from mlaas4hep.mixing import chunk_plan
-from mlaas4hep.stream import Batch, ChunkStream
+from mlaas4hep.stream.batches import Batch
+from mlaas4hep.stream.chunks import ChunkStream
+from mlaas4hep.stream.mixing import chunk_plan
 
 
 @dataclass

@@ -22,7 +22,7 @@ import numpy as np
 
 from mlaas4hep import extras
 from mlaas4hep.metrics import auc
-from mlaas4hep.stream import Batch
+from mlaas4hep.stream.batches import Batch
 from mlaas4hep.training import loop, models
 from mlaas4hep.training.feed import BatchFeed
 from mlaas4hep.training.session import Session

@@ -1,6 +1,6 @@
 """The Vectorizer: awkward chunks of flat and jagged branches → padded, masked, normalised X.
 
-Built once from a :class:`~mlaas4hep.specs.DatasetSpec` and a branch selection, it fixes
+Built once from a :class:`~mlaas4hep.spec.documents.DatasetSpec` and a branch selection, it fixes
 the feature layout (``Jet_pt[0]``, ``Jet_pt[1]``, …), each jagged branch's padding length
 (from the spec's length histogram: its maximum by default, a quantile, or an override)
 and the normalisation constants. Applied to a chunk it returns ``X`` (float32,
@@ -26,7 +26,8 @@ from mlaas4hep.errors import BranchError, ConfigError
 from mlaas4hep.io import names
 from mlaas4hep.io.branches import select_branches
 from mlaas4hep.io.columns import columns_of, flat_values, jagged_parts
-from mlaas4hep.specs import BranchStats, DatasetSpec
+from mlaas4hep.spec.documents import DatasetSpec
+from mlaas4hep.spec.statistics import BranchStats
 from mlaas4hep.transform import kernels
 from mlaas4hep.transform.buffers import POOL
 

@@ -29,8 +29,9 @@ import uproot
 
 from mlaas4hep.io.tree import open_tree
 from mlaas4hep.samples import cached_dataset
-from mlaas4hep.specs import DatasetSpec, compute_file_spec
-from mlaas4hep.stream import ChunkStream
+from mlaas4hep.spec.compute import compute_file_spec
+from mlaas4hep.spec.documents import DatasetSpec
+from mlaas4hep.stream.chunks import ChunkStream
 from mlaas4hep.transform.vectorizer import Vectorizer
 
 ROOT = Path(__file__).resolve().parents[2]

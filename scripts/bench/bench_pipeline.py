@@ -51,7 +51,7 @@ from mlaas4hep.io.tree import open_tree  # noqa: E402
 from mlaas4hep.pipeline import PipelineConfig, read_dataset_spec  # noqa: E402
 from mlaas4hep.samples import cached_dataset, make_paper_dataset  # noqa: E402
 from mlaas4hep.servers import MotoServer  # noqa: E402
-from mlaas4hep.specs import compute_dataset_spec  # noqa: E402
+from mlaas4hep.spec.compute import compute_dataset_spec  # noqa: E402
 from mlaas4hep.terraform import INFRA_DIR, Terraform  # noqa: E402
 
 GOAL_PERCENT = 20.0

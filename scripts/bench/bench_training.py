@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from mlaas4hep.samples import cached_dataset
-from mlaas4hep.specs import compute_dataset_spec
+from mlaas4hep.spec.compute import compute_dataset_spec
 from mlaas4hep.training.config import TrainConfig
 from mlaas4hep.training.submit import job_result, submit_training, wait_for_job
 

@@ -30,7 +30,8 @@ from mlaas4hep.pipeline import (
     read_dataset_spec,
     read_quarantine,
 )
-from mlaas4hep.specs import DatasetSpec, compute_file_spec
+from mlaas4hep.spec.compute import compute_file_spec
+from mlaas4hep.spec.documents import DatasetSpec
 from mlaas4hep.stack import LOCAL_STACK_VARS, RayHead
 from mlaas4hep.terraform import INFRA_DIR, REPO_ROOT, Terraform
 

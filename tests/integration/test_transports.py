@@ -10,8 +10,9 @@ from mlaas4hep.errors import ReadError
 from mlaas4hep.io.expand import expand_sources
 from mlaas4hep.io.identity import file_identity
 from mlaas4hep.io.tree import open_tree
-from mlaas4hep.specs import DatasetSpec, compute_file_spec
-from mlaas4hep.stream import ChunkStream
+from mlaas4hep.spec.compute import compute_file_spec
+from mlaas4hep.spec.documents import DatasetSpec
+from mlaas4hep.stream.chunks import ChunkStream
 from mlaas4hep.transform.vectorizer import Vectorizer
 
 pytestmark = pytest.mark.integration

@@ -1,7 +1,7 @@
 """ChunkStream: the paper's training data flow, streamed from many ROOT files.
 
 Every chunk holds ``chunk_size`` events mixed from all files in proportion n_i/N (see
-:mod:`mlaas4hep.mixing`); every event of every file is delivered exactly once per epoch,
+:mod:`mlaas4hep.stream.mixing`); every event of every file is delivered exactly once per epoch,
 the last chunk being smaller where needed. Files are read in blocks aligned with their
 baskets (cheap to decompress, bounded memory: one block per file at a time). Per epoch
 the block order of each file is shuffled with the seed, and events are shuffled within
@@ -25,59 +25,25 @@ import queue
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import awkward as ak
 import numpy as np
 
 from mlaas4hep.errors import BranchError, ConfigError
-from mlaas4hep.io import names
 from mlaas4hep.io.columns import numpy_column
 from mlaas4hep.io.expand import expand_sources
 from mlaas4hep.io.location import normalize_url
 from mlaas4hep.io.tree import RootTree, open_tree
-from mlaas4hep.mixing import SPLITS, chunk_plan, key_hash, split_mask
+from mlaas4hep.stream import adapters
+from mlaas4hep.stream.batches import Batch, Chunk, concat_batches, slice_batch
+from mlaas4hep.stream.labels import resolve_labels
+from mlaas4hep.stream.mixing import SPLITS, chunk_plan, key_hash, split_mask
 from mlaas4hep.transform.expressions import Expression
 from mlaas4hep.transform.vectorizer import Vectorizer
 
 DEFAULT_BLOCK_SIZE = 50_000
-
-
-@dataclass
-class Chunk:
-    """One chunk of mixed events.
-
-    ``X``/``mask`` when the stream has a Vectorizer, else ``arrays`` (branch → array);
-    ``y`` and ``w`` when labels/weights are configured; ``file_index``/``entry`` say
-    where every row came from (``files[file_index]``).
-    """
-
-    files: list[str]
-    file_index: np.ndarray
-    entry: np.ndarray
-    X: np.ndarray | None = None
-    mask: np.ndarray | None = None
-    y: np.ndarray | None = None
-    w: np.ndarray | None = None
-    arrays: dict[str, Any] | None = None
-    clipped: dict[str, int] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.entry)
-
-
-@dataclass
-class Batch:
-    """A training batch: features, mask, labels and weights (the last two may be None)."""
-
-    X: np.ndarray
-    mask: np.ndarray
-    y: np.ndarray | None
-    w: np.ndarray | None
-
-    def __len__(self) -> int:
-        return len(self.X)
 
 
 @dataclass
@@ -233,7 +199,7 @@ class ChunkStream:
         self.label_expr = Expression(label) if label else None
         self.weight_expr = Expression(weight) if weight else None
         self.cut_expr = Expression(cut) if cut else None
-        self.file_labels = _resolve_labels(self.files, labels) if labels else None
+        self.file_labels = resolve_labels(self.files, labels) if labels else None
         if self.file_labels is not None and self.label_expr is not None:
             raise ConfigError("give labels per file or a label expression, not both")
         self.seed = int(seed)
@@ -459,7 +425,7 @@ class ChunkStream:
             entry=np.empty(n, dtype=np.int64),
         )
         out = self.vectorizer.empty(n) if self.vectorizer is not None else None
-        labels = np.empty(n, dtype=np.float32) if self._has_labels else None
+        labels = np.empty(n, dtype=np.float32) if self.has_labels else None
         weights = np.empty(n, dtype=np.float32) if self.weight_expr is not None else None
         raw: dict[str, list[Any]] = {name: [] for name in self.output_branches or []}
         start = 0
@@ -490,7 +456,7 @@ class ChunkStream:
         return chunk
 
     @property
-    def _has_labels(self) -> bool:
+    def has_labels(self) -> bool:
         return self.file_labels is not None or self.label_expr is not None
 
     def _piece_labels(self, piece: _Piece) -> np.ndarray:
@@ -512,32 +478,28 @@ class ChunkStream:
             position = 0
             if held:
                 need = batch_size - held
-                pending.append(_slice(batch, 0, need))
+                pending.append(slice_batch(batch, 0, need))
                 held += min(need, len(batch))
                 position = need
                 if held < batch_size:
                     continue
-                yield _concat(pending)
+                yield concat_batches(pending)
                 pending, held = [], 0
             while position + batch_size <= len(batch):
-                yield _slice(batch, position, position + batch_size)
+                yield slice_batch(batch, position, position + batch_size)
                 position += batch_size
             if position < len(batch):
-                pending, held = [_slice(batch, position, len(batch))], len(batch) - position
+                pending, held = [slice_batch(batch, position, len(batch))], len(batch) - position
         if held and not drop_last:
-            yield _concat(pending)
+            yield concat_batches(pending)
 
     def to_tf_dataset(self, batch_size: int, epoch: int = 0, *, with_mask: bool = False) -> Any:
         """A ``tf.data.Dataset`` of ``(features, y[, w])`` batches (TensorFlow imported lazily)."""
-        from mlaas4hep.frameworks import tf_dataset
-
-        return tf_dataset(self, batch_size, epoch, with_mask=with_mask)
+        return adapters.tf_dataset(self, batch_size, epoch, with_mask=with_mask)
 
     def to_torch(self, batch_size: int, epoch: int = 0, *, with_mask: bool = False) -> Any:
         """A ``torch.utils.data.IterableDataset`` of batches (PyTorch imported lazily)."""
-        from mlaas4hep.frameworks import torch_dataset
-
-        return torch_dataset(self, batch_size, epoch, with_mask=with_mask)
+        return adapters.torch_dataset(self, batch_size, epoch, with_mask=with_mask)
 
     def __repr__(self) -> str:
         shard = f", shard={self.shards}" if self.shards else ""
@@ -545,26 +507,6 @@ class ChunkStream:
             f"ChunkStream({len(self.files)} files, chunk_size={self.chunk_size}, "
             f"split={self.split!r}{shard})"
         )
-
-
-def _slice(batch: Batch, start: int, stop: int) -> Batch:
-    return Batch(
-        batch.X[start:stop],
-        batch.mask[start:stop],
-        None if batch.y is None else batch.y[start:stop],
-        None if batch.w is None else batch.w[start:stop],
-    )
-
-
-def _concat(parts: list[Batch]) -> Batch:
-    if len(parts) == 1:
-        return parts[0]
-    return Batch(
-        np.concatenate([p.X for p in parts]),
-        np.concatenate([p.mask for p in parts]),
-        None if parts[0].y is None else np.concatenate([p.y for p in parts]),
-        None if parts[0].w is None else np.concatenate([p.w for p in parts]),
-    )
 
 
 def _merge_clusters(bounds: np.ndarray, target: int) -> np.ndarray:
@@ -586,27 +528,6 @@ def _shard_range(start: int, stop: int, shards: tuple[tuple[int, int], ...]) -> 
         length = stop - start
         start, stop = start + length * index // count, start + length * (index + 1) // count
     return start, stop
-
-
-def _resolve_labels(files: list[str], labels: Mapping[str, float]) -> dict[str, float]:
-    """Match each file to a label: by full URL, by file name, or else by the first
-    pattern that :func:`~mlaas4hep.io.names.matches_file` accepts."""
-    normalized = {
-        k if names.is_pattern(k) else normalize_url(k): float(v) for k, v in labels.items()
-    }
-    resolved = {}
-    for url in files:
-        name = url.rsplit("/", 1)[-1]
-        if url in normalized:
-            resolved[url] = normalized[url]
-        elif name in labels:
-            resolved[url] = float(labels[name])
-        else:
-            match = [v for k, v in labels.items() if names.matches_file(url, k)]
-            if not match:
-                raise ConfigError(f"no label given for file {url}")
-            resolved[url] = float(match[0])
-    return resolved
 
 
 def _prefetched(generator: Iterator[Any], depth: int) -> Iterator[Any]:

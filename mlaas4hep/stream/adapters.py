@@ -1,5 +1,9 @@
 """Adapters from a ChunkStream to TensorFlow and PyTorch input pipelines.
 
+They take any object with the stream's batch interface (``batches``, ``shard``,
+``vectorizer``, ``has_labels``, ``weight_expr``) and import no stream module, so the
+stream can offer them as methods without an import cycle.
+
 Both frameworks are imported only when one of these functions is called, so the core
 library works without either. Features are ``X`` alone, or ``{"features": X, "mask":
 mask}`` for models that use the mask.
@@ -8,25 +12,15 @@ mask}`` for models that use the mask.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from mlaas4hep import extras
-
-if TYPE_CHECKING:
-    from mlaas4hep.stream import Batch, ChunkStream
+from mlaas4hep.stream.batches import FEATURES, MASK, model_inputs
 
 
-def _features(batch: Batch, with_mask: bool) -> Any:
-    if with_mask:
-        return {"features": batch.X, "mask": batch.mask}
-    return batch.X
-
-
-def tf_dataset(
-    stream: ChunkStream, batch_size: int, epoch: int = 0, *, with_mask: bool = False
-) -> Any:
+def tf_dataset(stream: Any, batch_size: int, epoch: int = 0, *, with_mask: bool = False) -> Any:
     """A ``tf.data.Dataset`` yielding ``(features, y)`` or ``(features, y, w)`` batches."""
     tf = extras.tensorflow()
     if stream.vectorizer is None:
@@ -36,9 +30,9 @@ def tf_dataset(
     features_spec: Any = x_spec
     if with_mask:
         mask_spec = tf.TensorSpec(shape=(None, n_features), dtype=tf.bool)
-        features_spec = {"features": x_spec, "mask": mask_spec}
+        features_spec = {FEATURES: x_spec, MASK: mask_spec}
     signature: list[Any] = [features_spec]
-    has_labels = stream._has_labels
+    has_labels = stream.has_labels
     has_weights = stream.weight_expr is not None
     if has_labels:
         signature.append(tf.TensorSpec(shape=(None,), dtype=tf.float32))
@@ -47,7 +41,7 @@ def tf_dataset(
 
     def generate() -> Iterator[tuple[Any, ...]]:
         for batch in stream.batches(batch_size, epoch):
-            item: list[Any] = [_features(batch, with_mask)]
+            item: list[Any] = [batch.inputs(with_mask)]
             if has_labels:
                 item.append(batch.y)
             if has_weights:
@@ -57,9 +51,7 @@ def tf_dataset(
     return tf.data.Dataset.from_generator(generate, output_signature=tuple(signature))
 
 
-def torch_dataset(
-    stream: ChunkStream, batch_size: int, epoch: int = 0, *, with_mask: bool = False
-) -> Any:
+def torch_dataset(stream: Any, batch_size: int, epoch: int = 0, *, with_mask: bool = False) -> Any:
     """A ``torch.utils.data.IterableDataset`` of batches; DataLoader workers get shards."""
     torch = extras.torch()
 
@@ -80,9 +72,8 @@ def torch_dataset(
                 part = stream.shard(info.id, info.num_workers)
             for batch in part.batches(batch_size, self.epoch):
                 features = torch.from_numpy(np.ascontiguousarray(batch.X))
-                item: list[Any] = [features]
-                if with_mask:
-                    item = [{"features": features, "mask": torch.from_numpy(batch.mask)}]
+                mask = torch.from_numpy(batch.mask) if with_mask else None
+                item: list[Any] = [model_inputs(features, mask, with_mask)]
                 if batch.y is not None:
                     item.append(torch.from_numpy(batch.y))
                 if batch.w is not None:

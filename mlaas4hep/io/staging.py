@@ -12,7 +12,8 @@ a truncated copy is never left as valid.
 :func:`start_staging` starts the copies and returns at once, so training can begin on
 the ``root://`` URLs (a job starts them once its spec pass is done: a process that forks
 while one of its threads is inside the XRootD client hangs in the client's fork
-handlers); a :class:`StagedChunkStream` reads each file from its cached copy
+handlers); a :class:`~mlaas4hep.stream.staged.StagedChunkStream` reads each file from its
+cached copy
 as soon as the copy is complete (it looks at the cache at most every ``check_seconds``
 per file), keeping the original URL as the file's key: the train/validation/test split,
 the labels and the lineage do not depend on where the bytes came from.
@@ -26,17 +27,16 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mlaas4hep.errors import ReadError
+from mlaas4hep.io import s3
 from mlaas4hep.io.identity import file_identity
 from mlaas4hep.io.location import normalize_url, scheme
-from mlaas4hep.io.tree import RootTree, open_tree
-from mlaas4hep.stream import ChunkStream
 
 BLOCK = 8 << 20
 _META_KEY = "mlaas4hep-source-identity"
@@ -54,14 +54,9 @@ def _s3_client() -> Any:
     return extras.boto3().client("s3")
 
 
-def _split_s3(url: str) -> tuple[str, str]:
-    bucket, _, key = url.removeprefix("s3://").partition("/")
-    return bucket, key
-
-
 def _cached_identity(target: str) -> dict[str, Any] | None:
     if scheme(target) == "s3":
-        bucket, key = _split_s3(target)
+        bucket, key = s3.split(target)
         try:
             head = _s3_client().head_object(Bucket=bucket, Key=key)
         except Exception as err:  # botocore's ClientError: 404 when not cached yet
@@ -121,7 +116,7 @@ def stage_file(source: str, cache: str, identity: dict[str, Any] | None = None) 
             local.unlink(missing_ok=True)
             raise ReadError(source, f"staged copy differs from the source ({size} bytes read)")
         if to_s3:
-            bucket, key = _split_s3(target)
+            bucket, key = s3.split(target)
             _s3_client().upload_file(
                 str(local), bucket, key, ExtraArgs={"Metadata": {_META_KEY: json.dumps(identity)}}
             )
@@ -293,102 +288,3 @@ class StagingTable:
             return _cached_identity(self.targets[key]) == self.identities.get(key)
         except Exception:  # an unreachable cache: keep reading the source
             return False
-
-
-class StagedChunkStream(ChunkStream):
-    """A ChunkStream that opens each staged file from its cached copy once complete.
-
-    Files keep their original URLs as keys; only :meth:`_open` (where a block's bytes
-    come from) changes. A file switches at the first block read after its copy is
-    complete; the tree opened from the source is closed with the stream. ``reads``
-    counts the opens (layout and block reads) served by the source and by the cache.
-    """
-
-    def __init__(
-        self,
-        files: Sequence[str | os.PathLike[str]] | Mapping[str, float],
-        *,
-        staging: StagingTable | None = None,
-        **options: Any,
-    ) -> None:
-        super().__init__(files, **options)
-        given = staging or StagingTable()
-        self.staging = StagingTable(
-            {normalize_url(k): v for k, v in given.targets.items()},
-            {normalize_url(k): v for k, v in given.identities.items()},
-            {normalize_url(k) for k in given.staged},
-            given.check_seconds,
-        )
-        self._switched = set(self.staging.staged)
-        self._fresh_staging_state()
-
-    def _fresh_staging_state(self) -> None:
-        self._checked: dict[str, float] = {}
-        self._opened_from: dict[str, str] = {}
-        self._retired: list[RootTree] = []
-        self.reads = {"source": 0, "cache": 0}
-
-    @property
-    def switched(self) -> set[str]:
-        """The files this stream reads from the cache now."""
-        return set(self._switched)
-
-    def _location(self, key: str) -> str:
-        target = self.staging.targets.get(key)
-        if target is None:
-            return key
-        now = time.monotonic()
-        with self._trees_lock:
-            if key in self._switched:
-                return target
-            if now - self._checked.get(key, float("-inf")) < self.staging.check_seconds:
-                return key
-            self._checked[key] = now
-        if not self.staging.is_complete(key):
-            return key
-        with self._trees_lock:
-            self._switched.add(key)
-        return target
-
-    def _open(self, url: str) -> RootTree:
-        location = self._location(url)
-        kind = "source" if location == url else "cache"
-        with self._trees_lock:
-            tree = self._trees.get(url)
-            if tree is not None and self._opened_from.get(url) == location:
-                self.reads[kind] += 1
-                return tree
-        opened = open_tree(location, self.tree)
-        with self._trees_lock:
-            current = self._trees.get(url)
-            if current is not None and self._opened_from.get(url) == location:
-                opened.close()
-                opened = current
-            else:
-                if current is not None:
-                    self._retired.append(current)  # a read in flight may still use it
-                self._trees[url] = opened
-                self._opened_from[url] = location
-            self.reads[kind] += 1
-        return opened
-
-    def close(self) -> None:
-        super().close()
-        with self._trees_lock:
-            retired, self._retired = self._retired, []
-            self._opened_from = {}
-        for tree in retired:
-            tree.close()
-
-    def _copy(self, **changes: Any) -> StagedChunkStream:
-        clone = super()._copy(**changes)
-        clone.__class__ = type(self)  # ChunkStream._copy makes a plain ChunkStream
-        clone._switched = set(self._switched)
-        clone._fresh_staging_state()
-        return clone  # type: ignore[return-value]
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state.update(_switched=set(self._switched), _checked={}, _opened_from={}, _retired=[])
-        state["reads"] = {"source": 0, "cache": 0}
-        return state
