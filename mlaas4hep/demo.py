@@ -363,7 +363,7 @@ class Demo:
 
     def _score(self, heldout: list[Path], tag: str, record: dict[str, Any]) -> dict[str, Any]:
         from mlaas4hep.client import Client
-        from mlaas4hep.metrics import auc
+        from mlaas4hep.model.metrics import auc
 
         client = Client(self.stack.bento.url)
         events, labels = _read_events(heldout, self.options.include)

@@ -30,12 +30,12 @@ from typing import Any
 import numpy as np
 
 from mlaas4hep import extras
-from mlaas4hep.bundle import KERAS_WEIGHTS, TORCH_WEIGHTS
 from mlaas4hep.errors import ConfigError
 from mlaas4hep.events import EventColumns
+from mlaas4hep.model.manifest import is_default_model, read_manifest, weights_of
 from mlaas4hep.transform.vectorizer import Vectorizer
 
-#: Layer widths of the default model (mlaas4hep.training.models.default_keras_model).
+#: Layer widths of the default model (mlaas4hep.model.architectures.default_keras_model).
 DEFAULT_WIDTHS = (128, 64, 1)
 #: Scores of the reference rows must agree with the training job's within this.
 REFERENCE_TOLERANCE = 1e-5
@@ -143,20 +143,22 @@ class Predictor:
         """Load a bundle directory; refuse user code unless ``trust_user_code``."""
         path = Path(directory)
         try:
-            manifest = json.loads((path / "bundle.json").read_text())
+            manifest = read_manifest(path)
             vectorizer = Vectorizer.from_dict(json.loads((path / "vectorizer.json").read_text()))
+        except ConfigError as err:
+            raise ConfigError(f"model {tag}: {err}") from err
         except FileNotFoundError as err:
             raise ConfigError(
                 f"model {tag} is not a model bundle ({err.filename} missing)"
             ) from err
         except json.JSONDecodeError as err:
-            raise ConfigError(f"model {tag}: malformed bundle manifest: {err}") from err
-        if manifest.get("model", "default") == "default":
+            raise ConfigError(f"model {tag}: malformed vectorizer.json: {err}") from err
+        if is_default_model(manifest):
             n = vectorizer.n_features
             if manifest.get("framework") == "torch":
-                layers = torch_dense_layers(path / manifest.get("weights", TORCH_WEIGHTS), n)
+                layers = torch_dense_layers(path / weights_of(manifest), n)
             else:
-                layers = keras_dense_layers(path / manifest.get("weights", KERAS_WEIGHTS), n)
+                layers = keras_dense_layers(path / weights_of(manifest), n)
             forward: Forward = DenseNetwork(layers, bool(manifest.get("with_mask", False)))
             mode = "numpy"
         elif not trust_user_code:
@@ -166,7 +168,7 @@ class Predictor:
                 "its author: set MLAAS4HEP_SERVE_TRUST_USER_CODE=1 (trust_user_code: true)"
             )
         else:
-            from mlaas4hep.bundle import ModelBundle
+            from mlaas4hep.model.bundle import ModelBundle
 
             bundle = ModelBundle.load(path)
             forward = bundle.predict_vectorized

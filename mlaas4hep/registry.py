@@ -37,6 +37,8 @@ from typing import Any
 
 from mlaas4hep import extras
 from mlaas4hep.errors import ConfigError, MlaasError
+from mlaas4hep.model.bundle import STORE_MODULE
+from mlaas4hep.model.manifest import check_manifest, read_manifest
 
 ALIASES_FILE = "mlaas4hep-aliases.json"
 LOCK_FILE = "mlaas4hep-aliases.lock"
@@ -205,7 +207,7 @@ class Registry:
 
     def _summary(self, model: Any, aliases: list[str]) -> dict[str, Any]:
         path = Path(model.path)
-        manifest = _read_json(path / "bundle.json")
+        manifest = read_manifest(path, check=False)
         metrics = _read_json(path / "metrics.json")
         lineage = _read_json(path / "lineage.json")
         dataset_cfg = (lineage.get("config") or {}).get("dataset") or {}
@@ -236,7 +238,7 @@ class Registry:
         summary = self._summary(model, self._aliases_by_tag().get(tag, []))
         if not summary["bundle"]:
             raise RegistryError(f"model {tag} is not an mlaas4hep model bundle (no bundle.json)")
-        manifest = _read_json(path / "bundle.json")
+        manifest = read_manifest(path, check=False)
         vectorizer = _read_json(path / "vectorizer.json")
         metrics = _read_json(path / "metrics.json")
         lineage = _read_json(path / "lineage.json")
@@ -418,10 +420,12 @@ class Registry:
         import shutil
 
         source = Path(directory)
-        if not (source / "bundle.json").is_file():
-            raise RegistryError(f"{source} is not a model bundle (no bundle.json)")
+        try:
+            manifest = read_manifest(source)
+        except ConfigError as err:
+            raise RegistryError(str(err)) from None
         own, metadata = _labels_and_metadata(
-            _read_json(source / "bundle.json"),
+            manifest,
             _read_json(source / "metrics.json"),
             _read_json(source / "lineage.json"),
         )
@@ -530,7 +534,7 @@ class Registry:
         import bentoml
 
         return bentoml.models.create(
-            tag, labels=labels, metadata=metadata, module="mlaas4hep.bundle",
+            tag, labels=labels, metadata=metadata, module=STORE_MODULE,
             _model_store=self.store,
         )  # fmt: skip
 
@@ -626,14 +630,12 @@ def _member_yaml(archive: tarfile.TarFile, member: tarfile.TarInfo) -> dict[str,
 def _validate_manifest(
     archive: tarfile.TarFile, files: Mapping[str, tarfile.TarInfo], manifest: Mapping[str, Any]
 ) -> None:
-    from mlaas4hep.bundle import BUNDLE_VERSION
     from mlaas4hep.transform.vectorizer import Vectorizer
 
-    if manifest.get("bundle_version") != BUNDLE_VERSION:
-        raise ArchiveError(
-            f"bundle version {manifest.get('bundle_version')!r} is not supported "
-            f"(this release reads {BUNDLE_VERSION})"
-        )
+    try:
+        check_manifest(manifest, "the archive's bundle.json")
+    except ConfigError as err:
+        raise ArchiveError(str(err)) from None
     try:
         vectorizer = Vectorizer.from_dict(_member_json(archive, files, "vectorizer.json"))
     except ConfigError as err:

@@ -277,7 +277,7 @@ class LocalStack:
 
     def retrain_runtime_env(self) -> dict[str, Any]:
         """The Ray runtime_env of retraining jobs: moto and the stack's model store."""
-        from mlaas4hep.bundle import git_revision
+        from mlaas4hep.model.lineage import git_revision
 
         assert self.moto is not None
         env_vars = {

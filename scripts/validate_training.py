@@ -54,10 +54,10 @@ def full_job(data: Path, out: Path, epochs: int, batch: int) -> tuple[float, flo
 
 
 def mlaas4hep_keras(data: Path, epochs: int, batch: int) -> tuple[float, float]:
-    from mlaas4hep.metrics import auc
+    from mlaas4hep.model.architectures import default_keras_model
+    from mlaas4hep.model.metrics import auc
     from mlaas4hep.spec.compute import compute_dataset_spec
     from mlaas4hep.stream.chunks import ChunkStream
-    from mlaas4hep.training.models import default_keras_model
     from mlaas4hep.transform.vectorizer import Vectorizer
 
     start = time.perf_counter()

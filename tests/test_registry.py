@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlaas4hep.bundle import ModelBundle
 from mlaas4hep.errors import ConfigError
 from mlaas4hep.events import EventColumns
 from mlaas4hep.inference import DenseNetwork, Predictor, UnsafeBundleError
+from mlaas4hep.model.bundle import ModelBundle
 from mlaas4hep.registry import (
     ALIASES_FILE,
     ArchiveError,
@@ -58,7 +58,7 @@ def build_model(n_features):
 
 def make_bundle(directory: Path, seed: int, auc: float = 0.8, user_code: bool = False) -> Path:
     """A torch bundle (the default model, or a user model) with reference rows."""
-    from mlaas4hep.training import models
+    from mlaas4hep.model import architectures as models
 
     torch.manual_seed(seed)
     vectorizer = Vectorizer.from_dict(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mlaas4hep.errors import BranchError, ConfigError, ReadError
-from mlaas4hep.metrics import auc, roc_curve
+from mlaas4hep.model.metrics import auc, roc_curve
 from mlaas4hep.samples import make_tth_dataset
 from mlaas4hep.training.config import TrainConfig
 
@@ -147,9 +147,9 @@ def test_auc_with_ties_counts_half() -> None:
 
 def test_bundle_round_trip_predicts_the_same(tth: Path, tmp_path: Path) -> None:
     pytest.importorskip("tf_keras")
-    from mlaas4hep.bundle import ModelBundle
+    from mlaas4hep.model import architectures as models
+    from mlaas4hep.model.bundle import ModelBundle
     from mlaas4hep.spec.compute import compute_dataset_spec
-    from mlaas4hep.training import models
     from mlaas4hep.transform.vectorizer import Vectorizer
 
     spec = compute_dataset_spec([str(tth)]).dataset
@@ -302,7 +302,7 @@ def test_local_run_writes_a_bundle_that_predicts_the_same(tth: Path, tmp_path: P
 
     import yaml
 
-    from mlaas4hep.bundle import ModelBundle
+    from mlaas4hep.model.bundle import ModelBundle
     from mlaas4hep.training.local import main
 
     data = config([str(tth)], framework="torch")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +31,14 @@ from mlaas4hep.errors import ConfigError
 from mlaas4hep.io.documents import read_text, write_text
 from mlaas4hep.io.expand import expand_sources
 from mlaas4hep.io.location import normalize_url, scheme
-from mlaas4hep.metrics import auc, binary_cross_entropy, roc_curve
+from mlaas4hep.model import architectures as models
+from mlaas4hep.model.bundle import REFERENCE_ROWS, ModelBundle
+from mlaas4hep.model.lineage import git_revision, library_versions
+from mlaas4hep.model.manifest import DEFAULT_MODEL
+from mlaas4hep.model.metrics import auc, binary_cross_entropy, roc_curve
 from mlaas4hep.spec.compute import compute_dataset_spec
 from mlaas4hep.spec.documents import DatasetSpec, load_spec
 from mlaas4hep.stream.chunks import ChunkStream
-from mlaas4hep.training import models
 from mlaas4hep.training.config import TrainConfig
 from mlaas4hep.training.plan import StepPlan, make_plan
 from mlaas4hep.transform.vectorizer import Vectorizer
@@ -162,7 +165,7 @@ def prepare(config: TrainConfig, staging: StagingRun | None = None) -> PreparedJ
         for stream in streams.values():
             stream.num_events  # noqa: B018 - opens every file, checks its branches
     model_code = None
-    if config.model != models.DEFAULT_MODEL:
+    if config.model != DEFAULT_MODEL:
         model_code = models.read_model_code(config.model)
     framework = models.detect_framework(model_code, config.framework)
     with_mask = models.wants_mask(model_code, config.training.with_mask)
@@ -265,7 +268,7 @@ def fit(job: PreparedJob) -> Any:
 
 def load_trained_model(job: PreparedJob, checkpoint_dir: Path) -> Any:
     """The model of a checkpoint, rebuilt from its code and loaded with its weights."""
-    from mlaas4hep.bundle import load_weights
+    from mlaas4hep.model.frameworks import load_weights
 
     model = models.build_model(
         job.model_code, job.framework, job.vectorizer.n_features, job.with_mask
@@ -278,7 +281,7 @@ def evaluate(
     job: PreparedJob, model: Any, max_feature_events: int = 50_000
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Test-split AUC, loss and ROC curve; and the arrays the plots need."""
-    from mlaas4hep.bundle import predict_arrays
+    from mlaas4hep.model.frameworks import predict_arrays
 
     scores, labels, xs, masks = [], [], [], []
     held = 0
@@ -342,6 +345,48 @@ def start_copies(staging: StagingRun | None) -> None:
         staging.start()
 
 
+def bundle_from_training(
+    job: PreparedJob,
+    model: Any,
+    history: list[dict[str, Any]],
+    test_metrics: Mapping[str, Any],
+) -> ModelBundle:
+    """The bundle of a trained model: the job's preprocessing, spec, metrics and lineage,
+    and reference rows of the test split scored by the model as trained."""
+    libraries = ["mlaas4hep", "numpy", "awkward", "uproot", "ray"]
+    libraries += ["torch"] if job.framework == "torch" else ["tensorflow", "tf-keras"]
+    lineage = {
+        "run_name": job.run_name,
+        "files": {
+            key: {"entries": spec.entries, "identity": spec.identity}
+            for key, spec in job.spec.files.items()
+        },
+        "staged": job.staged,
+        "config": job.config.to_dict(),
+        "plan": job.plan.to_dict(),
+        "git_revision": git_revision(),
+        "libraries": library_versions(libraries),
+    }
+    bundle = ModelBundle(
+        framework=job.framework,
+        vectorizer=job.vectorizer,
+        spec=job.spec,
+        with_mask=job.with_mask,
+        model_code=job.model_code,
+        metrics={"history": history, **test_metrics},
+        lineage=lineage,
+        model=model,
+    )
+    with job.streams["test"].with_split("test") as test:
+        batch = next(test.batches(REFERENCE_ROWS))
+    bundle.reference = {
+        "X": batch.X.copy(),
+        "mask": batch.mask.copy(),
+        "scores": bundle.predict_vectorized(batch.X, batch.mask),
+    }
+    return bundle
+
+
 def finish(
     job: PreparedJob,
     checkpoint_dir: Path,
@@ -352,7 +397,7 @@ def finish(
     staging: StagingRun | None = None,
 ) -> dict[str, Any]:
     """Evaluate the checkpoint's model, draw the plots, save and export the bundle."""
-    from mlaas4hep import bundle as bundles
+    from mlaas4hep.model import bundle as bundles
 
     config = job.config
     state = json.loads((checkpoint_dir / "state.json").read_text())
@@ -361,7 +406,7 @@ def finish(
         model = load_trained_model(job, checkpoint_dir)
         test_metrics, arrays = evaluate(job, model)
     with timed(timings, "bundle"):
-        out = bundles.ModelBundle.from_training(job, model, history, test_metrics)
+        out = bundle_from_training(job, model, history, test_metrics)
         local = bundles.workspace(job.run_name)
     with timed(timings, "plots"):
         plots = bundles.write_plots(local / "plots", history, arrays, job.vectorizer)

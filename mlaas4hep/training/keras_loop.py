@@ -25,12 +25,13 @@ import numpy as np
 
 from mlaas4hep import extras
 from mlaas4hep.errors import ConfigError
+from mlaas4hep.model import architectures as models
+from mlaas4hep.model.manifest import KERAS_WEIGHTS
 from mlaas4hep.stream.batches import Batch
-from mlaas4hep.training import loop, models
+from mlaas4hep.training import loop
 from mlaas4hep.training.feed import BatchFeed, batches_per_unit
 from mlaas4hep.training.session import Session
 
-KERAS_WEIGHTS = "model.weights.h5"
 KERAS_OPTIMIZER = "optimizer.npz"
 
 
@@ -56,7 +57,7 @@ def load_optimizer(optimizer: Any, path: Path) -> None:
 
 def step_data(batch: Batch, with_mask: bool, has_weights: bool) -> tuple[Any, ...]:
     """``(features, y[, w])`` of one batch as the training step takes it (``model.train_step``)."""
-    features: Any = {"features": batch.X, "mask": batch.mask} if with_mask else batch.X
+    features = batch.inputs(with_mask)
     return (features, batch.y, batch.w) if has_weights else (features, batch.y)
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from mlaas4hep.errors import ConfigError
-from mlaas4hep.metrics import auc, binary_cross_entropy
+from mlaas4hep.model.metrics import auc, binary_cross_entropy
 from mlaas4hep.stream.batches import Batch
 from mlaas4hep.stream.chunks import ChunkStream
 from mlaas4hep.training.feed import BatchFeed, batches_per_unit, plan_batches

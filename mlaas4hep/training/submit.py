@@ -36,7 +36,7 @@ def submit_training(
     client = extras.require("ray.job_submission").JobSubmissionClient(address)
     env_vars = {"TF_USE_LEGACY_KERAS": "1", "RAY_USAGE_STATS_ENABLED": "0", **dict(env or {})}
     if "MLAAS4HEP_GIT_REVISION" not in env_vars:
-        from mlaas4hep.bundle import git_revision
+        from mlaas4hep.model.lineage import git_revision
 
         env_vars["MLAAS4HEP_GIT_REVISION"] = git_revision(working_dir)
     entrypoint = f"{python or os.path.basename(sys.executable)} ray_jobs/train.py"

@@ -21,13 +21,14 @@ from typing import Any
 import numpy as np
 
 from mlaas4hep import extras
-from mlaas4hep.metrics import auc
-from mlaas4hep.stream.batches import Batch
-from mlaas4hep.training import loop, models
+from mlaas4hep.model import architectures as models
+from mlaas4hep.model.manifest import TORCH_WEIGHTS
+from mlaas4hep.model.metrics import auc
+from mlaas4hep.stream.batches import Batch, model_inputs
+from mlaas4hep.training import loop
 from mlaas4hep.training.feed import BatchFeed
 from mlaas4hep.training.session import Session
 
-TORCH_WEIGHTS = "model.pt"
 TORCH_OPTIMIZER = "optimizer.pt"
 
 
@@ -35,9 +36,8 @@ def batch_tensors(batch: Batch, device: Any, with_mask: bool) -> tuple[Any, Any,
     """``(inputs, y, w)`` of a batch as tensors on ``device`` (``w`` may be None)."""
     torch = extras.torch()
     features = torch.from_numpy(np.ascontiguousarray(batch.X)).to(device)
-    inputs: Any = features
-    if with_mask:
-        inputs = {"features": features, "mask": torch.from_numpy(batch.mask).to(device)}
+    mask = torch.from_numpy(batch.mask).to(device) if with_mask else None
+    inputs = model_inputs(features, mask, with_mask)
     y = None if batch.y is None else torch.from_numpy(batch.y).to(device)
     w = None if batch.w is None else torch.from_numpy(batch.w).to(device)
     return inputs, y, w

@@ -62,7 +62,7 @@ class FeedReader:
     """A Ray actor standing where a training worker stands, with no model."""
 
     def __init__(self) -> None:
-        from mlaas4hep.training import models
+        from mlaas4hep.model import architectures as models
 
         models.keras()  # TensorFlow imported before the clock starts
 

@@ -111,7 +111,7 @@ def test_tensorflow_two_workers_from_s3_to_bundle(
     assert 0 <= result["data_wait_fraction"] <= 1
     assert {"spec", "plan", "fit", "evaluate", "bundle", "total"} <= set(result["timings"])
 
-    from mlaas4hep.bundle import ModelBundle
+    from mlaas4hep.model.bundle import ModelBundle
 
     bundle = ModelBundle.from_store(result["tag"])
     scores = bundle.predict_vectorized(bundle.reference["X"], bundle.reference["mask"])
@@ -190,7 +190,7 @@ def test_xrootd_source_with_torch_in_per_chunk_mode(
     assert result["staging"]["copied"] == len(tth_files) == len(list(cache.rglob("*.root")))
     assert result["reads"]["cache"] > 0, result["reads"]  # the workers read the copies
 
-    from mlaas4hep.bundle import ModelBundle
+    from mlaas4hep.model.bundle import ModelBundle
 
     bundle = ModelBundle.from_store(result["tag"])
     assert bundle.lineage["files"] and all(k.startswith("root://") for k in bundle.lineage["files"])

@@ -36,8 +36,8 @@ from serving_fixtures import (  # noqa: F401 - fixtures used by the tests
 )
 
 from mlaas4hep import cli
-from mlaas4hep.bundle import ModelBundle
 from mlaas4hep.client import Client, ServiceError
+from mlaas4hep.model.bundle import ModelBundle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 TOLERANCE = 1e-6

@@ -26,106 +26,27 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from mlaas4hep import extras
 from mlaas4hep.errors import ConfigError
 from mlaas4hep.io.documents import copy_tree
+from mlaas4hep.model import architectures
+from mlaas4hep.model.frameworks import load_weights, predict_arrays, save_weights
+from mlaas4hep.model.manifest import BUNDLE_VERSION, DEFAULT_MODEL, MANIFEST, read_manifest
 from mlaas4hep.spec.documents import DatasetSpec
 from mlaas4hep.transform.vectorizer import Vectorizer
 
-if TYPE_CHECKING:
-    from mlaas4hep.training.job import PreparedJob
-
-BUNDLE_VERSION = 1
-KERAS_WEIGHTS = "model.weights.h5"
-TORCH_WEIGHTS = "model.pt"
 REFERENCE_ROWS = 64
-
-
-# ----------------------------------------------------------------- framework helpers
-
-
-def load_weights(model: Any, framework: str, directory: Path) -> None:
-    """Load the weights saved by a training checkpoint or a bundle into ``model``."""
-    if framework == "torch":
-        torch = extras.torch()
-        path = Path(directory) / TORCH_WEIGHTS
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        model.eval()
-    else:
-        model.load_weights(str(Path(directory) / KERAS_WEIGHTS))
-
-
-def save_weights(model: Any, framework: str, directory: Path) -> str:
-    if framework == "torch":
-        torch = extras.torch()
-        torch.save(model.state_dict(), Path(directory) / TORCH_WEIGHTS)
-        return TORCH_WEIGHTS
-    model.save_weights(str(Path(directory) / KERAS_WEIGHTS))
-    return KERAS_WEIGHTS
-
-
-def predict_arrays(
-    model: Any, framework: str, X: np.ndarray, mask: np.ndarray, with_mask: bool
-) -> np.ndarray:
-    """Probabilities (float32, one per row) of ``model`` for vectorised events."""
-    if len(X) == 0:
-        return np.zeros(0, dtype=np.float32)
-    if framework == "torch":
-        torch = extras.torch()
-        features = torch.from_numpy(np.ascontiguousarray(X))
-        inputs: Any = features
-        if with_mask:
-            inputs = {"features": features, "mask": torch.from_numpy(np.ascontiguousarray(mask))}
-        with torch.no_grad():
-            return model(inputs).reshape(-1).cpu().numpy().astype(np.float32)
-    inputs = {"features": X, "mask": mask} if with_mask else X
-    return np.asarray(model(inputs, training=False)).reshape(-1).astype(np.float32)
-
-
-# --------------------------------------------------------------------------- lineage
-
-
-def git_revision(cwd: str | os.PathLike[str] | None = None) -> str:
-    """The checked-out commit (``+dirty`` when modified), or the value the job was given."""
-    given = os.environ.get("MLAAS4HEP_GIT_REVISION")
-    if given:
-        return given
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
-        )
-        if head.returncode != 0:
-            return "unknown"
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd, capture_output=True, text=True, timeout=10,
-        )  # fmt: skip
-        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def library_versions(names: Sequence[str]) -> dict[str, str]:
-    from importlib import metadata
-
-    versions = {"python": platform.python_version()}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
+#: The module BentoML records for bundles in its model store.
+STORE_MODULE = "mlaas4hep.model.bundle"
 
 
 # ---------------------------------------------------------------------------- bundle
@@ -144,47 +65,6 @@ class ModelBundle:
     lineage: dict[str, Any] = field(default_factory=dict)
     model: Any = None
     reference: dict[str, np.ndarray] = field(default_factory=dict)
-
-    @classmethod
-    def from_training(
-        cls,
-        job: PreparedJob,
-        model: Any,
-        history: list[dict[str, Any]],
-        test_metrics: Mapping[str, Any],
-    ) -> ModelBundle:
-        libraries = ["mlaas4hep", "numpy", "awkward", "uproot", "ray"]
-        libraries += ["torch"] if job.framework == "torch" else ["tensorflow", "tf-keras"]
-        lineage = {
-            "run_name": job.run_name,
-            "files": {
-                key: {"entries": spec.entries, "identity": spec.identity}
-                for key, spec in job.spec.files.items()
-            },
-            "staged": job.staged,
-            "config": job.config.to_dict(),
-            "plan": job.plan.to_dict(),
-            "git_revision": git_revision(),
-            "libraries": library_versions(libraries),
-        }
-        bundle = cls(
-            framework=job.framework,
-            vectorizer=job.vectorizer,
-            spec=job.spec,
-            with_mask=job.with_mask,
-            model_code=job.model_code,
-            metrics={"history": history, **test_metrics},
-            lineage=lineage,
-            model=model,
-        )
-        with job.streams["test"].with_split("test") as test:
-            batch = next(test.batches(REFERENCE_ROWS))
-        bundle.reference = {
-            "X": batch.X.copy(),
-            "mask": batch.mask.copy(),
-            "scores": bundle.predict_vectorized(batch.X, batch.mask),
-        }
-        return bundle
 
     # --- prediction ---------------------------------------------------------------
     @property
@@ -218,9 +98,9 @@ class ModelBundle:
             "branches": self.vectorizer.branches,
             "with_mask": self.with_mask,
             "weights": weights,
-            "model": "model.py" if self.model_code is not None else "default",
+            "model": "model.py" if self.model_code is not None else DEFAULT_MODEL,
         }
-        _write_json(path / "bundle.json", manifest)
+        _write_json(path / MANIFEST, manifest)
         _write_json(path / "vectorizer.json", self.vectorizer.to_dict())
         (path / "dataset_spec.json").write_text(self.spec.to_json())
         _write_json(path / "metrics.json", self.metrics)
@@ -236,22 +116,14 @@ class ModelBundle:
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> ModelBundle:
         """Read a bundle directory and rebuild its model."""
-        from mlaas4hep.training import models
-
         path = Path(directory)
-        try:
-            manifest = json.loads((path / "bundle.json").read_text())
-        except FileNotFoundError as err:
-            raise ConfigError(f"{path} is not a model bundle (no bundle.json)") from err
-        if manifest.get("bundle_version") != BUNDLE_VERSION:
-            raise ConfigError(
-                f"bundle version {manifest.get('bundle_version')!r} is not supported "
-                f"(this release reads {BUNDLE_VERSION})"
-            )
-        code = (path / "model.py").read_text() if manifest["model"] != "default" else None
+        manifest = read_manifest(path)
+        code = (path / "model.py").read_text() if manifest["model"] != DEFAULT_MODEL else None
         vectorizer = Vectorizer.from_dict(json.loads((path / "vectorizer.json").read_text()))
         framework = manifest["framework"]
-        model = models.build_model(code, framework, vectorizer.n_features, manifest["with_mask"])
+        model = architectures.build_model(
+            code, framework, vectorizer.n_features, manifest["with_mask"]
+        )
         load_weights(model, framework, path)
         reference = {}
         if (path / "reference.npz").exists():
@@ -280,7 +152,7 @@ class ModelBundle:
             "git_revision": str(self.lineage.get("git_revision", "")),
         }
         with bentoml.models.create(
-            name, module="mlaas4hep.bundle", labels=labels, metadata=metadata
+            name, module=STORE_MODULE, labels=labels, metadata=metadata
         ) as model_ref:
             shutil.copytree(directory, model_ref.path, dirs_exist_ok=True)
         return str(model_ref.tag)
@@ -321,7 +193,7 @@ def write_plots(
     vectorizer: Vectorizer,
 ) -> list[Path]:
     """ROC curve, loss curves and input-feature distributions as PNG files."""
-    from mlaas4hep import plots
+    from mlaas4hep.model import plots
 
     directory.mkdir(parents=True, exist_ok=True)
     return [

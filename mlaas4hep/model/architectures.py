@@ -23,8 +23,7 @@ from typing import Any
 
 from mlaas4hep import extras
 from mlaas4hep.errors import ConfigError
-
-DEFAULT_MODEL = "default"
+from mlaas4hep.stream.batches import FEATURES, MASK, model_inputs
 
 
 def keras() -> ModuleType:
@@ -38,13 +37,13 @@ def keras() -> ModuleType:
 def default_keras_model(n_features: int, with_mask: bool = False) -> Any:
     """The paper's model: dense 128 (ReLU) → dropout 0.5 → dense 64 (ReLU) → sigmoid."""
     k = keras()
-    features = k.Input(shape=(n_features,), name="features")
+    features = k.Input(shape=(n_features,), name=FEATURES)
     x = features
     inputs: Any = features
     if with_mask:  # padded slots zeroed: the model sees the mask through its inputs
-        mask = k.Input(shape=(n_features,), name="mask", dtype="bool")
+        mask = k.Input(shape=(n_features,), name=MASK, dtype="bool")
         x = k.layers.Multiply()([x, k.layers.Lambda(lambda m: k.backend.cast(m, "float32"))(mask)])
-        inputs = {"features": features, "mask": mask}
+        inputs = model_inputs(features, mask, with_mask)
     x = k.layers.Dense(128, activation="relu")(x)
     x = k.layers.Dropout(0.5)(x)
     x = k.layers.Dense(64, activation="relu")(x)
@@ -72,7 +71,7 @@ def default_torch_model(n_features: int, with_mask: bool = False) -> Any:
 
         def forward(self, x: Any) -> Any:
             if isinstance(x, dict):
-                x = x["features"] * x["mask"].to(x["features"].dtype)
+                x = x[FEATURES] * x[MASK].to(x[FEATURES].dtype)
             return self.net(x).squeeze(-1)
 
     return DefaultClassifier()
