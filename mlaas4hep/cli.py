@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_client_commands(commands: argparse._SubParsersAction) -> None:
-    """``predict`` and ``models …``: the client of the serving API (mlaas4hep.client)."""
+    """``predict`` and ``models …``: the client of the serving API (mlaas4hep.serve.client)."""
     server = argparse.ArgumentParser(add_help=False)
     server.add_argument(
         "--url",
@@ -303,7 +303,7 @@ def _stream(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from mlaas4hep.client import Client
+    from mlaas4hep.serve.client import Client
 
     started = time.perf_counter()
     result = Client(args.url, args.token).predict_file(args.file, tree=args.tree)
@@ -340,7 +340,7 @@ def _write_scores(path: str, scores: Any, model: str) -> None:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from mlaas4hep.client import Client
+    from mlaas4hep.serve.client import Client
 
     client = Client(args.url, args.token)
     if args.action == "list":

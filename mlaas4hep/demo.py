@@ -140,7 +140,7 @@ class LoadProbe:
     """Single-event requests in a loop from a few threads; counts answers and failures."""
 
     def __init__(self, url: str, events: list[dict[str, Any]], threads: int = 4) -> None:
-        from mlaas4hep.client import Client
+        from mlaas4hep.serve.client import Client
 
         self.client = Client(url, timeout=30)
         self.events = events
@@ -277,7 +277,7 @@ class Demo:
         return record
 
     def _served_tag(self) -> str | None:
-        from mlaas4hep.client import Client
+        from mlaas4hep.serve.client import Client
 
         try:
             model = Client(self.stack.bento.url, timeout=5).status().get("model")
@@ -362,8 +362,8 @@ class Demo:
         shutil.rmtree(state_dir, ignore_errors=True)
 
     def _score(self, heldout: list[Path], tag: str, record: dict[str, Any]) -> dict[str, Any]:
-        from mlaas4hep.client import Client
         from mlaas4hep.model.metrics import auc
+        from mlaas4hep.serve.client import Client
 
         client = Client(self.stack.bento.url)
         events, labels = _read_events(heldout, self.options.include)
@@ -398,7 +398,7 @@ class Demo:
         }
 
     def _plots(self, tag: str) -> list[Path]:
-        from mlaas4hep.registry import Registry
+        from mlaas4hep.serve.registry import Registry
 
         source = Registry(self.stack.bentoml_home).path(tag) / "plots"
         target = self.options.out_dir / "plots"

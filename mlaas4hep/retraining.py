@@ -140,7 +140,8 @@ def retrain(
     train: Callable[[Any], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Train the dataset's recipe on its DatasetSpec, register, decide the promotion."""
-    from mlaas4hep.registry import ModelNotFound, Registry
+    from mlaas4hep.serve.registry import Registry
+    from mlaas4hep.serve.registry_errors import ModelNotFound
 
     started = time.time()
     recipe_url = recipe_url or f"{models_url.rstrip('/')}/{RECIPE_NAME}"

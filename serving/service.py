@@ -3,11 +3,11 @@
     bentoml serve serving.service:Inference --host 127.0.0.1 --port 3000
 
 A thin adapter over the core: the configuration comes from the environment
-(:mod:`mlaas4hep.serving_config`: ``MLAAS4HEP_SERVE_MODEL``, ``MLAAS4HEP_SERVE_TOKEN``,
-…), each worker process holds one :class:`~mlaas4hep.serving.ModelServer` (the model,
+(:mod:`mlaas4hep.serve.config`: ``MLAAS4HEP_SERVE_MODEL``, ``MLAAS4HEP_SERVE_TOKEN``,
+…), each worker process holds one :class:`~mlaas4hep.serve.server.ModelServer` (the model,
 its adaptive batcher, the alias watcher), ``POST /predict`` is the typed per-event
 endpoint, and the registry and bulk endpoints are the Starlette app of
-:mod:`mlaas4hep.serving_http`, mounted here. ``/healthz``, ``/livez``, ``/readyz``
+:mod:`mlaas4hep.serve.http_api`, mounted here. ``/healthz``, ``/livez``, ``/readyz``
 (ready once a model is loaded) and ``/metrics`` are BentoML's.
 """
 
@@ -20,9 +20,9 @@ import bentoml
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from mlaas4hep.serving import ModelServer
-from mlaas4hep.serving_config import ServeConfig
-from mlaas4hep.serving_http import GuardMiddleware, build_app, error_response
+from mlaas4hep.serve.config import ServeConfig
+from mlaas4hep.serve.http_api import GuardMiddleware, build_app, error_response
+from mlaas4hep.serve.server import ModelServer
 
 CONFIG = ServeConfig.from_env()
 

@@ -14,12 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mlaas4hep.batching import AdaptiveBatcher, split
 from mlaas4hep.errors import ConfigError
-from mlaas4hep.events import (
-    ARROW_STREAM,
-    JSON,
-    PARQUET,
+from mlaas4hep.serve.batching import AdaptiveBatcher, split
+from mlaas4hep.serve.config import Limits, ServeConfig
+from mlaas4hep.serve.http_api import GuardMiddleware
+from mlaas4hep.serve.payloads import (
     EventColumns,
     RequestError,
     batch_columns,
@@ -30,8 +29,7 @@ from mlaas4hep.events import (
     parse_json,
     read_table,
 )
-from mlaas4hep.serving_config import Limits, ServeConfig
-from mlaas4hep.serving_http import GuardMiddleware
+from mlaas4hep.serve.protocol import ARROW_STREAM, JSON, PARQUET
 from mlaas4hep.transform.vectorizer import Vectorizer
 
 # Arrow buffers are read-only: they must reach the kernels without numba's cast warning.

@@ -15,19 +15,18 @@ import numpy as np
 import pytest
 
 from mlaas4hep.errors import ConfigError
-from mlaas4hep.events import EventColumns
-from mlaas4hep.inference import DenseNetwork, Predictor, UnsafeBundleError
 from mlaas4hep.model.bundle import ModelBundle
-from mlaas4hep.registry import (
-    ALIASES_FILE,
+from mlaas4hep.serve.config import ServeConfig
+from mlaas4hep.serve.payloads import EventColumns
+from mlaas4hep.serve.predictor import DenseNetwork, Predictor, UnsafeBundleError
+from mlaas4hep.serve.registry import ALIASES_FILE, Registry
+from mlaas4hep.serve.registry_errors import (
     ArchiveError,
     ModelNotFound,
-    Registry,
     RegistryConflict,
     RegistryError,
 )
-from mlaas4hep.serving import ModelServer
-from mlaas4hep.serving_config import ServeConfig
+from mlaas4hep.serve.server import ModelServer
 from mlaas4hep.spec.documents import DatasetSpec
 from mlaas4hep.transform.vectorizer import Vectorizer
 

@@ -70,7 +70,7 @@ def make_bundle(home: Path, data: Path) -> tuple[str, Any]:
     """A default-model bundle on the sample data, registered and promoted in ``home``."""
     from mlaas4hep.model import architectures as models
     from mlaas4hep.model.bundle import ModelBundle
-    from mlaas4hep.registry import Registry
+    from mlaas4hep.serve.registry import Registry
     from mlaas4hep.spec.compute import compute_dataset_spec
     from mlaas4hep.transform.vectorizer import Vectorizer
 

@@ -24,8 +24,8 @@ import pytest
 import yaml
 
 from mlaas4hep.bento_server import BentoServer
-from mlaas4hep.registry import Registry
 from mlaas4hep.samples import make_tth_dataset
+from mlaas4hep.serve.registry import Registry
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 INCLUDE = ["Jet_pt", "Jet_eta", "Jet_btagDeepB", "nJet", "MET_pt", "HT"]

@@ -36,8 +36,8 @@ from serving_fixtures import (  # noqa: F401 - fixtures used by the tests
 )
 
 from mlaas4hep import cli
-from mlaas4hep.client import Client, ServiceError
 from mlaas4hep.model.bundle import ModelBundle
+from mlaas4hep.serve.client import Client, ServiceError
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 TOLERANCE = 1e-6
@@ -121,7 +121,7 @@ def test_predictions_over_http_equal_in_process(
 
 
 def _arrow(events) -> bytes:
-    from mlaas4hep.client import to_arrow_stream
+    from mlaas4hep.serve.client import to_arrow_stream
 
     return to_arrow_stream(events)
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from mlaas4hep.errors import ConfigError
+from mlaas4hep.serve.protocol import DEFAULT_ALIAS
 
 ENV_PREFIX = "MLAAS4HEP_SERVE_"
 MiB = 1 << 20
@@ -55,7 +56,7 @@ class Limits:
 class ServeConfig:
     """Everything the service reads at start-up (see the module docstring)."""
 
-    model: str = "production"
+    model: str = DEFAULT_ALIAS
     token: str | None = None
     predict_requires_token: bool = False
     trust_user_code: bool = False

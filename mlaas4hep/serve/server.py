@@ -2,15 +2,15 @@
 
 ``serving/service.py`` (BentoML) creates one :class:`ModelServer` per worker process.
 It resolves the configured reference (``production``, ``tth:staging``, a pinned tag…)
-through the :class:`~mlaas4hep.registry.Registry`, loads the version with
-:class:`~mlaas4hep.inference.Predictor` (safe mode unless configured otherwise) and
+through the :class:`~mlaas4hep.serve.registry.Registry`, loads the version with
+:class:`~mlaas4hep.serve.predictor.Predictor` (safe mode unless configured otherwise) and
 then watches the registry from a background thread: when the reference names another
 version (a promotion), the new version is loaded next to the old one and swapped in
 with one assignment. A request keeps the version it started with, so in-flight
 requests never fail during a switch; a version that fails to load is reported in
 ``/status`` and the metrics, and the previous one keeps serving.
 
-Per-event requests go through an :class:`~mlaas4hep.batching.AdaptiveBatcher` per
+Per-event requests go through an :class:`~mlaas4hep.serve.batching.AdaptiveBatcher` per
 loaded version; bulk requests (Arrow, Parquet, ROOT files) are scored directly in a
 worker thread. Prometheus metrics (batch sizes, events scored, model tag, switches,
 load failures) are created on first use, after BentoML has set up its multiprocess
@@ -29,10 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from mlaas4hep.batching import AdaptiveBatcher, split
 from mlaas4hep.errors import BranchError, MlaasError, ReadError
-from mlaas4hep.events import (
-    ARROW_STREAM,
+from mlaas4hep.io.location import scheme
+from mlaas4hep.serve.batching import AdaptiveBatcher, split
+from mlaas4hep.serve.config import ServeConfig
+from mlaas4hep.serve.payloads import (
     EventColumns,
     RequestError,
     batch_columns,
@@ -41,10 +42,10 @@ from mlaas4hep.events import (
     parse_json,
     read_table,
 )
-from mlaas4hep.inference import Predictor, root_chunks
-from mlaas4hep.io.location import scheme
-from mlaas4hep.registry import ModelNotFound, Registry
-from mlaas4hep.serving_config import ServeConfig
+from mlaas4hep.serve.predictor import Predictor, root_chunks
+from mlaas4hep.serve.protocol import ARROW_STREAM
+from mlaas4hep.serve.registry import Registry
+from mlaas4hep.serve.registry_errors import ModelNotFound
 
 log = logging.getLogger("mlaas4hep.serving")
 JsonItem = list[dict[str, Any]] | EventColumns  # a /predict body after parse_json

@@ -32,12 +32,8 @@ import numpy as np
 from mlaas4hep import extras
 from mlaas4hep.errors import MlaasError
 from mlaas4hep.io.columns import JaggedView
+from mlaas4hep.serve.protocol import ARROW_STREAM, JSON, PARQUET
 from mlaas4hep.transform.vectorizer import FeatureBlock, Vectorizer
-
-ARROW_STREAM = "application/vnd.apache.arrow.stream"
-ARROW_FILE = "application/vnd.apache.arrow.file"
-PARQUET = "application/vnd.apache.parquet"
-JSON = "application/json"
 
 Column = np.ndarray | JaggedView
 

@@ -1,6 +1,6 @@
 """A small Python client of the mlaas4hep service (the TFaaS client commands, and more).
 
-    from mlaas4hep.client import Client
+    from mlaas4hep.serve.client import Client
 
     client = Client("http://127.0.0.1:3000", token=os.environ.get("MLAAS4HEP_SERVE_TOKEN"))
     client.list(metric=["test_auc>=0.8"])          # versions with their metadata
@@ -32,9 +32,8 @@ import numpy as np
 from mlaas4hep import extras
 from mlaas4hep.errors import MlaasError
 from mlaas4hep.io.location import scheme
+from mlaas4hep.serve.protocol import ARROW_STREAM, DEFAULT_ALIAS, JSON, OCTET_STREAM
 
-ARROW_STREAM = "application/vnd.apache.arrow.stream"
-JSON = "application/json"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -112,13 +111,13 @@ class Client:
         """Upload a ``.bentomodel`` or a tar(.gz) of a bundle directory; returns its tag."""
         data = archive if isinstance(archive, bytes) else Path(archive).read_bytes()
         query = [("name", name)] if name else []
-        answer = self._json("POST", "/models", data, "application/octet-stream", query=query)
+        answer = self._json("POST", "/models", data, OCTET_STREAM, query=query)
         return answer["tag"]
 
     def delete(self, ref: str) -> str:
         return self._json("DELETE", f"/models/{_quote(ref)}")["deleted"]
 
-    def promote(self, ref: str, alias: str = "production") -> str:
+    def promote(self, ref: str, alias: str = DEFAULT_ALIAS) -> str:
         """Point ``alias`` at a version; returns its full tag."""
         path = f"/models/{_quote(ref)}/promote"
         return self._json("POST", path, query=[("alias", alias)])["tag"]
@@ -152,7 +151,7 @@ class Client:
         if isinstance(source, str) and scheme(source) in ("s3", "root"):
             body, kind = json.dumps({"url": source}).encode(), JSON
         else:
-            body, kind = Path(source).read_bytes(), "application/octet-stream"
+            body, kind = Path(source).read_bytes(), OCTET_STREAM
         data, headers = self._request(
             "POST", "/predict_file", body, kind, query=query, accept=ARROW_STREAM
         )

@@ -3,7 +3,7 @@
 ``serving/service.py`` mounts :func:`build_app` (Starlette routes, GET/DELETE included,
 which ``@bentoml.api`` methods cannot be) and installs :class:`GuardMiddleware` in front
 of every route. The handlers are thin: they read the request, call the
-:class:`~mlaas4hep.serving.ModelServer` or the :class:`~mlaas4hep.registry.Registry`
+:class:`~mlaas4hep.serve.server.ModelServer` or the :class:`~mlaas4hep.serve.registry.Registry`
 (in a thread when the work is blocking) and turn every refusal into a JSON body
 ``{"error", "field", "problem"}`` with a 4xx status (:func:`error_response`).
 
@@ -32,11 +32,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mlaas4hep.errors import BranchError, ConfigError, MlaasError, ReadError
-from mlaas4hep.events import ARROW_STREAM, JSON, RequestError, negotiate
-from mlaas4hep.inference import UnsafeBundleError
-from mlaas4hep.registry import DEFAULT_ALIAS, RegistryError
-from mlaas4hep.serving import ModelServer
-from mlaas4hep.serving_config import ServeConfig
+from mlaas4hep.serve.config import ServeConfig
+from mlaas4hep.serve.payloads import RequestError, negotiate
+from mlaas4hep.serve.predictor import UnsafeBundleError
+from mlaas4hep.serve.protocol import ARROW_STREAM, DEFAULT_ALIAS, JSON
+from mlaas4hep.serve.registry_errors import RegistryError
+from mlaas4hep.serve.server import ModelServer
 
 log = logging.getLogger("mlaas4hep.serving")
 DRAIN_BYTES = 64 << 20  # read (and drop) this much of a refused body so the client sees the answer
@@ -306,7 +307,7 @@ def _too_large(path: str, limit: int, what: str) -> dict[str, Any]:
 
 async def _send_json(send: Any, status: int, payload: dict[str, Any]) -> None:
     body = json.dumps(payload).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode())]
     if status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="mlaas4hep"'))
     await send({"type": "http.response.start", "status": status, "headers": headers})

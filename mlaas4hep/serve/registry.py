@@ -38,16 +38,21 @@ from typing import Any
 from mlaas4hep import extras
 from mlaas4hep.errors import ConfigError, MlaasError
 from mlaas4hep.model.bundle import STORE_MODULE
-from mlaas4hep.model.manifest import check_manifest, read_manifest
+from mlaas4hep.model.manifest import read_manifest
+from mlaas4hep.serve import archives
+from mlaas4hep.serve.protocol import DEFAULT_ALIAS
+from mlaas4hep.serve.registry_errors import (
+    ArchiveError,
+    ModelNotFound,
+    RegistryConflict,
+    RegistryError,
+)
 
 ALIASES_FILE = "mlaas4hep-aliases.json"
 LOCK_FILE = "mlaas4hep-aliases.lock"
-DEFAULT_ALIAS = "production"
 ALIASES_VERSION = 1
 HISTORY_LENGTH = 200
-MAX_ARCHIVE_MEMBERS = 10_000
 _ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$")
 _CONDITION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|==|>|<)\s*([-+0-9.eE]+)\s*$")
 _OPS = {
     ">=": lambda a, b: a >= b,
@@ -56,39 +61,6 @@ _OPS = {
     "<": lambda a, b: a < b,
     "==": lambda a, b: a == b,
 }
-
-
-class RegistryError(MlaasError, ValueError):
-    """A registry operation was refused; ``status`` is the HTTP status that fits."""
-
-    status = 400
-
-    def __init__(self, message: str, field: str | None = None) -> None:
-        self.field = field
-        super().__init__(message)
-
-    def payload(self) -> dict[str, Any]:
-        return {"error": str(self), "field": self.field, "problem": str(self)}
-
-
-class ModelNotFound(RegistryError, LookupError):
-    """No model version, name or alias matches."""
-
-    status = 404
-
-
-class RegistryConflict(RegistryError):
-    """The operation conflicts with the registry's state (an aliased version, a tag taken)."""
-
-    status = 409
-
-
-class ArchiveError(RegistryError):
-    """An uploaded archive is malformed, unsafe or too large."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message, field="body")
-        self.status = status
 
 
 class Registry:
@@ -429,7 +401,8 @@ class Registry:
             _read_json(source / "metrics.json"),
             _read_json(source / "lineage.json"),
         )
-        with self._create(_checked_name(name), {**own, **(labels or {})}, metadata) as model:
+        tag = archives.checked_name(name)
+        with self._create(tag, {**own, **(labels or {})}, metadata) as model:
             shutil.copytree(source, model.path, dirs_exist_ok=True)
         return str(model.tag)
 
@@ -443,7 +416,7 @@ class Registry:
         import fsspec
 
         name, _, run = ref.partition(":")
-        prefix = f"{bucket.rstrip('/')}/{_checked_name(name)}"
+        prefix = f"{bucket.rstrip('/')}/{archives.checked_name(name)}"
         fs, root = fsspec.core.url_to_fs(prefix)
         try:
             runs = sorted(
@@ -485,26 +458,26 @@ class Registry:
                 f"not a tar archive (.bentomodel, .tar, .tar.gz, .tar.xz): {err}"
             ) from None
         with archive:
-            files = _safe_members(archive, max_unpacked_bytes)
+            files = archives.safe_members(archive, max_unpacked_bytes)
             if "bundle.json" not in files:
                 raise ArchiveError(
                     "the archive holds no bundle.json at its top level (or in its single "
                     "top folder): it is not a model bundle"
                 )
-            manifest = _member_json(archive, files, "bundle.json")
-            _validate_manifest(archive, files, manifest)
+            manifest = archives.member_json(archive, files, "bundle.json")
+            archives.validate_manifest(archive, files, manifest)
             labels, metadata = _labels_and_metadata(
                 manifest,
-                _member_json(archive, files, "metrics.json", required=False),
-                _member_json(archive, files, "lineage.json", required=False),
+                archives.member_json(archive, files, "metrics.json", required=False),
+                archives.member_json(archive, files, "lineage.json", required=False),
             )
             tag: str
             if "model.yaml" in files:  # a .bentomodel: keep its name and version
-                info = _member_yaml(archive, files["model.yaml"])
+                info = archives.member_yaml(archive, files["model.yaml"])
                 raw = str((info or {}).get("name", "")), str((info or {}).get("version", ""))
                 if name and name != raw[0]:
                     raise ArchiveError(f"the archive is model {raw[0]!r}, not {name!r}")
-                tag = f"{_checked_name(raw[0])}:{_checked_version(raw[1])}"
+                tag = f"{archives.checked_name(raw[0])}:{archives.checked_version(raw[1])}"
                 labels = {
                     **{str(k): str(v) for k, v in (info.get("labels") or {}).items()},
                     **labels,
@@ -514,7 +487,7 @@ class Registry:
             elif name is None:
                 raise ArchiveError("a bundle archive needs a model name (the 'name' parameter)")
             else:
-                tag = _checked_name(name)
+                tag = archives.checked_name(name)
             with self._create(tag, labels, metadata) as model:
                 for relative, member in files.items():
                     if relative == "model.yaml" or not member.isfile():
@@ -556,116 +529,6 @@ def _labels_and_metadata(
         "git_revision": str(lineage.get("git_revision", "")),
     }
     return labels, metadata
-
-
-def _safe_members(archive: tarfile.TarFile, max_unpacked_bytes: int) -> dict[str, tarfile.TarInfo]:
-    """Regular files and folders of the archive by path relative to the bundle's root."""
-    members: dict[str, tarfile.TarInfo] = {}
-    total = 0
-    for count, member in enumerate(archive, start=1):
-        if count > MAX_ARCHIVE_MEMBERS:
-            raise ArchiveError(f"the archive holds more than {MAX_ARCHIVE_MEMBERS} members")
-        name = member.name
-        path = PurePosixPath(name)
-        if (
-            "\\" in name
-            or "\x00" in name
-            or path.is_absolute()
-            or ".." in path.parts
-            or re.match(r"^[A-Za-z]:", name)
-        ):
-            raise ArchiveError(f"unsafe path in the archive: {name!r} (absolute or with '..')")
-        if not (member.isfile() or member.isdir()):
-            raise ArchiveError(
-                f"archive member {name!r} is a link or a special file: only regular files "
-                "and folders are accepted"
-            )
-        total += member.size
-        if total > max_unpacked_bytes:
-            raise ArchiveError(
-                f"the archive unpacks to more than {max_unpacked_bytes} bytes", status=413
-            )
-        normalized = path.as_posix().removeprefix("./")
-        if normalized and normalized != ".":
-            members[normalized] = member
-    files = {k: m for k, m in members.items() if m.isfile()}
-    if "bundle.json" not in files:  # a single top folder holding the bundle
-        tops = {PurePosixPath(k).parts[0] for k in files}
-        if len(tops) == 1:
-            top = tops.pop()
-            files = {k[len(top) + 1 :]: m for k, m in files.items() if k.startswith(top + "/")}
-    return files
-
-
-def _member_json(
-    archive: tarfile.TarFile, files: Mapping[str, tarfile.TarInfo], name: str, required: bool = True
-) -> dict[str, Any]:
-    if name not in files:
-        if required:
-            raise ArchiveError(f"the archive lacks {name}")
-        return {}
-    source = archive.extractfile(files[name])
-    try:
-        data = json.loads(source.read() if source else b"")
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ArchiveError(f"{name} in the archive is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise ArchiveError(f"{name} in the archive must hold a JSON object")
-    return data
-
-
-def _member_yaml(archive: tarfile.TarFile, member: tarfile.TarInfo) -> dict[str, Any]:
-    import yaml
-
-    source = archive.extractfile(member)
-    try:
-        data = yaml.safe_load(source.read() if source else b"")
-    except yaml.YAMLError as err:
-        raise ArchiveError(f"model.yaml in the archive is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ArchiveError("model.yaml in the archive must hold a mapping")
-    return data
-
-
-def _validate_manifest(
-    archive: tarfile.TarFile, files: Mapping[str, tarfile.TarInfo], manifest: Mapping[str, Any]
-) -> None:
-    from mlaas4hep.transform.vectorizer import Vectorizer
-
-    try:
-        check_manifest(manifest, "the archive's bundle.json")
-    except ConfigError as err:
-        raise ArchiveError(str(err)) from None
-    try:
-        vectorizer = Vectorizer.from_dict(_member_json(archive, files, "vectorizer.json"))
-    except ConfigError as err:
-        raise ArchiveError(f"vectorizer.json in the archive: {err}") from None
-    if manifest.get("n_features") != vectorizer.n_features:
-        raise ArchiveError(
-            f"bundle.json says {manifest.get('n_features')} features but vectorizer.json "
-            f"makes {vectorizer.n_features}"
-        )
-    weights = str(manifest.get("weights", ""))
-    if weights not in files:
-        raise ArchiveError(f"the archive lacks the weights file {weights!r} named in bundle.json")
-    if manifest.get("model") not in (None, "default") and "model.py" not in files:
-        raise ArchiveError("bundle.json names a user model but the archive lacks model.py")
-
-
-def _checked_name(name: str) -> str:
-    if not _NAME.match(name or "") or len(name) > 63:
-        raise RegistryError(
-            f"model name {name!r}: lowercase letters, digits, '.', '_' and '-' only "
-            "(starting and ending with a letter or digit, at most 63 characters)",
-            field="name",
-        )
-    return name
-
-
-def _checked_version(version: str) -> str:
-    if not _NAME.match(version or "") or len(version) > 63:
-        raise ArchiveError(f"model.yaml in the archive has an invalid version {version!r}")
-    return version
 
 
 def _condition(text: str) -> tuple[str, str, float]:

@@ -14,7 +14,7 @@ only what cannot run code:
   (``trust_user_code``); otherwise :class:`UnsafeBundleError` says how to allow it.
 
 :class:`Predictor` holds the Vectorizer and the forward pass of one model version; it
-turns event columns (from :mod:`mlaas4hep.events`) into one probability per event.
+turns event columns (from :mod:`mlaas4hep.serve.payloads`) into one probability per event.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import numpy as np
 
 from mlaas4hep import extras
 from mlaas4hep.errors import ConfigError
-from mlaas4hep.events import EventColumns
 from mlaas4hep.model.manifest import is_default_model, read_manifest, weights_of
+from mlaas4hep.serve.payloads import EventColumns
 from mlaas4hep.transform.vectorizer import Vectorizer
 
 #: Layer widths of the default model (mlaas4hep.model.architectures.default_keras_model).
