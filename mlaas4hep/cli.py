@@ -26,7 +26,12 @@ console = Console(stderr=True)
 out = Console()
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mlaas4hep`` argument parser, every command and option, without running anything.
+
+    ``main`` parses with it; a caller (the README test, a shell-completion generator) can
+    build it to check a command line: ``build_parser().parse_args(words)``.
+    """
     parser = argparse.ArgumentParser(
         prog="mlaas4hep",
         description="Machine Learning as a Service for High-Energy Physics.",
@@ -131,7 +136,7 @@ def _add_client_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     handler = {
         "inspect": _inspect,
         "specs": _specs,

@@ -202,7 +202,8 @@ class Demo:
         self.summary: dict[str, Any] = {}
 
     # --- helpers -------------------------------------------------------------------
-    def _s3(self) -> Any:
+    def s3_client(self) -> Any:
+        """A boto3 S3 client on the stack's moto server (the stack must be up)."""
         import boto3
 
         env = self.stack.moto.env()
@@ -223,22 +224,25 @@ class Demo:
 
         key = f"datasets/{DATASET}/dataset.json"
         try:
-            body = self._s3().get_object(Bucket=self.buckets["specs"], Key=key)["Body"].read()
+            body = self.s3_client().get_object(Bucket=self.buckets["specs"], Key=key)["Body"].read()
         except Exception:
             return 0
         return len(DatasetSpec.from_json(body).files)
 
     def _retrain_state(self) -> dict[str, Any] | None:
         try:
-            body = self._s3().get_object(
+            body = self.s3_client().get_object(
                 Bucket=self.buckets["models"], Key=f"retrain/{DATASET}/state.json"
             )["Body"]
         except Exception:
             return None
         return json.loads(body.read())
 
-    def _job(self, previous: str | None) -> tuple[str, str]:
-        """Wait for a retraining submission other than ``previous`` and for its end."""
+    def wait_for_retraining(self, previous: str | None) -> tuple[str, str]:
+        """Wait for a retraining submission other than ``previous`` (a Ray submission id, None
+        for the first) and for its end; returns its submission id and the path its log was
+        written to. Raises :class:`StageFailed` when the job ends other than SUCCEEDED, or
+        when nothing is submitted or the job does not end within the demo's timeout."""
         from mlaas4hep.jobs import job_info, job_logs
 
         runtime_log = self.stack.state_dir / "runtime.log"
@@ -276,7 +280,9 @@ class Demo:
             raise StageFailed(f"the retraining job printed no result; read {log_path}")
         return record
 
-    def _served_tag(self) -> str | None:
+    def served_tag(self) -> str | None:
+        """The tag of the model the service serves now; None when it serves none or does not
+        answer (within 5 s)."""
         from mlaas4hep.serve.client import Client
 
         try:
@@ -306,7 +312,7 @@ class Demo:
                 f"moto {record['moto']['endpoint_url']}, Ray {record['ray']['address']}, "
                 f"service {record['bento']['url']}"
             )
-        s3 = self._s3()
+        s3 = self.s3_client()
         with self.stages.stage("upload") as notes:
             s3.put_object(
                 Bucket=self.buckets["models"],
@@ -323,7 +329,7 @@ class Demo:
             )
             notes.append(f"DatasetSpec of {len(files)} files in s3://{self.buckets['specs']}/")
         with self.stages.stage("retraining (retrain → Ray job → registry)") as notes:
-            job_id, log_path = self._job(None)
+            job_id, log_path = self.wait_for_retraining(None)
             record = self._decision(log_path)
             decision = record["decision"]
             notes.append(f"{job_id}: {decision['candidate']} — {decision['reason']}")
@@ -331,7 +337,7 @@ class Demo:
         with self.stages.stage("serving picks the new version up") as notes:
             wait_until(
                 "the service serving " + tag,
-                lambda: self._served_tag() == tag,
+                lambda: self.served_tag() == tag,
                 120,
                 str(self.stack.state_dir / "bento.log"),
             )
@@ -420,20 +426,20 @@ class Demo:
             signal = next(p for p in extra if p.match(SIGNAL))
             events, _ = _read_events(heldout[:2], o.include)
             probe_events = _records(events, o.include, 64)
-            before = self._served_tag()
+            before = self.served_tag()
             with LoadProbe(self.stack.bento.url, probe_events) as probe:
-                self._s3().upload_file(
+                self.s3_client().upload_file(
                     str(signal),
                     self.buckets["data"],
                     f"datasets/{DATASET}/ttH_signal_2.root",
                 )
-                job_id, log_path = self._job(first_job)
+                job_id, log_path = self.wait_for_retraining(first_job)
                 record = self._decision(log_path)
                 decision = record["decision"]
                 expected = decision["candidate"] if decision["promote"] else before
                 wait_until(
                     "the service serving " + str(expected),
-                    lambda: self._served_tag() == expected,
+                    lambda: self.served_tag() == expected,
                     120,
                     str(self.stack.state_dir / "bento.log"),
                 )

@@ -72,6 +72,7 @@ __all__ = [
     "ServerError",
     "XRootDServer",
     "free_port",
+    "tcp_listeners",
 ]
 
 LOOPBACK = "127.0.0.1"
@@ -114,9 +115,10 @@ def _tcp_connectable(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def _proc_net_listeners(port: int) -> list[tuple[str, str]] | None:
+def tcp_listeners(port: int) -> list[tuple[str, str]] | None:
     """(local address in hex as in /proc/net/tcp*, socket inode) of each TCP listener on
-    ``port``; None where /proc/net is not available."""
+    ``port``; None where /proc/net is not available. ``0100007F`` is 127.0.0.1: a server
+    bound to loopback only lists that address alone."""
     found: list[tuple[str, str]] = []
     seen_any = False
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -138,7 +140,7 @@ def _proc_net_listeners(port: int) -> list[tuple[str, str]] | None:
 
 def _owns_listener(pid: int, port: int) -> bool | None:
     """Whether process ``pid`` holds a socket listening on ``port``; None if unknown."""
-    listeners = _proc_net_listeners(port)
+    listeners = tcp_listeners(port)
     if listeners is None:
         return None
     inodes = {f"socket:[{inode}]" for _addr, inode in listeners}
@@ -608,7 +610,7 @@ class XRootDServer(ManagedServer):
         return bool(status.ok and info is not None)
 
     def _after_ready(self) -> None:
-        listeners = _proc_net_listeners(self.port)
+        listeners = tcp_listeners(self.port)
         if listeners is None:  # no /proc (not Linux): trust the socket we handed over
             return
         exposed = [addr for addr, _inode in listeners if addr not in _LOOPBACK_HEX]

@@ -1,20 +1,23 @@
-"""The server-free parts of the event pipeline (mlaas4hep.pipeline): no moto, no Ray.
+"""The server-free parts of the event pipeline (mlaas4hep.pipeline): no servers, no Ray.
 
-S3 is a small in-memory fake that honours the conditional writes the pipeline relies on
-(``IfNoneMatch='*'``, ``IfMatch``); time is a fake clock.
+S3 is a real boto3 client on moto's in-process mock, which answers the conditional writes
+the pipeline relies on (``IfNoneMatch='*'``, ``IfMatch``) as S3 does, with 412
+PreconditionFailed; the one answer moto cannot give, S3's 409 ConditionalRequestConflict,
+is stubbed explicitly (:func:`conflict_once`). Time is a fake clock.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import hashlib
 import json
-import time
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
+import boto3
 import pytest
+from botocore.exceptions import ClientError
+from moto import mock_aws
 
 from mlaas4hep import pipeline
 from mlaas4hep.errors import ReadError
@@ -47,68 +50,63 @@ CONFIG = PipelineConfig(
     spec_lease_seconds=60,
 )
 
-
-class ClientError(Exception):
-    def __init__(self, status: int, code: str) -> None:
-        super().__init__(code)
-        self.response = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+# Settings that would send the client elsewhere than moto's in-process mock (the session's
+# moto server sets AWS_ENDPOINT_URL when other test files use it).
+_AWS_ELSEWHERE = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_DEFAULT_PROFILE")
 
 
-class Body:
-    def __init__(self, data: bytes) -> None:
-        self._data = data
+@pytest.fixture
+def s3(monkeypatch) -> Iterator[Any]:
+    """A boto3 S3 client on moto's in-process mock, with the three buckets of CONFIG."""
+    for name in _AWS_ELSEWHERE:
+        monkeypatch.delenv(name, raising=False)
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        for bucket in (CONFIG.data_bucket, CONFIG.specs_bucket, CONFIG.models_bucket):
+            client.create_bucket(Bucket=bucket)
+        yield client
 
-    def read(self) -> bytes:
-        return self._data
+
+def exists(s3: Any, bucket: str, key: str) -> bool:
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as err:
+        if err.response["ResponseMetadata"]["HTTPStatusCode"] == 404:
+            return False
+        raise
+    return True
 
 
-class FakeS3:
-    """Objects in a dict; conditional puts as S3 does them (412 on a failed condition)."""
+def read_json(s3: Any, bucket: str, key: str) -> Any:
+    return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
-    def __init__(self, clock=lambda: 1_700_000_000.0) -> None:
-        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
-        self.clock = clock
-        self.calls: list[str] = []
 
-    def put_object(self, Bucket, Key, Body, IfNoneMatch=None, IfMatch=None, **extra):
-        self.calls.append(f"put {Key}")
-        current = self.objects.get((Bucket, Key))
-        if IfNoneMatch == "*" and current is not None:
-            raise ClientError(412, "PreconditionFailed")
-        if IfMatch is not None and (current is None or current["ETag"] != IfMatch):
-            raise ClientError(412, "PreconditionFailed")
-        data = Body if isinstance(Body, bytes) else Body.encode()
-        etag = f'"{hashlib.md5(data + str(len(self.objects)).encode()).hexdigest()}"'
-        when = datetime.datetime.fromtimestamp(self.clock(), datetime.UTC)
-        self.objects[(Bucket, Key)] = {
-            "Body": data,
-            "ETag": etag,
-            "Metadata": extra.get("Metadata", {}),
-            "LastModified": when,
-        }
-        return {"ETag": etag}
+def conflict_once(s3: Any, monkeypatch) -> list[dict[str, Any]]:
+    """The one stub: the client's next conditional ``put_object`` fails with S3's 409
+    ConditionalRequestConflict (another conditional write to the key is in flight), which
+    moto never answers; every other call, and that one's retry, go to moto. Returns the
+    list of the refused calls' arguments."""
+    real_put, refused = s3.put_object, []
 
-    def _get(self, bucket, key):
-        if (bucket, key) not in self.objects:
-            raise ClientError(404, "NoSuchKey")
-        return self.objects[(bucket, key)]
+    def put_object(**kwargs):
+        if not refused and ("IfMatch" in kwargs or "IfNoneMatch" in kwargs):
+            refused.append(kwargs)
+            raise ClientError(
+                {
+                    "Error": {"Code": "ConditionalRequestConflict", "Message": "in flight"},
+                    "ResponseMetadata": {"HTTPStatusCode": 409},
+                },
+                "PutObject",
+            )
+        return real_put(**kwargs)
 
-    def get_object(self, Bucket, Key, **_):
-        self.calls.append(f"get {Key}")
-        item = self._get(Bucket, Key)
-        return {**item, "Body": Body(item["Body"])}
-
-    def head_object(self, Bucket, Key, **_):
-        self.calls.append(f"head {Key}")
-        item = self._get(Bucket, Key)
-        return {k: v for k, v in item.items() if k != "Body"}
-
-    def delete_object(self, Bucket, Key):
-        self.calls.append(f"delete {Key}")
-        self.objects.pop((Bucket, Key), None)
+    monkeypatch.setattr(s3, "put_object", put_object)
+    return refused
 
 
 class FakeSQS:
+    """Records the messages sent (moto's SQS would hold a delayed one back for its delay)."""
+
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
 
@@ -224,21 +222,20 @@ def test_fold_replaces_an_overwritten_file_unless_the_spec_is_stale(base_spec):
     assert kept.files[old.key].identity == {"etag": "old"}
 
 
-def test_merge_retries_on_a_conflicting_write(base_spec, monkeypatch):
-    s3 = FakeS3()
+def test_merge_retries_on_a_conflicting_write(s3, base_spec, monkeypatch):
     monkeypatch.setattr(pipeline.time, "sleep", lambda _: None)
     merge_into_dataset(CONFIG, "ds", [variant(base_spec, 1)], s3=s3)
-    real_put, raced = s3.put_object, []
+    key, real_put, raced = CONFIG.dataset_spec_key("ds"), s3.put_object, []
 
     def racing_put(**kwargs):  # another merge writes between our read and our write
-        if not raced and kwargs["Key"] == CONFIG.dataset_spec_key("ds"):
+        if not raced and kwargs["Key"] == key:
             raced.append(True)
-            current = DatasetSpec.from_json(s3.objects[("specs", kwargs["Key"])]["Body"])
+            current = DatasetSpec.from_json(s3.get_object(Bucket="specs", Key=key)["Body"].read())
             other = current.merge(variant(base_spec, 3))
-            real_put(Bucket="specs", Key=kwargs["Key"], Body=other.to_json().encode())
+            real_put(Bucket="specs", Key=key, Body=other.to_json().encode())
         return real_put(**kwargs)
 
-    s3.put_object = racing_put
+    monkeypatch.setattr(s3, "put_object", racing_put)
     outcome = merge_into_dataset(CONFIG, "ds", [variant(base_spec, 2)], s3=s3)
     assert outcome.changed and outcome.attempts == 2
     assert outcome.files == 3  # nobody's file was lost
@@ -246,12 +243,30 @@ def test_merge_retries_on_a_conflicting_write(base_spec, monkeypatch):
     assert not again.changed
 
 
+def test_a_conditional_write_in_flight_is_retried_like_a_failed_condition(
+    s3, base_spec, monkeypatch
+):
+    """409 ConditionalRequestConflict (another conditional write to the key is in flight):
+    the merge and the claim try again, as on a 412."""
+    monkeypatch.setattr(pipeline.time, "sleep", lambda _: None)
+    refused = conflict_once(s3, monkeypatch)
+    outcome = merge_into_dataset(CONFIG, "ds", [variant(base_spec, 1)], s3=s3)
+    assert [r["IfNoneMatch"] for r in refused] == ["*"]
+    assert outcome.changed and outcome.attempts == 2 and outcome.files == 1
+    stored = s3.get_object(Bucket="specs", Key=CONFIG.dataset_spec_key("ds"))["Body"].read()
+    assert len(DatasetSpec.from_json(stored).files) == 1
+
+    refused = conflict_once(s3, monkeypatch)
+    assert claim_spec(CONFIG, "ds", "f.root", "v1", "msg-a", s3=s3)
+    assert [r["Key"] for r in refused] == [CONFIG.lease_key("ds", "f.root", "v1")]
+    assert read_json(s3, "specs", CONFIG.lease_key("ds", "f.root", "v1"))["owner"] == "msg-a"
+
+
 # --------------------------------------------------------------- spec claims
 
 
-def test_claim_is_exclusive_until_it_expires():
+def test_claim_is_exclusive_until_it_expires(s3):
     now = [1000.0]
-    s3 = FakeS3()
     assert claim_spec(CONFIG, "ds", "f.root", "v1", "msg-a", s3=s3, now=lambda: now[0])
     assert not claim_spec(CONFIG, "ds", "f.root", "v1", "msg-b", s3=s3, now=lambda: now[0])
     # The owner's redelivery (same SQS message id) takes its claim back at once.
@@ -288,8 +303,7 @@ def fake_compute(entries: int = 5):
     return compute, calls
 
 
-def test_a_duplicate_delivery_under_claim_does_not_compute():
-    s3 = FakeS3()
+def test_a_duplicate_delivery_under_claim_does_not_compute(s3):
     compute, calls = fake_compute()
     assert claim_spec(CONFIG, "ds", "f.root", "v1", "first", s3=s3)
     outcome = compute_and_store_file_spec(
@@ -298,45 +312,59 @@ def test_a_duplicate_delivery_under_claim_does_not_compute():
     assert outcome.status == "leased" and calls == []
 
 
-def test_spec_is_stored_once_and_the_claim_released():
-    s3 = FakeS3()
+def test_spec_is_stored_once_and_the_claim_released(s3):
     compute, calls = fake_compute()
     first = compute_and_store_file_spec(data_event(), CONFIG, s3=s3, compute=compute, owner="m1")
     assert first.status == "written" and first.entries == 5
-    assert ("specs", "files/ds/f.root@v1.json") in s3.objects
-    lease = json.loads(s3.objects[("specs", "leases/ds/f.root@v1.lease")]["Body"])
+    assert exists(s3, "specs", "files/ds/f.root@v1.json")
+    lease = read_json(s3, "specs", "leases/ds/f.root@v1.lease")
     assert lease_is_takeable(json.dumps(lease), "anyone", 0.0)  # released
     second = compute_and_store_file_spec(data_event(), CONFIG, s3=s3, compute=compute, owner="m2")
     assert second.status == "exists" and len(calls) == 1
 
 
-def test_the_outcome_says_where_the_time_went():
-    s3 = FakeS3()
+def test_the_outcome_says_where_the_time_went(s3):
+    """On a fake clock where each S3 call takes 0.25 s and the computation 5 s, the outcome's
+    three durations are exactly the computation and the calls before and after it."""
+    now, calls = [0.0], []
+
+    def round_trip(event_name: str, **_: Any) -> None:  # botocore's hook before each S3 call
+        calls.append(event_name.rsplit(".", 1)[-1])
+        now[0] += 0.25
+
+    s3.meta.events.register("before-call.s3", round_trip)
     compute, _ = fake_compute()
 
     def slow(source):
-        time.sleep(0.05)
+        calls.append("compute")
+        now[0] += 5.0
         return compute(source)
 
-    outcome = compute_and_store_file_spec(data_event(), CONFIG, s3=s3, compute=slow, owner="m1")
-    assert outcome.seconds >= 0.05
-    assert 0 < outcome.checks_seconds < outcome.seconds  # version, existing spec, claim
-    assert 0 < outcome.store_seconds < outcome.seconds  # write, release
+    outcome = compute_and_store_file_spec(
+        data_event(), CONFIG, s3=s3, compute=slow, owner="m1", clock=lambda: now[0]
+    )
+    assert outcome.status == "written"
+    checks, stores = calls[: calls.index("compute")], calls[calls.index("compute") + 1 :]
+    assert outcome.seconds == pytest.approx(5.0)
+    assert {"HeadObject", "PutObject"} <= set(checks)  # existing spec, claim
+    assert outcome.checks_seconds == pytest.approx(0.25 * len(checks))
+    assert stores.count("PutObject") == 2  # the spec, the released claim
+    assert outcome.store_seconds == pytest.approx(0.25 * len(stores))
 
 
-def test_an_event_without_version_id_is_keyed_like_the_stored_spec():
-    s3 = FakeS3()
-    s3.objects[("data", "datasets/ds/f.root")] = {"ETag": '"e1"', "VersionId": "v1", "Body": b""}
-    s3.objects[("specs", "files/ds/f.root@v1.json")] = {"ETag": '"x"', "Body": b"{}"}
+def test_an_event_without_version_id_is_keyed_like_the_stored_spec(s3):
+    s3.put_bucket_versioning(Bucket="data", VersioningConfiguration={"Status": "Enabled"})
+    version = s3.put_object(Bucket="data", Key="datasets/ds/f.root", Body=b"")["VersionId"]
+    stored = CONFIG.file_spec_key("ds", "f.root", version)
+    s3.put_object(Bucket="specs", Key=stored, Body=b"{}")
     compute, calls = fake_compute()
     event = S3ObjectEvent(bucket="data", key="datasets/ds/f.root", etag="e1")  # moto's kind
     outcome = compute_and_store_file_spec(event, CONFIG, s3=s3, compute=compute, owner="m")
     assert outcome.status == "exists" and calls == []
+    assert outcome.spec_key == stored
 
 
-def test_an_unreadable_file_is_quarantined_and_keeps_its_claim():
-    s3 = FakeS3()
-
+def test_an_unreadable_file_is_quarantined_and_keeps_its_claim(s3):
     def broken(source):
         raise ReadError(source, "truncated")
 
@@ -344,18 +372,18 @@ def test_an_unreadable_file_is_quarantined_and_keeps_its_claim():
         compute_and_store_file_spec(
             data_event(), CONFIG, s3=s3, compute=broken, owner="m1", receive_count=2
         )
-    record = json.loads(s3.objects[("specs", "quarantine/ds/f.root@v1.json")]["Body"])
+    record = read_json(s3, "specs", "quarantine/ds/f.root@v1.json")
     assert record["error_type"] == "ReadError" and record["receive_count"] == 2
-    assert ("specs", "leases/ds/f.root@v1.lease") in s3.objects
+    assert exists(s3, "specs", "leases/ds/f.root@v1.lease")
     compute, calls = fake_compute()  # a duplicate: the owner's retries will settle it
     dup = compute_and_store_file_spec(data_event(), CONFIG, s3=s3, compute=compute, owner="m2")
     assert dup.status == "leased" and calls == []
 
 
-def test_objects_outside_the_data_prefix_are_skipped():
+def test_objects_outside_the_data_prefix_are_skipped(s3):
     compute, calls = fake_compute()
     outcome = compute_and_store_file_spec(
-        data_event("elsewhere/f.root"), CONFIG, s3=FakeS3(), compute=compute
+        data_event("elsewhere/f.root"), CONFIG, s3=s3, compute=compute
     )
     assert outcome.status == "skipped" and calls == []
 
@@ -363,7 +391,7 @@ def test_objects_outside_the_data_prefix_are_skipped():
 # ------------------------------------------------------------------- debounce
 
 
-def stored_dataset(s3: FakeS3, updated_at: float) -> None:
+def stored_dataset(s3: Any, updated_at: float) -> None:
     s3.put_object(
         Bucket="specs",
         Key=CONFIG.dataset_spec_key("ds"),
@@ -372,8 +400,8 @@ def stored_dataset(s3: FakeS3, updated_at: float) -> None:
     )
 
 
-def test_debounce_defers_while_the_spec_is_fresh():
-    s3, sqs = FakeS3(), FakeSQS()
+def test_debounce_defers_while_the_spec_is_fresh(s3):
+    sqs = FakeSQS()
     stored_dataset(s3, updated_at=1000.0)
     outcome = retrain_if_quiet(CONFIG, "ds", s3=s3, sqs=sqs, now=lambda: 1003.5)
     assert outcome.status == "deferred" and outcome.delay == 7  # ceil(10 - 3.5)
@@ -382,8 +410,8 @@ def test_debounce_defers_while_the_spec_is_fresh():
     assert retrain_datasets_of(message["MessageBody"], CONFIG) == ["ds"]
 
 
-def test_debounce_submits_once_quiet_then_is_up_to_date(monkeypatch):
-    s3, sqs, submitted = FakeS3(), FakeSQS(), []
+def test_debounce_submits_once_quiet_then_is_up_to_date(s3, monkeypatch):
+    sqs, submitted = FakeSQS(), []
 
     def submit(address, entrypoint, submission_id, **kwargs):
         submitted.append((address, entrypoint, submission_id))
@@ -394,19 +422,20 @@ def test_debounce_submits_once_quiet_then_is_up_to_date(monkeypatch):
     outcome = retrain_if_quiet(CONFIG, "ds", s3=s3, sqs=sqs, now=lambda: 1010.0)
     assert outcome.status == "submitted" and sqs.sent == []
     assert submitted[0][1] == "train ds s3://specs/datasets/ds/dataset.json s3://models/ds/"
+    state = read_json(s3, "models", CONFIG.retrain_state_key("ds"))
+    assert state["submission_id"] == submitted[0][2] and state["submitted_at"] == 1010.0
     again = retrain_if_quiet(CONFIG, "ds", s3=s3, sqs=sqs, now=lambda: 2000.0)
     assert again.status == "up-to-date" and len(submitted) == 1
 
 
-def test_debounce_without_ray_or_spec():
-    s3 = FakeS3()
+def test_debounce_without_ray_or_spec(s3):
     assert retrain_if_quiet(CONFIG, "ds", s3=s3).status == "absent"
     off = dataclasses.replace(CONFIG, ray_address="")
     assert retrain_if_quiet(off, "ds", s3=s3).status == "disabled"
 
 
-def test_the_debounce_delay_is_capped_by_sqs():
-    s3, sqs = FakeS3(), FakeSQS()
+def test_the_debounce_delay_is_capped_by_sqs(s3):
+    sqs = FakeSQS()
     slow = dataclasses.replace(CONFIG, retrain_debounce_seconds=5000)
     stored_dataset(s3, updated_at=1000.0)
     outcome = retrain_if_quiet(slow, "ds", s3=s3, sqs=sqs, now=lambda: 1000.0)

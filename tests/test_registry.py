@@ -4,11 +4,12 @@ bundle for serving in safe mode, with the numpy forward pass equal to the framew
 
 from __future__ import annotations
 
+import datetime as dt
 import io
+import itertools
 import json
 import os
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -96,9 +97,19 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+START = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def ticking_clock(start: dt.datetime = START, step: dt.timedelta = dt.timedelta(minutes=1)):
+    """A clock one ``step`` later at each call: versions are created in a known order, at known
+    times, without waiting for the wall clock to move on."""
+    ticks = itertools.count()
+    return lambda: start + next(ticks) * step
+
+
 @pytest.fixture
 def registry(tmp_path: Path) -> Registry:
-    return Registry(tmp_path / "bentoml")
+    return Registry(tmp_path / "bentoml", clock=ticking_clock())
 
 
 def tar_of(directory: Path, arcname: str = "bundle", mode: str = "w:gz") -> bytes:
@@ -125,7 +136,6 @@ def tar_with(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
 
 def test_list_filters_and_cards(registry: Registry, bundles: dict[str, Path]) -> None:
     first = registry.add(bundles["a"], "tth")
-    time.sleep(0.01)
     second = registry.add(bundles["b"], "tth")
     other = registry.add(bundles["a"], "zjets")
     registry.promote(first)
@@ -143,8 +153,19 @@ def test_list_filters_and_cards(registry: Registry, bundles: dict[str, Path]) ->
     assert [m["tag"] for m in registry.list(dataset="tth-2")] == [second]
     assert [m["tag"] for m in registry.list(labels={"run": "run-2"})] == [second]
     assert [m["tag"] for m in registry.list(alias="production")] == [first]
+    assert [m["created"] for m in listed] == [
+        (START + dt.timedelta(minutes=m)).isoformat() for m in (2, 1, 0)
+    ]  # the registry's clock
     assert registry.list(created_after="2999-01-01") == []
     assert len(registry.list(created_before="2999-01-01T00:00:00+00:00")) == 3
+    assert [m["tag"] for m in registry.list(created_after="2024-05-01T12:00:30")] == [
+        other,
+        second,
+    ]
+    assert [m["tag"] for m in registry.list(created_before="2024-05-01T12:01:30Z")] == [
+        second,
+        first,
+    ]
     with pytest.raises(RegistryError, match="test_auc>=0.8"):
         registry.list(metrics=["auc is high"])
     with pytest.raises(RegistryError, match="ISO 8601"):
@@ -166,7 +187,6 @@ def test_resolve_follows_aliases_names_and_versions(
     registry: Registry, bundles: dict[str, Path]
 ) -> None:
     first = registry.add(bundles["a"], "tth")
-    time.sleep(0.01)
     second = registry.add(bundles["b"], "tth")
     assert registry.resolve("tth") == second  # no production alias: the latest
     assert registry.resolve(first) == first

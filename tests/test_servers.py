@@ -15,8 +15,8 @@ from mlaas4hep.servers import (
     MotoServer,
     ServerError,
     XRootDServer,
-    _proc_net_listeners,
     free_port,
+    tcp_listeners,
 )
 
 pytestmark = pytest.mark.integration
@@ -55,7 +55,7 @@ def _port_free(port: int) -> bool:
 
 
 def _only_loopback_listeners(port: int) -> None:
-    listeners = _proc_net_listeners(port)
+    listeners = tcp_listeners(port)
     if listeners is None:
         pytest.skip("no /proc/net/tcp on this system")
     assert listeners, f"nothing listens on port {port}"

@@ -31,7 +31,7 @@ import re
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -66,7 +66,18 @@ _OPS = {
 class Registry:
     """Model bundles in a BentoML model store (``<home>/models``), with aliases."""
 
-    def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        home: str | os.PathLike[str] | None = None,
+        *,
+        clock: Callable[[], dt.datetime] | None = None,
+    ) -> None:
+        """``home``: the BentoML home (default ``$BENTOML_HOME``, else ``~/bentoml``).
+
+        ``clock``: the creation time given to each new version (an aware datetime); by
+        default BentoML's own, the current UTC time. Tests inject one to order versions
+        without waiting.
+        """
         extras.require("bentoml")
         from bentoml._internal.models.model import ModelStore
 
@@ -77,6 +88,7 @@ class Registry:
         self.root.mkdir(parents=True, exist_ok=True)
         self.store = ModelStore(self.root)
         self._aliases_cache: tuple[tuple[int, int, int], dict[str, Any]] | None = None
+        self.clock = clock
 
     # --- versions -------------------------------------------------------------------
     def _models(self, name: str | None = None) -> list[Any]:
@@ -502,14 +514,18 @@ class Registry:
                             out.write(chunk)
         return str(model.tag)
 
-    def _create(self, tag: str, labels: dict[str, str], metadata: dict[str, Any]) -> Any:
+    @contextlib.contextmanager
+    def _create(self, tag: str, labels: dict[str, str], metadata: dict[str, Any]) -> Iterator[Any]:
         """BentoML's model creation context (a staging folder, saved into the store on exit)."""
         import bentoml
 
-        return bentoml.models.create(
+        with bentoml.models.create(
             tag, labels=labels, metadata=metadata, module=STORE_MODULE,
             _model_store=self.store,
-        )  # fmt: skip
+        ) as model:  # fmt: skip
+            if self.clock is not None:  # BentoML takes no creation time; its info is frozen
+                object.__setattr__(model.info, "creation_time", _utc(self.clock()))
+            yield model
 
 
 # ------------------------------------------------------------------------------ helpers

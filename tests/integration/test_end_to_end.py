@@ -55,7 +55,7 @@ def test_events_alone_train_promote_and_serve(demo: Demo) -> None:
     assert summary["heldout_auc"] > 0.7
     assert abs(summary["heldout_auc"] - summary["job_test_auc"]) < 0.05
     registry = Registry(demo.stack.bentoml_home)
-    assert registry.resolve("tth:production") == demo._served_tag()
+    assert registry.resolve("tth:production") == demo.served_tag()
     assert {Path(p).name for p in summary["plots"]} >= {"roc.png", "loss.png"}
 
 
@@ -69,15 +69,15 @@ def test_new_signal_file_retrains_once_and_switches_without_failures(demo: Demo)
     versions = Registry(demo.stack.bentoml_home).list(name="tth")
     assert len(versions) == 2
     decision = continuous["decision"]
-    served = demo._served_tag()
+    served = demo.served_tag()
     assert served == (decision["candidate"] if decision["promote"] else decision["current"])
 
 
 def test_failed_retraining_keeps_serving_and_is_visible(
     demo: Demo, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    s3 = demo._s3()
-    served = demo._served_tag()
+    s3 = demo.s3_client()
+    served = demo.served_tag()
     recipe = demo.options.recipe()
     recipe["dataset"]["include"] = ["Jet_pt", "NoSuchBranch"]
     models, data = demo.buckets["models"], demo.buckets["data"]
@@ -85,8 +85,8 @@ def test_failed_retraining_keeps_serving_and_is_visible(
     signal = next(p for p in (demo.options.data_dir / "extra").glob("*.root") if p.match(SIGNAL))
     s3.upload_file(str(signal), data, "datasets/tth/ttH_signal_3.root")
     with pytest.raises(Exception, match="FAILED"):
-        demo._job(demo.summary["continuous"]["job"])
-    assert demo._served_tag() == served
+        demo.wait_for_retraining(demo.summary["continuous"]["job"])
+    assert demo.served_tag() == served
     address = demo.stack.ray.address
     failed = [job for job in list_jobs(address, dataset="tth") if job.status == "FAILED"]
     assert len(failed) == 1

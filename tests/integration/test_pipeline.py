@@ -119,9 +119,24 @@ def dataset_files(stack, dataset: str) -> int:
 def queue_depth(stack, url: str) -> int:
     attributes = stack.sqs.get_queue_attributes(
         QueueUrl=url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        AttributeNames=[
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",  # received, being handled
+            "ApproximateNumberOfMessagesDelayed",  # e.g. a debounce recheck
+        ],
     )["Attributes"]
     return sum(int(v) for v in attributes.values())
+
+
+def pipeline_idle(stack) -> bool:
+    """No message in any function's queue: nothing is left that could write a spec or submit
+    a job. The queues are read in the order work flows through them (a handler sends its
+    message downstream before its own is deleted), so work moving on is not missed."""
+    functions = stack.outputs["functions"]
+    return all(
+        queue_depth(stack, functions[name]["queue_url"]) == 0
+        for name in ("spec_file", "merge_specs", "retrain")
+    )
 
 
 def test_outputs_wire_every_function_to_its_queue(stack):
@@ -282,9 +297,9 @@ def test_burst_of_ten_files_gives_one_training_job(stack, shared_data):
     def burst_jobs():
         return [j for j in stack.ray.jobs() if j.get("metadata", {}).get("dataset") == "burst"]
 
-    jobs = wait_for(burst_jobs, 30, 0.5, "the training submission")
-    time.sleep(DEBOUNCE_SECONDS + 3)  # any late recheck has had its chance to submit
-    jobs = burst_jobs()
+    wait_for(burst_jobs, 30, 0.5, "the training submission")
+    wait_for(lambda: pipeline_idle(stack), 60, 0.5, "the pipeline's queues to drain")
+    jobs = burst_jobs()  # every recheck has run: no later submission can come
     assert len(jobs) == 1, jobs
     _, etag = read_dataset_spec(stack.config, "burst")
     assert jobs[0]["metadata"]["dataset_etag"] == etag.strip('"')  # the final spec version
