@@ -36,6 +36,7 @@ for dir in infra infra/examples/*/; do
   dir="${dir%/}"
   data_dir="$PWD/build/terraform-validate/$(echo "$dir" | tr '/' '_')"
   TF_DATA_DIR="$data_dir" terraform -chdir="$dir" init -backend=false -input=false -no-color >/dev/null
+  echo "-- $dir"
   TF_DATA_DIR="$data_dir" terraform -chdir="$dir" validate -no-color
 done
 
