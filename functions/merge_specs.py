@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from mlaas4hep.pipeline import PipelineConfig, merge_batch
+from mlaas4hep.pipeline.config import PipelineConfig
+from mlaas4hep.pipeline.merge_step import merge_batch
 
 logging.getLogger("mlaas4hep").setLevel(logging.INFO)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from mlaas4hep.pipeline import PipelineConfig, spec_batch
+from mlaas4hep.pipeline.config import PipelineConfig
+from mlaas4hep.pipeline.spec_step import spec_batch
 
 logging.getLogger("mlaas4hep").setLevel(logging.INFO)
 

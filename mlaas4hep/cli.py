@@ -389,7 +389,7 @@ def _models(args: argparse.Namespace) -> int:
 def _jobs(args: argparse.Namespace) -> int:
     from datetime import datetime
 
-    from mlaas4hep import jobs
+    from mlaas4hep.pipeline import jobs_api as jobs
 
     address = args.address or jobs.default_address()
 

@@ -243,7 +243,7 @@ class Demo:
         for the first) and for its end; returns its submission id and the path its log was
         written to. Raises :class:`StageFailed` when the job ends other than SUCCEEDED, or
         when nothing is submitted or the job does not end within the demo's timeout."""
-        from mlaas4hep.jobs import job_info, job_logs
+        from mlaas4hep.pipeline.jobs_api import job_info, job_logs
 
         runtime_log = self.stack.state_dir / "runtime.log"
         state = wait_until(
@@ -273,7 +273,7 @@ class Demo:
         return job_id, str(log_path)
 
     def _decision(self, log_path: str) -> dict[str, Any]:
-        from mlaas4hep.training.submit import job_result
+        from mlaas4hep.training.result import job_result
 
         record = job_result(Path(log_path).read_text())
         if record is None:

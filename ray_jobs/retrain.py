@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mlaas4hep.retraining import DEFAULT_ALIAS, DEFAULT_MARGIN, retrain
-from mlaas4hep.training.submit import report
+from mlaas4hep.pipeline.retraining import DEFAULT_ALIAS, DEFAULT_MARGIN, retrain
+from mlaas4hep.training.result import report
 
 
 def main(argv: list[str] | None = None) -> int:

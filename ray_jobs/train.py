@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from mlaas4hep.training import TrainConfig, run_training
-from mlaas4hep.training.submit import report
+from mlaas4hep.training.result import report
 
 
 def main(argv: list[str] | None = None) -> int:

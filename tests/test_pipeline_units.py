@@ -19,23 +19,14 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from mlaas4hep import pipeline
 from mlaas4hep.errors import ReadError
-from mlaas4hep.pipeline import (
-    PipelineConfig,
-    S3ObjectEvent,
-    batch_response,
-    claim_spec,
-    compute_and_store_file_spec,
-    fold_file_specs,
-    handle_batch,
-    lease_is_takeable,
-    merge_into_dataset,
-    parse_s3_event,
-    queued_seconds,
-    retrain_datasets_of,
-    retrain_if_quiet,
-)
+from mlaas4hep.pipeline import jobs_api, merge_step
+from mlaas4hep.pipeline.config import MAX_SQS_DELAY, PipelineConfig, PipelineError
+from mlaas4hep.pipeline.merge_step import fold_file_specs, merge_into_dataset
+from mlaas4hep.pipeline.notifications import S3Notification, parse_s3_notifications
+from mlaas4hep.pipeline.retrain_step import retrain_datasets_of, retrain_if_quiet
+from mlaas4hep.pipeline.spec_step import claim_spec, compute_and_store_file_spec, lease_is_takeable
+from mlaas4hep.pipeline.sqs import batch_response, handle_batch, queued_seconds
 from mlaas4hep.spec.compute import compute_file_spec
 from mlaas4hep.spec.documents import DatasetSpec
 
@@ -128,7 +119,7 @@ def s3_event_body(bucket: str, key: str, **obj: Any) -> str:
 
 def test_keys_are_url_form_decoded():
     body = s3_event_body("data", "datasets/run+2024/f%C3%A9e+%2B1.root", eTag='"abc"', size=7)
-    (event,) = parse_s3_event(body)
+    (event,) = parse_s3_notifications(body)
     assert event.key == "datasets/run 2024/fée +1.root"
     assert event.etag == "abc"  # quotes stripped
     assert event.size == 7
@@ -136,24 +127,24 @@ def test_keys_are_url_form_decoded():
 
 
 def test_version_id_wins_over_the_etag():
-    (event,) = parse_s3_event(s3_event_body("data", "k", eTag="e", versionId="v1"))
+    (event,) = parse_s3_notifications(s3_event_body("data", "k", eTag="e", versionId="v1"))
     assert event.version == "v1"
 
 
 def test_the_test_event_gives_no_record():
     body = json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "data"})
-    assert parse_s3_event(body) == []
+    assert parse_s3_notifications(body) == []
 
 
 def test_an_sns_envelope_is_opened():
     inner = s3_event_body("data", "datasets/a/b.root", eTag="e")
-    assert parse_s3_event(json.dumps({"Type": "Notification", "Message": inner}))[0].key == (
-        "datasets/a/b.root"
-    )
+    assert parse_s3_notifications(json.dumps({"Type": "Notification", "Message": inner}))[
+        0
+    ].key == ("datasets/a/b.root")
 
 
 def test_records_without_s3_are_skipped():
-    assert parse_s3_event({"Records": [{"eventSource": "aws:sqs"}]}) == []
+    assert parse_s3_notifications({"Records": [{"eventSource": "aws:sqs"}]}) == []
 
 
 # ---------------------------------------------------------------------- key layout
@@ -187,7 +178,7 @@ def test_config_from_env():
     assert config.spec_lease_seconds == 42
     assert config.lease_prefix == "leases/"
     assert config.retrain_runtime_env == {"pip": ["x"]}
-    with pytest.raises(pipeline.PipelineError):
+    with pytest.raises(PipelineError):
         PipelineConfig.from_env({"MLAAS4HEP_DATA_BUCKET": "d"})
 
 
@@ -223,7 +214,7 @@ def test_fold_replaces_an_overwritten_file_unless_the_spec_is_stale(base_spec):
 
 
 def test_merge_retries_on_a_conflicting_write(s3, base_spec, monkeypatch):
-    monkeypatch.setattr(pipeline.time, "sleep", lambda _: None)
+    monkeypatch.setattr(merge_step.time, "sleep", lambda _: None)
     merge_into_dataset(CONFIG, "ds", [variant(base_spec, 1)], s3=s3)
     key, real_put, raced = CONFIG.dataset_spec_key("ds"), s3.put_object, []
 
@@ -248,7 +239,7 @@ def test_a_conditional_write_in_flight_is_retried_like_a_failed_condition(
 ):
     """409 ConditionalRequestConflict (another conditional write to the key is in flight):
     the merge and the claim try again, as on a 412."""
-    monkeypatch.setattr(pipeline.time, "sleep", lambda _: None)
+    monkeypatch.setattr(merge_step.time, "sleep", lambda _: None)
     refused = conflict_once(s3, monkeypatch)
     outcome = merge_into_dataset(CONFIG, "ds", [variant(base_spec, 1)], s3=s3)
     assert [r["IfNoneMatch"] for r in refused] == ["*"]
@@ -284,8 +275,8 @@ def test_lease_is_takeable():
     assert lease_is_takeable(b"not json", "b", 0.0)
 
 
-def data_event(key: str = "datasets/ds/f.root") -> S3ObjectEvent:
-    return S3ObjectEvent(bucket="data", key=key, etag="e1", version_id="v1")
+def data_event(key: str = "datasets/ds/f.root") -> S3Notification:
+    return S3Notification(bucket="data", key=key, etag="e1", version_id="v1")
 
 
 def fake_compute(entries: int = 5):
@@ -358,7 +349,7 @@ def test_an_event_without_version_id_is_keyed_like_the_stored_spec(s3):
     stored = CONFIG.file_spec_key("ds", "f.root", version)
     s3.put_object(Bucket="specs", Key=stored, Body=b"{}")
     compute, calls = fake_compute()
-    event = S3ObjectEvent(bucket="data", key="datasets/ds/f.root", etag="e1")  # moto's kind
+    event = S3Notification(bucket="data", key="datasets/ds/f.root", etag="e1")  # moto's kind
     outcome = compute_and_store_file_spec(event, CONFIG, s3=s3, compute=compute, owner="m")
     assert outcome.status == "exists" and calls == []
     assert outcome.spec_key == stored
@@ -417,7 +408,7 @@ def test_debounce_submits_once_quiet_then_is_up_to_date(s3, monkeypatch):
         submitted.append((address, entrypoint, submission_id))
         return submission_id, True
 
-    monkeypatch.setattr(pipeline, "submit_ray_job", submit)
+    monkeypatch.setattr(jobs_api, "submit_job", submit)
     stored_dataset(s3, updated_at=1000.0)
     outcome = retrain_if_quiet(CONFIG, "ds", s3=s3, sqs=sqs, now=lambda: 1010.0)
     assert outcome.status == "submitted" and sqs.sent == []
@@ -439,7 +430,7 @@ def test_the_debounce_delay_is_capped_by_sqs(s3):
     slow = dataclasses.replace(CONFIG, retrain_debounce_seconds=5000)
     stored_dataset(s3, updated_at=1000.0)
     outcome = retrain_if_quiet(slow, "ds", s3=s3, sqs=sqs, now=lambda: 1000.0)
-    assert outcome.delay == pipeline.MAX_SQS_DELAY
+    assert outcome.delay == MAX_SQS_DELAY
 
 
 # --------------------------------------------------------- partial batch responses

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mlaas4hep.errors import ConfigError
-from mlaas4hep.retraining import decide, recipe_config, val_auc_of
+from mlaas4hep.pipeline.retraining import decide, recipe_config, val_auc_of
 from mlaas4hep.spec.compute import compute_file_spec
 from mlaas4hep.spec.documents import DatasetSpec
 

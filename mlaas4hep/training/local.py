@@ -37,8 +37,8 @@ from mlaas4hep.training.job import (
     timed,
     worker_config,
 )
+from mlaas4hep.training.result import report
 from mlaas4hep.training.session import LocalSession
-from mlaas4hep.training.submit import report
 
 
 def run_local(

@@ -48,7 +48,8 @@ sys.path.insert(0, str(ROOT))
 
 from functions.local_runtime import LocalRuntime  # noqa: E402
 from mlaas4hep.io.tree import open_tree  # noqa: E402
-from mlaas4hep.pipeline import PipelineConfig, read_dataset_spec  # noqa: E402
+from mlaas4hep.pipeline.config import PipelineConfig  # noqa: E402
+from mlaas4hep.pipeline.merge_step import read_dataset_spec  # noqa: E402
 from mlaas4hep.samples import cached_dataset, make_paper_dataset  # noqa: E402
 from mlaas4hep.servers import MotoServer  # noqa: E402
 from mlaas4hep.spec.compute import compute_dataset_spec  # noqa: E402

@@ -34,10 +34,12 @@ from typing import Any
 
 import yaml
 
+from mlaas4hep.pipeline.jobs_api import wait_for_job
+from mlaas4hep.pipeline.submission import submit_training
 from mlaas4hep.samples import cached_dataset
 from mlaas4hep.spec.compute import compute_dataset_spec
 from mlaas4hep.training.config import TrainConfig
-from mlaas4hep.training.submit import job_result, submit_training, wait_for_job
+from mlaas4hep.training.result import job_result
 
 ROOT = Path(__file__).resolve().parents[2]
 INCLUDE = ["Jet_pt", "Jet_eta", "Jet_btagDeepB", "Jet_mass", "nJet", "MET_pt", "HT"]

@@ -54,8 +54,10 @@ class Service:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    from mlaas4hep.pipeline.jobs_api import wait_for_job
+    from mlaas4hep.pipeline.submission import submit_training
     from mlaas4hep.stack import RayHead
-    from mlaas4hep.training.submit import job_result, submit_training, wait_for_job
+    from mlaas4hep.training.result import job_result
 
     data = tmp_path_factory.mktemp("serving-data")
     files = [f.path for f in make_tth_dataset(data, n_events=9000, seed=17, block_size=3000)]

@@ -18,7 +18,7 @@ import pytest
 
 from mlaas4hep.cli import main as cli
 from mlaas4hep.demo import SIGNAL, Demo, DemoOptions
-from mlaas4hep.jobs import list_jobs
+from mlaas4hep.pipeline.jobs_api import list_jobs
 from mlaas4hep.serve.registry import Registry
 from mlaas4hep.stack import pid_alive
 

@@ -24,12 +24,9 @@ from rootfiles import write_events
 from functions.local_runtime import LocalRuntime
 from mlaas4hep.cli import main as cli_main
 from mlaas4hep.io.tree import open_tree
-from mlaas4hep.pipeline import (
-    PipelineConfig,
-    merge_into_dataset,
-    read_dataset_spec,
-    read_quarantine,
-)
+from mlaas4hep.pipeline.config import PipelineConfig
+from mlaas4hep.pipeline.merge_step import merge_into_dataset, read_dataset_spec
+from mlaas4hep.pipeline.spec_step import read_quarantine
 from mlaas4hep.spec.compute import compute_file_spec
 from mlaas4hep.spec.documents import DatasetSpec
 from mlaas4hep.stack import LOCAL_STACK_VARS, RayHead

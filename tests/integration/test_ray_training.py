@@ -17,13 +17,15 @@ import pytest
 import yaml
 from rootfiles import write_events
 
+from mlaas4hep.pipeline.jobs_api import wait_for_job
+from mlaas4hep.pipeline.submission import submit_training
 from mlaas4hep.samples import make_tth_dataset
 from mlaas4hep.stack import RayHead
 from mlaas4hep.training import TrainConfig
 from mlaas4hep.training.feed import batches_per_unit
 from mlaas4hep.training.job import prepare
 from mlaas4hep.training.plan import StepPlan, shard_counts
-from mlaas4hep.training.submit import job_result, submit_training, wait_for_job
+from mlaas4hep.training.result import job_result
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -1,7 +1,8 @@
-"""The retraining jobs, as the Ray Jobs API reports them: list, status, logs.
+"""The one client of the Ray Jobs API: submit, list, status, logs, stop, wait.
 
-Plain HTTP against the Ray dashboard (``GET /api/jobs/``), so that ``mlaas4hep jobs``
-works from any machine that reaches the cluster, with no Ray installed. Retraining jobs
+Plain HTTP against the Ray dashboard (``/api/jobs/``), so that the retrain function,
+``mlaas4hep jobs`` and the tests work from any machine that reaches the cluster, with
+no Ray installed. Retraining jobs
 are the ones the retrain function submitted (submission ids ``mlaas4hep-retrain-…``,
 with the dataset in their metadata); a job that failed shows its status, its message
 and the tail of its log, and the serving model is untouched by it.
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from typing import Any
 from mlaas4hep.errors import MlaasError
 
 RETRAIN_PREFIX = "mlaas4hep-retrain-"
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 class JobsError(MlaasError):
@@ -106,3 +110,75 @@ def job_info(address: str, submission_id: str) -> JobInfo:
 def job_logs(address: str, submission_id: str) -> str:
     quoted = urllib.parse.quote(submission_id, safe="")
     return str(_get(address, f"/api/jobs/{quoted}/logs").get("logs", ""))
+
+
+def job_status(address: str, submission_id: str) -> str:
+    """``PENDING``, ``RUNNING``, ``SUCCEEDED``, ``FAILED`` or ``STOPPED``."""
+    return job_info(address, submission_id).status
+
+
+def stop_job(address: str, submission_id: str) -> bool:
+    """Ask Ray to stop a job; whether it was running."""
+    quoted = urllib.parse.quote(submission_id, safe="")
+    request = urllib.request.Request(
+        f"{address.rstrip('/')}/api/jobs/{quoted}/stop", data=b"", method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return bool(json.loads(answer.read() or b"{}").get("stopped", False))
+    except OSError as err:
+        raise JobsError(f"Ray Jobs API at {address}: cannot stop {submission_id}: {err}") from err
+
+
+def wait_for_job(
+    address: str, submission_id: str, timeout: float = 600.0, poll: float = 1.0
+) -> tuple[str, str]:
+    """Poll until the job ends (stopping it after ``timeout`` s); its status and logs."""
+    deadline = time.monotonic() + timeout
+    while (status := job_status(address, submission_id)) not in TERMINAL:
+        if time.monotonic() > deadline:
+            stop_job(address, submission_id)
+            raise TimeoutError(f"job {submission_id} still {status} after {timeout:.0f} s")
+        time.sleep(poll)
+    return status, job_logs(address, submission_id)
+
+
+def submit_job(
+    address: str,
+    entrypoint: str,
+    submission_id: str,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    runtime_env: Mapping[str, Any] | None = None,
+    timeout: float = 30.0,
+) -> tuple[str, bool]:
+    """Submit a job through the Ray Jobs REST API; ``(submission_id, created)``.
+
+    ``runtime_env`` must name packages already on the cluster (a ``working_dir`` URI, as
+    the retraining recipe does); :func:`mlaas4hep.pipeline.submission.submit_training`
+    uploads a local directory first. A job that already exists with the same submission
+    id counts as submitted (``created`` False).
+    """
+    payload = {
+        "entrypoint": entrypoint,
+        "submission_id": submission_id,
+        "metadata": dict(metadata or {}),
+        "runtime_env": dict(runtime_env or {}),
+    }
+    request = urllib.request.Request(
+        address.rstrip("/") + "/api/jobs/",
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            body = json.loads(answer.read() or b"{}")
+            return str(body.get("submission_id") or submission_id), True
+    except urllib.error.HTTPError as err:
+        text = err.read().decode(errors="replace")
+        if "already exists" in text or "already been used" in text:
+            return submission_id, False
+        raise JobsError(f"Ray job submission to {address} failed ({err.code}): {text}") from err
+    except OSError as err:
+        raise JobsError(f"Ray Jobs API at {address} unreachable: {err}") from err

@@ -1,0 +1,135 @@
+"""Where the pipeline keeps things: its configuration and the layout of its keys.
+
+One :class:`PipelineConfig` read from the environment (``MLAAS4HEP_*``, set by
+Terraform), and the key layout of the data, specs and models buckets derived from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlaas4hep.errors import MlaasError
+
+log = logging.getLogger("mlaas4hep.pipeline")
+
+
+DATASET_SPEC_NAME = "dataset.json"
+RECHECK_KIND = "mlaas4hep.retrain-recheck"
+MAX_SQS_DELAY = 900
+ENV_PREFIX = "MLAAS4HEP_"
+
+
+class PipelineError(MlaasError, RuntimeError):
+    """The pipeline could not complete a step (e.g. a merge kept conflicting)."""
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Where the pipeline reads and writes: buckets, prefixes and the retraining settings.
+
+    Built from the ``MLAAS4HEP_*`` environment variables that Terraform gives every
+    function (``infra/main.tf``, ``common_environment``).
+    """
+
+    data_bucket: str
+    specs_bucket: str
+    models_bucket: str = ""
+    cache_bucket: str = ""
+    data_prefix: str = "datasets/"
+    file_specs_prefix: str = "files/"
+    dataset_specs_prefix: str = "datasets/"
+    quarantine_prefix: str = "quarantine/"
+    retrain_state_prefix: str = "retrain/"
+    lease_prefix: str = "leases/"
+    spec_lease_seconds: float = 900.0
+    ray_address: str = ""
+    retrain_entrypoint: str = ""
+    retrain_runtime_env: dict[str, Any] = field(default_factory=dict)
+    retrain_debounce_seconds: float = 300.0
+    retrain_queue_url: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> PipelineConfig:
+        env = os.environ if env is None else env
+
+        def get(name: str, default: str | None = None) -> str:
+            value = env.get(ENV_PREFIX + name, default)
+            if value is None:
+                raise PipelineError(f"the environment variable {ENV_PREFIX}{name} is not set")
+            return value
+
+        runtime_env = get("RETRAIN_RUNTIME_ENV", "{}") or "{}"
+        try:
+            parsed_env = json.loads(runtime_env)
+        except json.JSONDecodeError as err:
+            raise PipelineError(f"{ENV_PREFIX}RETRAIN_RUNTIME_ENV is not JSON: {err}") from err
+        return cls(
+            data_bucket=get("DATA_BUCKET"),
+            specs_bucket=get("SPECS_BUCKET"),
+            models_bucket=get("MODELS_BUCKET", ""),
+            cache_bucket=get("CACHE_BUCKET", ""),
+            data_prefix=get("DATA_PREFIX", "datasets/"),
+            file_specs_prefix=get("FILE_SPECS_PREFIX", "files/"),
+            dataset_specs_prefix=get("DATASET_SPECS_PREFIX", "datasets/"),
+            quarantine_prefix=get("QUARANTINE_PREFIX", "quarantine/"),
+            retrain_state_prefix=get("RETRAIN_STATE_PREFIX", "retrain/"),
+            lease_prefix=get("LEASE_PREFIX", "leases/"),
+            spec_lease_seconds=float(get("SPEC_LEASE_SECONDS", "900")),
+            ray_address=get("RAY_ADDRESS", ""),
+            retrain_entrypoint=get("RETRAIN_ENTRYPOINT", ""),
+            retrain_runtime_env=parsed_env if isinstance(parsed_env, dict) else {},
+            retrain_debounce_seconds=float(get("RETRAIN_DEBOUNCE_SECONDS", "300")),
+            retrain_queue_url=get("RETRAIN_QUEUE_URL", ""),
+        )
+
+    # Key layout. A data object <data_prefix><dataset>/<path>.root has its FileSpec at
+    # <file_specs_prefix><dataset>/<path>.root@<version>.json in the specs bucket, and the
+    # dataset's spec at <dataset_specs_prefix><dataset>/dataset.json.
+
+    def locate(self, data_key: str) -> tuple[str, str]:
+        """``(dataset, path within the dataset)`` of a data object; ValueError outside it."""
+        if not data_key.startswith(self.data_prefix):
+            raise ValueError(f"{data_key!r} is not under the data prefix {self.data_prefix!r}")
+        dataset, sep, path = data_key[len(self.data_prefix) :].partition("/")
+        if not sep or not dataset or not path:
+            raise ValueError(f"{data_key!r} is not <data prefix><dataset>/<file>")
+        return dataset, path
+
+    def file_spec_key(self, dataset: str, path: str, version: str) -> str:
+        return f"{self.file_specs_prefix}{dataset}/{path}@{safe_name(version)}.json"
+
+    def quarantine_key(self, dataset: str, path: str, version: str) -> str:
+        return f"{self.quarantine_prefix}{dataset}/{path}@{safe_name(version)}.json"
+
+    def lease_key(self, dataset: str, path: str, version: str) -> str:
+        """The claim on computing one object version's FileSpec (see :func:`claim_spec`)."""
+        return f"{self.lease_prefix}{dataset}/{path}@{safe_name(version)}.lease"
+
+    def dataset_spec_key(self, dataset: str) -> str:
+        return f"{self.dataset_specs_prefix}{dataset}/{DATASET_SPEC_NAME}"
+
+    def dataset_of_file_spec(self, spec_key: str) -> str:
+        if not spec_key.startswith(self.file_specs_prefix):
+            raise ValueError(f"{spec_key!r} is not under {self.file_specs_prefix!r}")
+        return spec_key[len(self.file_specs_prefix) :].split("/", 1)[0]
+
+    def dataset_of_dataset_spec(self, spec_key: str) -> str:
+        rest = spec_key[len(self.dataset_specs_prefix) :]
+        if not spec_key.startswith(self.dataset_specs_prefix) or not rest.endswith(
+            "/" + DATASET_SPEC_NAME
+        ):
+            raise ValueError(f"{spec_key!r} is not a dataset spec key")
+        return rest[: -len(DATASET_SPEC_NAME) - 1]
+
+    def retrain_state_key(self, dataset: str) -> str:
+        return f"{self.retrain_state_prefix}{dataset}/state.json"
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)
