@@ -65,7 +65,7 @@ def load_functions(
         data = json.loads(Path(outputs).read_text())
         data = data.get("functions", data)
         return data.get("value", data)
-    from mlaas4hep.terraform import Terraform
+    from mlaas4hep.local.terraform import Terraform
 
     return Terraform(state_dir=state_dir).output()["functions"]
 

@@ -23,7 +23,7 @@ if [ ! -f "$stamp" ]; then
 fi
 
 # Providers come from the local filesystem mirror (found, or TF_PROVIDER_MIRROR).
-TF_CLI_CONFIG_FILE="$("$PROJECT_PYTHON" -c 'from mlaas4hep.terraform import write_cli_config; print(write_cli_config())')"
+TF_CLI_CONFIG_FILE="$("$PROJECT_PYTHON" -c 'from mlaas4hep.local.terraform import write_cli_config; print(write_cli_config())')"
 export TF_CLI_CONFIG_FILE TF_IN_AUTOMATION=1 TF_INPUT=0 CHECKPOINT_DISABLE=1
 export TF_PLUGIN_CACHE_DIR="${TF_PLUGIN_CACHE_DIR:-$HOME/.cache/terraform-plugins}"
 mkdir -p "$TF_PLUGIN_CACHE_DIR"

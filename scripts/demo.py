@@ -2,7 +2,7 @@
 
     python scripts/demo.py [--events 100000] [--epochs 2] [--continuous]
 
-See :mod:`mlaas4hep.demo` for the stages; everything started is stopped at the end,
+See :mod:`mlaas4hep.local.demo` for the stages; everything started is stopped at the end,
 on an error and on Ctrl-C.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mlaas4hep.demo import DemoOptions, run_demo  # noqa: E402 - after the path set-up
+from mlaas4hep.local.demo import DemoOptions, run_demo  # noqa: E402 - after the path set-up
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mlaas4hep import stack  # noqa: E402 - after the path set-up
+from mlaas4hep.local import stack  # noqa: E402 - after the path set-up
 
 
 def _up(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Write a seeded synthetic ROOT data set (thin CLI over :mod:`mlaas4hep.samples`).
+"""Write a seeded synthetic ROOT data set (thin CLI over :mod:`mlaas4hep.local.samples`).
 
 Examples::
 
@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 try:
-    from mlaas4hep import samples
+    from mlaas4hep.local import samples
 except ImportError:  # run from a checkout without ``pip install -e .``
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from mlaas4hep import samples
+    from mlaas4hep.local import samples
 
 from mlaas4hep.errors import MlaasError
 

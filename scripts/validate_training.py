@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="mlaas4hep-validate-"))
     data = args.data
     if data is None:
-        from mlaas4hep.samples import make_tth_dataset
+        from mlaas4hep.local.samples import make_tth_dataset
 
         data = work / "tth"
         make_tth_dataset(data, n_events=args.events, seed=42)

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from mlaas4hep.servers import MotoServer, XRootDServer
+from mlaas4hep.local.moto import MotoServer
+from mlaas4hep.local.xrootd import XRootDServer
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = (PROJECT_ROOT.parent / "shared" / "data").resolve()

@@ -57,7 +57,7 @@ def test_val_auc_is_the_last_reported() -> None:
 
 @pytest.fixture(scope="module")
 def small_spec(tmp_path_factory: pytest.TempPathFactory) -> DatasetSpec:
-    from mlaas4hep.samples import make_tth_dataset
+    from mlaas4hep.local.samples import make_tth_dataset
 
     folder = tmp_path_factory.mktemp("tth-retrain")
     files = make_tth_dataset(folder, n_events=2000, seed=3, block_size=1000)

@@ -1,4 +1,4 @@
-"""Tests of the synthetic sample generator (mlaas4hep.samples) and its CLI.
+"""Tests of the synthetic sample generator (mlaas4hep.local.samples) and its CLI.
 
 They check what the rest of the project relies on: reproducibility, file and event
 counts, NanoAOD branch naming with counters, the paper layout (22 flat + 52 jagged
@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import uproot
 
-from mlaas4hep import samples
 from mlaas4hep.errors import ConfigError
 from mlaas4hep.io.tree import open_tree
+from mlaas4hep.local import generators, samples
 from mlaas4hep.spec.compute import compute_dataset_spec
 from mlaas4hep.stream.chunks import ChunkStream
 from mlaas4hep.transform.vectorizer import Vectorizer
@@ -243,10 +243,10 @@ def test_paper_layout_22_flat_52_jagged(paper: list[samples.SampleFile]) -> None
         flat = [name for name in flat if name not in counter_names]
         dtypes = {tree[name].interpretation.from_dtype.newbyteorder("=") for name in flat}
         jagged_dtypes = {tree[name].interpretation.content.from_dtype.kind for name in jagged}
-    assert counter_names == {f"n{c}" for c in samples.PAPER_COLLECTIONS}
-    assert len(flat) == 22 and flat == list(samples.PAPER_FLAT)
+    assert counter_names == {f"n{c}" for c in generators.PAPER_COLLECTIONS}
+    assert len(flat) == 22 and flat == list(generators.PAPER_FLAT)
     assert len(jagged) == 52
-    assert len(samples.PAPER_COLLECTIONS) == 6
+    assert len(generators.PAPER_COLLECTIONS) == 6
     expected = {np.dtype(t) for t in (np.float32, np.float64, np.int32, np.int64, np.uint32)}
     assert expected | {np.dtype(bool)} <= dtypes
     assert jagged_dtypes == {"f", "i", "b"}
@@ -254,7 +254,7 @@ def test_paper_layout_22_flat_52_jagged(paper: list[samples.SampleFile]) -> None
 
 def test_paper_counters_match_jagged_lengths(paper: list[samples.SampleFile]) -> None:
     a = read(paper[1].path)
-    for coll, fields in samples.PAPER_COLLECTIONS.items():
+    for coll, fields in generators.PAPER_COLLECTIONS.items():
         count = ak.to_numpy(a["n" + coll])
         for field in fields:
             assert np.array_equal(ak.to_numpy(ak.num(a[f"{coll}_{field}"])), count)
@@ -306,8 +306,8 @@ def test_split_events(total: int, weights: list[float]) -> None:
 
 def test_truncate_mantissa() -> None:
     x = np.random.default_rng(1).exponential(50.0, 10_000).astype(np.float32)
-    assert np.array_equal(samples.truncate_mantissa(x, 23), x)
-    y = samples.truncate_mantissa(x, 10)
+    assert np.array_equal(generators.truncate_mantissa(x, 23), x)
+    y = generators.truncate_mantissa(x, 10)
     assert np.all(np.abs(y - x) <= x * 2.0**-10)
     assert np.all(y.view(np.uint32) & np.uint32((1 << 13) - 1) == 0)
 
@@ -335,7 +335,7 @@ def test_cli(tmp_path: Path) -> None:
 
 
 def test_cached_dataset_is_written_once(tmp_path):
-    from mlaas4hep.samples import cached_dataset
+    from mlaas4hep.local.samples import cached_dataset
 
     first = cached_dataset(tmp_path, "paper", 2_000, n_files=2)
     stamp = [p.stat().st_mtime_ns for p in first]

@@ -1,4 +1,4 @@
-"""Integration tests of mlaas4hep.servers: real xrootd and moto processes on loopback."""
+"""Integration tests of mlaas4hep.local: real xrootd and moto processes on loopback."""
 
 from __future__ import annotations
 
@@ -10,14 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mlaas4hep.servers import (
-    ManagedServer,
-    MotoServer,
-    ServerError,
-    XRootDServer,
-    free_port,
-    tcp_listeners,
-)
+from mlaas4hep.local.moto import MotoServer
+from mlaas4hep.local.processes import ManagedServer, ServerError, free_port, tcp_listeners
+from mlaas4hep.local.xrootd import XRootDServer
 
 pytestmark = pytest.mark.integration
 
@@ -189,5 +184,5 @@ def test_xrootd_refuses_an_export_its_user_cannot_read():
 
 def test_missing_xrootd_binary_says_how_to_install(export_dir, monkeypatch):
     monkeypatch.setenv("PATH", str(export_dir))  # a directory without xrootd
-    with pytest.raises(RuntimeError, match=r"install_system_deps\.sh"):
+    with pytest.raises(RuntimeError, match=r"xrootd-server"):
         XRootDServer(export_dir).start()

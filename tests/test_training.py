@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from mlaas4hep.errors import BranchError, ConfigError, ReadError
+from mlaas4hep.local.samples import make_tth_dataset
 from mlaas4hep.model.metrics import auc, roc_curve
-from mlaas4hep.samples import make_tth_dataset
 from mlaas4hep.training.config import TrainConfig
 
 

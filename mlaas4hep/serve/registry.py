@@ -36,11 +36,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mlaas4hep import extras
-from mlaas4hep.errors import ConfigError, MlaasError
+from mlaas4hep.errors import ConfigError
 from mlaas4hep.model.bundle import STORE_MODULE
 from mlaas4hep.model.manifest import read_manifest
 from mlaas4hep.serve import archives
 from mlaas4hep.serve.protocol import DEFAULT_ALIAS
+from mlaas4hep.serve.registry_documents import json_safe, read_json, spec_summary
 from mlaas4hep.serve.registry_errors import (
     ArchiveError,
     ModelNotFound,
@@ -192,8 +193,8 @@ class Registry:
     def _summary(self, model: Any, aliases: list[str]) -> dict[str, Any]:
         path = Path(model.path)
         manifest = read_manifest(path, check=False)
-        metrics = _read_json(path / "metrics.json")
-        lineage = _read_json(path / "lineage.json")
+        metrics = read_json(path / "metrics.json")
+        lineage = read_json(path / "lineage.json")
         dataset_cfg = (lineage.get("config") or {}).get("dataset") or {}
         return {
             "tag": str(model.tag),
@@ -223,10 +224,10 @@ class Registry:
         if not summary["bundle"]:
             raise RegistryError(f"model {tag} is not an mlaas4hep model bundle (no bundle.json)")
         manifest = read_manifest(path, check=False)
-        vectorizer = _read_json(path / "vectorizer.json")
-        metrics = _read_json(path / "metrics.json")
-        lineage = _read_json(path / "lineage.json")
-        spec = _read_json(path / "dataset_spec.json")
+        vectorizer = read_json(path / "vectorizer.json")
+        metrics = read_json(path / "metrics.json")
+        lineage = read_json(path / "lineage.json")
+        spec = read_json(path / "dataset_spec.json")
         history = metrics.get("history") or []
         return json_safe(
             {
@@ -259,7 +260,7 @@ class Registry:
                     "epochs": len(history),
                     "last_epoch": history[-1] if history else None,
                 },
-                "dataset": _spec_summary(
+                "dataset": spec_summary(
                     spec, [b.get("name") for b in vectorizer.get("blocks", [])]
                 ),
                 "lineage": {
@@ -410,8 +411,8 @@ class Registry:
             raise RegistryError(str(err)) from None
         own, metadata = _labels_and_metadata(
             manifest,
-            _read_json(source / "metrics.json"),
-            _read_json(source / "lineage.json"),
+            read_json(source / "metrics.json"),
+            read_json(source / "lineage.json"),
         )
         tag = archives.checked_name(name)
         with self._create(tag, {**own, **(labels or {})}, metadata) as model:
@@ -581,56 +582,3 @@ def _utc(value: dt.datetime) -> dt.datetime:
 
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _spec_summary(spec: Mapping[str, Any], branches: Sequence[str]) -> dict[str, Any]:
-    """Files, entries and the statistics of the model's branches from a DatasetSpec."""
-    if not spec:
-        return {}
-    from mlaas4hep.spec.documents import DatasetSpec
-
-    try:
-        dataset = DatasetSpec.from_json(json.dumps(spec))
-    except MlaasError as err:
-        return {"error": str(err)}
-    stats = {}
-    for name in branches:
-        with contextlib.suppress(MlaasError, KeyError):
-            s = dataset.branch(name)
-            stats[name] = {
-                "kind": s.kind,
-                "dtype": s.dtype,
-                "min": _finite(s.min),
-                "max": _finite(s.max),
-                "mean": _finite(s.mean),
-                "std": _finite(s.std),
-                "max_length": s.max_length if s.kind == "jagged" else None,
-            }
-    return {"files": len(dataset.files), "entries": dataset.entries, "branches": stats}
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with NaN and infinities replaced by None (strict JSON has neither)."""
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if number == number and abs(number) != float("inf") else None

@@ -28,7 +28,7 @@ import numpy as np
 import uproot
 
 from mlaas4hep.io.tree import open_tree
-from mlaas4hep.samples import cached_dataset
+from mlaas4hep.local.samples import cached_dataset
 from mlaas4hep.spec.compute import compute_file_spec
 from mlaas4hep.spec.documents import DatasetSpec
 from mlaas4hep.stream.chunks import ChunkStream

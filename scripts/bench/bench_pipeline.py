@@ -48,12 +48,13 @@ sys.path.insert(0, str(ROOT))
 
 from functions.local_runtime import LocalRuntime  # noqa: E402
 from mlaas4hep.io.tree import open_tree  # noqa: E402
+from mlaas4hep.local.moto import MotoServer  # noqa: E402
+from mlaas4hep.local.project import infra_dir  # noqa: E402
+from mlaas4hep.local.samples import cached_dataset, make_paper_dataset  # noqa: E402
+from mlaas4hep.local.terraform import Terraform  # noqa: E402
 from mlaas4hep.pipeline.config import PipelineConfig  # noqa: E402
 from mlaas4hep.pipeline.merge_step import read_dataset_spec  # noqa: E402
-from mlaas4hep.samples import cached_dataset, make_paper_dataset  # noqa: E402
-from mlaas4hep.servers import MotoServer  # noqa: E402
 from mlaas4hep.spec.compute import compute_dataset_spec  # noqa: E402
-from mlaas4hep.terraform import INFRA_DIR, Terraform  # noqa: E402
 
 GOAL_PERCENT = 20.0
 WARMUP_EVENTS = 4_000
@@ -298,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         tf = Terraform(state_dir=Path(tmp) / "terraform", env=moto.env())
         variables = {"environment": "bench", "aws_endpoint_url": moto.endpoint_url}
         tf.init()
-        tf.apply([INFRA_DIR / "envs" / "local.tfvars"], variables)
+        tf.apply([infra_dir() / "envs" / "local.tfvars"], variables)
         functions = tf.output()["functions"]
         config = PipelineConfig.from_env(functions["merge_specs"]["environment"])
         s3 = moto.client("s3")

@@ -136,8 +136,8 @@ def main() -> int:
     import pyarrow as pa
     import uproot
 
-    from mlaas4hep.bento_server import BentoServer
-    from mlaas4hep.samples import cached_dataset
+    from mlaas4hep.local.bento import BentoServer
+    from mlaas4hep.local.samples import cached_dataset
 
     files = cached_dataset(args.data, "tth", 100_000)
     home = Path(tempfile.mkdtemp(prefix="mlaas4hep-bench-home-"))

@@ -34,9 +34,9 @@ from typing import Any
 
 import yaml
 
+from mlaas4hep.local.samples import cached_dataset
 from mlaas4hep.pipeline.jobs_api import wait_for_job
 from mlaas4hep.pipeline.submission import submit_training
-from mlaas4hep.samples import cached_dataset
 from mlaas4hep.spec.compute import compute_dataset_spec
 from mlaas4hep.training.config import TrainConfig
 from mlaas4hep.training.result import job_result
@@ -208,7 +208,7 @@ def main() -> int:
     spec_path.write_text(spec.to_json())
     print(f"spec pass: {time.perf_counter() - start:.1f} s\n")
 
-    from mlaas4hep.stack import RayHead
+    from mlaas4hep.local.stack import RayHead
 
     os.environ["RAY_AUTH_MODE"] = "disabled"  # a loopback head of our own, no token
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keep 127.0.0.1 (see RayHead)

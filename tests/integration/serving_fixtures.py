@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlaas4hep.bento_server import BentoServer
-from mlaas4hep.samples import make_tth_dataset
+from mlaas4hep.local.bento import BentoServer
+from mlaas4hep.local.samples import make_tth_dataset
 from mlaas4hep.serve.registry import Registry
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -54,9 +54,9 @@ class Service:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    from mlaas4hep.local.stack import RayHead
     from mlaas4hep.pipeline.jobs_api import wait_for_job
     from mlaas4hep.pipeline.submission import submit_training
-    from mlaas4hep.stack import RayHead
     from mlaas4hep.training.result import job_result
 
     data = tmp_path_factory.mktemp("serving-data")

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from mlaas4hep.cli import main as cli
-from mlaas4hep.demo import SIGNAL, Demo, DemoOptions
+from mlaas4hep.local.demo import SIGNAL, Demo, DemoOptions
+from mlaas4hep.local.stack import pid_alive
 from mlaas4hep.pipeline.jobs_api import list_jobs
 from mlaas4hep.serve.registry import Registry
-from mlaas4hep.stack import pid_alive
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1200)]
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from mlaas4hep.terraform import INFRA_DIR, Terraform, TerraformError
+from mlaas4hep.local.project import infra_dir
+from mlaas4hep.local.terraform import Terraform, TerraformError
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -173,7 +174,7 @@ def as_list(value: str | list[str]) -> list[str]:
 @pytest.fixture(scope="module")
 def stack(moto_server, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("serving-root")
-    module_dir = (INFRA_DIR / "modules" / "serving").resolve()
+    module_dir = (infra_dir() / "modules" / "serving").resolve()
     text = ROOT_MODULE.replace("MODULE_DIR", module_dir.as_posix())
     text = text.replace("MODELS_BUCKET", MODELS_BUCKET).replace('"NAME"', f'"{NAME}"')
     (workdir / "main.tf").write_text(text)

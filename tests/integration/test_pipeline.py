@@ -24,13 +24,14 @@ from rootfiles import write_events
 from functions.local_runtime import LocalRuntime
 from mlaas4hep.cli import main as cli_main
 from mlaas4hep.io.tree import open_tree
+from mlaas4hep.local.project import infra_dir
+from mlaas4hep.local.stack import LOCAL_STACK_VARS, RayHead
+from mlaas4hep.local.terraform import Terraform
 from mlaas4hep.pipeline.config import PipelineConfig
 from mlaas4hep.pipeline.merge_step import merge_into_dataset, read_dataset_spec
 from mlaas4hep.pipeline.spec_step import read_quarantine
 from mlaas4hep.spec.compute import compute_file_spec
 from mlaas4hep.spec.documents import DatasetSpec
-from mlaas4hep.stack import LOCAL_STACK_VARS, RayHead
-from mlaas4hep.terraform import INFRA_DIR, REPO_ROOT, Terraform
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -57,9 +58,7 @@ def wait_for(predicate, timeout: float, interval: float = 0.3, what: str = "cond
 
 @pytest.fixture(scope="module")
 def stack(moto_server, tmp_path_factory):
-    subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "build_lambda_package.py")], check=True
-    )
+    subprocess.run([sys.executable, "-m", "mlaas4hep.local.lambda_package"], check=True)
     ray = RayHead().start()
     state_dir = tmp_path_factory.mktemp("terraform")
     tf = Terraform(state_dir=state_dir, env=moto_server.env())
@@ -67,7 +66,7 @@ def stack(moto_server, tmp_path_factory):
     # tests/integration/test_infra_serving.py applies, re-plans and destroys that one.
     overrides = state_dir / "pipeline.tfvars.json"
     overrides.write_text(json.dumps(LOCAL_STACK_VARS))
-    var_files = [INFRA_DIR / "envs" / "local.tfvars", overrides]
+    var_files = [infra_dir() / "envs" / "local.tfvars", overrides]
     variables = {
         "environment": "it",
         "aws_endpoint_url": moto_server.endpoint_url,

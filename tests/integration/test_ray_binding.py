@@ -1,7 +1,7 @@
 """The Ray head of the local stack listens on loopback only, like every server we start.
 
 ``ray start`` turns ``--node-ip-address=127.0.0.1`` into the machine's routable address,
-and Ray's servers then bind every interface; :class:`~mlaas4hep.stack.RayHead` keeps
+and Ray's servers then bind every interface; :class:`~mlaas4hep.local.stack.RayHead` keeps
 the node on loopback (see its ``_child_env``). This checks the result from the kernel's
 side: every TCP socket in LISTEN state held by the head's process tree.
 """
@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from mlaas4hep.stack import RayHead, is_loopback, listening_sockets, process_group
+from mlaas4hep.local.stack import RayHead, is_loopback, listening_sockets, process_group
 
 pytestmark = [
     pytest.mark.integration,

@@ -17,10 +17,10 @@ import pytest
 import yaml
 from rootfiles import write_events
 
+from mlaas4hep.local.samples import make_tth_dataset
+from mlaas4hep.local.stack import RayHead
 from mlaas4hep.pipeline.jobs_api import wait_for_job
 from mlaas4hep.pipeline.submission import submit_training
-from mlaas4hep.samples import make_tth_dataset
-from mlaas4hep.stack import RayHead
 from mlaas4hep.training import TrainConfig
 from mlaas4hep.training.feed import batches_per_unit
 from mlaas4hep.training.job import prepare

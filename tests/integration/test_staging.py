@@ -12,7 +12,7 @@ import pytest
 from mlaas4hep.io.identity import file_identity
 from mlaas4hep.io.staging import StagingTable, cached_url, stage_files, start_staging
 from mlaas4hep.io.tree import open_tree
-from mlaas4hep.samples import make_tth_dataset
+from mlaas4hep.local.samples import make_tth_dataset
 from mlaas4hep.stream.chunks import ChunkStream
 from mlaas4hep.stream.staged import StagedChunkStream
 

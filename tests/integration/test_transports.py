@@ -86,7 +86,7 @@ def test_unreachable_and_missing_remote_files_name_the_url(urls, xrootd_server):
         open_tree("s3://transport-data/nope.root")
     with pytest.raises(ReadError, match="nope.root"):
         file_identity("s3://transport-data/nope.root")
-    from mlaas4hep.servers import free_port
+    from mlaas4hep.local.processes import free_port
 
     dead = f"root://127.0.0.1:{free_port()}//data/file.root"
     with pytest.raises(ReadError, match=dead.replace(".", r"\.")):

@@ -8,7 +8,7 @@ stack), which registers and promotes a new model version, and ``bentoml serve`` 
 same store) follows the ``production`` alias. Without it the retrain entry point is a
 one-line placeholder, enough to watch the events flow.
 
-``scripts/local_stack.py up`` runs :meth:`LocalStack.up` in a supervisor process that
+``make stack-up`` runs :meth:`LocalStack.up` in a supervisor process that
 owns every child (servers by process group, the runtime by PID) and writes what it
 started to ``.stack/stack.json``: PIDs, ports, addresses. ``down`` asks that supervisor
 to stop (SIGTERM); it runs ``terraform destroy`` and stops its children. If the
@@ -30,12 +30,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from mlaas4hep.bento_server import BentoServer
-from mlaas4hep.servers import ManagedServer, MotoServer, ServerError, XRootDServer, free_port
-from mlaas4hep.terraform import INFRA_DIR, REPO_ROOT, Terraform
+from mlaas4hep.local.bento import BentoServer
+from mlaas4hep.local.moto import MotoServer
+from mlaas4hep.local.processes import ManagedServer, ServerError, free_port
+from mlaas4hep.local.project import infra_dir, project_dir
+from mlaas4hep.local.project import state_dir as default_state_dir
+from mlaas4hep.local.terraform import Terraform
+from mlaas4hep.local.xrootd import XRootDServer
 
-STACK_DIR = REPO_ROOT / ".stack"
-LOCAL_VARS = INFRA_DIR / "envs" / "local.tfvars"
 DEFAULT_RETRAIN_ENTRYPOINT = "python -c \"print('retrain {dataset} from {dataset_spec_url}')\""
 #: The ECS/ALB serving deployment is for AWS: locally ``bentoml serve`` runs instead, so
 #: only its image repository is created (``serving_image_tag = null``), saving a minute.
@@ -45,12 +47,13 @@ LOCAL_STACK_VARS = {"serving_image_tag": None}
 def retrain_entrypoint_for(margin: float, python: str = sys.executable) -> str:
     """The retraining job the retrain function submits (formatted per dataset).
 
-    It runs in this checkout (``cd``): the Jobs REST API takes a ``working_dir`` only as
-    an uploaded package URI (``gcs://``, ``s3://``), which is what a real deployment
-    gives in ``retrain_runtime_env``; on one machine the checkout is already there.
+    It runs the installed ``ray_jobs`` package: the Jobs REST API takes a
+    ``working_dir`` only as an uploaded package URI (``gcs://``, ``s3://``), which is
+    what a real deployment gives in ``retrain_runtime_env``; on one machine the package
+    is already installed.
     """
     return (
-        f"cd {REPO_ROOT} && {python} ray_jobs/retrain.py --dataset {{dataset}} "
+        f"{python} -m ray_jobs.retrain --dataset {{dataset}} "
         f"--dataset-spec {{dataset_spec_url}} --models {{models_url}} --margin {margin}"
     )
 
@@ -155,7 +158,7 @@ class RayHead(ManagedServer):
 
 def process_group(root: int) -> set[int]:
     """``root``, its descendants and every process of its process group (from /proc)."""
-    parents: dict[int, int] = {}
+    parent_of: dict[int, int] = {}
     groups: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -165,11 +168,11 @@ def process_group(root: int) -> set[int]:
         except OSError:
             continue  # gone meanwhile
         fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) "
-        parents[int(entry.name)], groups[int(entry.name)] = int(fields[1]), int(fields[2])
+        parent_of[int(entry.name)], groups[int(entry.name)] = int(fields[1]), int(fields[2])
     pids = {pid for pid, group in groups.items() if group == groups.get(root, root)} | {root}
     grew = True
     while grew:
-        children = {pid for pid, parent in parents.items() if parent in pids} - pids
+        children = {pid for pid, parent in parent_of.items() if parent in pids} - pids
         pids |= children
         grew = bool(children)
     return pids
@@ -233,7 +236,7 @@ class LocalStack:
 
     def __init__(
         self,
-        state_dir: Path = STACK_DIR,
+        state_dir: Path | None = None,
         *,
         workers: dict[str, int] | None = None,
         retrain_entrypoint: str | None = None,
@@ -241,7 +244,7 @@ class LocalStack:
         serve: bool = False,
         retrain_margin: float = 0.02,
     ) -> None:
-        self.state_dir = Path(state_dir).resolve()
+        self.state_dir = Path(state_dir or default_state_dir()).resolve()
         self.workers = workers or {}
         self.serve = serve
         if retrain_entrypoint is None:
@@ -287,7 +290,7 @@ class LocalStack:
             "TF_USE_LEGACY_KERAS": "1",
             "TF_CPP_MIN_LOG_LEVEL": "2",
             "RAY_USAGE_STATS_ENABLED": "0",
-            "MLAAS4HEP_GIT_REVISION": git_revision(REPO_ROOT),
+            "MLAAS4HEP_GIT_REVISION": git_revision(project_dir()),
         }
         return {"env_vars": env_vars}
 
@@ -295,7 +298,7 @@ class LocalStack:
         """``envs/local.tfvars`` and the stack's own overrides (which may hold nulls)."""
         overrides = self.state_dir / "stack.tfvars.json"
         overrides.write_text(json.dumps(LOCAL_STACK_VARS))
-        return [LOCAL_VARS, overrides]
+        return [infra_dir() / "envs" / "local.tfvars", overrides]
 
     def up(self) -> dict[str, Any]:
         """Start the servers, apply Terraform, start the runtime; return the record."""
@@ -305,7 +308,8 @@ class LocalStack:
         subprocess.run(
             [
                 sys.executable,
-                str(REPO_ROOT / "scripts" / "build_lambda_package.py"),
+                "-m",
+                "mlaas4hep.local.lambda_package",
                 "--out",
                 str(self.state_dir / "lambda"),
             ],
@@ -337,7 +341,7 @@ class LocalStack:
                 str(self.state_dir / "outputs.json"),
                 *(["--workers", *worker_args] if worker_args else []),
             ],
-            cwd=REPO_ROOT,
+            cwd=project_dir(),
             env=env,
             stdout=runtime_log,
             stderr=subprocess.STDOUT,
@@ -417,8 +421,9 @@ class LocalStack:
         self.record_path.unlink(missing_ok=True)
 
 
-def read_record(state_dir: Path = STACK_DIR) -> dict[str, Any] | None:
-    path = Path(state_dir) / "stack.json"
+def read_record(state_dir: Path | None = None) -> dict[str, Any] | None:
+    """What ``local_stack up`` recorded in ``state_dir`` (None when nothing is up)."""
+    path = Path(state_dir or default_state_dir()) / "stack.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -432,7 +437,7 @@ def pid_alive(pid: int | None) -> bool:
         return False
 
 
-def status(state_dir: Path = STACK_DIR) -> dict[str, Any]:
+def status(state_dir: Path | None = None) -> dict[str, Any]:
     """What runs, where, and how many messages wait in each queue and dead-letter queue."""
     record = read_record(state_dir)
     if record is None:
@@ -469,7 +474,7 @@ def _client_args(env: dict[str, str]) -> dict[str, str]:
     }
 
 
-def stop_recorded(state_dir: Path = STACK_DIR, timeout: float = 180.0) -> bool:
+def stop_recorded(state_dir: Path | None = None, timeout: float = 180.0) -> bool:
     """Ask the supervisor to tear the stack down; if it is gone, stop the recorded PIDs.
 
     Returns True when the supervisor did the teardown (destroy included).
@@ -492,5 +497,5 @@ def stop_recorded(state_dir: Path = STACK_DIR, timeout: float = 180.0) -> bool:
         pid = record[name]["pid"]
         if pid_alive(pid) and os.getpgid(pid) == pid:
             os.killpg(pid, signal.SIGKILL)
-    (Path(state_dir) / "stack.json").unlink(missing_ok=True)
+    (Path(state_dir or default_state_dir()) / "stack.json").unlink(missing_ok=True)
     return False

@@ -1,4 +1,7 @@
-"""Real local servers (XRootD and moto S3) for integration tests and the local stack.
+"""Managing the real local servers: start on a free loopback port, wait, stop by group.
+
+The servers themselves are in :mod:`.xrootd`, :mod:`.moto`, :mod:`.bento` and
+:mod:`.ray_head`; this module holds what they share.
 
 mlaas4hep reads ROOT files over ``root://`` (XRootD) and ``s3://``. Mocking those
 transports would test the mocks, so the integration tests and the local demo stack run
@@ -47,38 +50,21 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import errno
 import os
-import pwd
 import shutil
 import signal
 import socket
-import struct
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any, Self
 
-__all__ = [
-    "LOOPBACK",
-    "ManagedServer",
-    "MotoServer",
-    "ServerError",
-    "XRootDServer",
-    "free_port",
-    "tcp_listeners",
-]
-
 LOOPBACK = "127.0.0.1"
 LOG_TAIL_LINES = 40
-XROOTD_USER = "xrootd"
-INSTALL_HINT = "run scripts/install_system_deps.sh (it apt-get installs xrootd-server)"
 
 
 class ServerError(RuntimeError):
@@ -188,9 +174,9 @@ def _killpg(pgid: int, sig: int) -> None:
 
 # strong references: a server dropped without stop() is still stopped at exit
 _RUNNING: set[ManagedServer] = set()
+_EXIT_HOOK: list[bool] = []
 
 
-@atexit.register
 def _stop_all() -> None:  # a crashed test session must not leave daemons behind
     for server in list(_RUNNING):
         with contextlib.suppress(Exception):
@@ -292,6 +278,9 @@ class ManagedServer:
         except BaseException:
             self._release()
             raise
+        if not _EXIT_HOOK:  # registered with the first server, not at import
+            atexit.register(_stop_all)
+            _EXIT_HOOK.append(True)
         _RUNNING.add(self)
         try:
             self._spawned()
@@ -382,319 +371,6 @@ class ManagedServer:
             self.log_path = None
 
 
-# ---------------------------------------------------------------------------------------
-# XRootD
-
-
-# 127.0.0.1 in /proc/net/tcp (little-endian) and as IPv4-mapped/::1 in /proc/net/tcp6
-_LOOPBACK_HEX = {
-    "0100007F",
-    "0000000000000000FFFF00000100007F",
-    "00000000000000000000000001000000",
-}
-
-
-def _user_can_read_dir(path: Path, uid: int, gids: set[int]) -> str | None:
-    """None if (uid, gids) can traverse every parent of ``path`` and list ``path``.
-
-    Otherwise the first directory that blocks it. Mode bits only (no ACLs); root
-    always passes.
-    """
-    if uid == 0:
-        return None
-    path = path.resolve()
-    for directory in [*reversed(path.parents), path]:
-        st = directory.stat()
-        need = 0o5 if directory == path else 0o1  # r-x on the target, --x above it
-        if st.st_uid == uid:
-            bits = (st.st_mode >> 6) & 0o7
-        elif st.st_gid in gids:
-            bits = (st.st_mode >> 3) & 0o7
-        else:
-            bits = st.st_mode & 0o7
-        if bits & need != need:
-            return str(directory)
-    return None
-
-
-class XRootDServer(ManagedServer):
-    """A standalone ``xrootd`` data server exporting one directory on 127.0.0.1.
-
-    ``url_for("sub/file.root")`` gives ``root://127.0.0.1:PORT//<export>/sub/file.root``
-    (XRootD paths are absolute: the exported directory is not a chroot).
-    ``extra_config`` lines are appended to the generated configuration file.
-    """
-
-    name = "xrootd"
-
-    def __init__(
-        self,
-        export_dir: str | os.PathLike[str],
-        port: int | None = None,
-        workdir: str | os.PathLike[str] | None = None,
-        *,
-        extra_config: Iterable[str] = (),
-        start_timeout: float = 30.0,
-        stop_timeout: float = 10.0,
-    ) -> None:
-        self.export_dir = Path(export_dir).resolve()
-        self.extra_config = list(extra_config)
-        self.binary = shutil.which("xrootd")
-        self.run_as: str | None = None
-        self.config_path: Path | None = None
-        self._listen_sock: socket.socket | None = None
-        super().__init__(port, workdir, start_timeout=start_timeout, stop_timeout=stop_timeout)
-
-    @property
-    def url(self) -> str:
-        return f"root://{self.host}:{self.port}"
-
-    def url_for(self, path: str | os.PathLike[str] = "") -> str:
-        """URL of ``path``, relative to the exported directory (absolute paths inside it
-        are accepted too)."""
-        target = (self.export_dir / path).resolve()
-        if target != self.export_dir and self.export_dir not in target.parents:
-            raise ValueError(f"{path} is not inside the exported directory {self.export_dir}")
-        return f"{self.url}/{target.as_posix()}"
-
-    # -- configuration --------------------------------------------------------------
-    def _check_environment(self) -> None:
-        if self.binary is None:
-            raise ServerError(
-                f"the xrootd daemon is not installed (no `xrootd` on PATH): {INSTALL_HINT}"
-            )
-        if not self.export_dir.is_dir():
-            raise ServerError(f"XRootD export directory {self.export_dir} does not exist")
-        if os.geteuid() == 0:
-            try:
-                user = pwd.getpwnam(XROOTD_USER)
-            except KeyError:
-                raise ServerError(
-                    f"xrootd refuses to run as root and there is no {XROOTD_USER!r} user to "
-                    f"run it as: {INSTALL_HINT}, or run as an unprivileged user"
-                ) from None
-            self.run_as = XROOTD_USER
-            gids = {user.pw_gid, *os.getgrouplist(user.pw_name, user.pw_gid)}
-            blocked = _user_can_read_dir(self.export_dir, user.pw_uid, gids)
-            if blocked is not None:
-                raise ServerError(
-                    f"XRootD export directory {self.export_dir} is not readable by the "
-                    f"{XROOTD_USER!r} user the daemon runs as (blocked at {blocked}); pass a "
-                    f"directory that user can read, e.g. a temporary directory with mode 0755 "
-                    f"(files are never copied behind your back)"
-                )
-        elif not os.access(self.export_dir, os.R_OK | os.X_OK):
-            raise ServerError(f"XRootD export directory {self.export_dir} is not readable")
-
-    def _config_text(self, admin: Path, pids: Path) -> str:
-        lines = [
-            "# generated by mlaas4hep.servers.XRootDServer",
-            f"xrd.port {self.port}",
-            f"all.export {self.export_dir.as_posix()}",
-            "xrootd.chksum adler32",
-            f"all.adminpath {admin.as_posix()}",
-            f"all.pidpath {pids.as_posix()}",
-            *self.extra_config,
-        ]
-        return "\n".join(lines) + "\n"
-
-    def _state_dir(self) -> Path:
-        assert self.workdir is not None
-        return self.workdir / "xrootd-state"
-
-    def _cwd(self) -> Path | None:
-        return self._state_dir()
-
-    def _prepare(self) -> None:
-        self._check_environment()
-        assert self.workdir is not None
-        if self._own_workdir:
-            self.workdir.chmod(0o755)  # mkdtemp makes 0700; the daemon must traverse it
-        # what the daemon writes (admin socket, pid file, core files) lives in a
-        # directory of its own, owned by the user it runs as; the caller's workdir
-        # itself is never chown-ed
-        state = self._state_dir()
-        admin, pids = state / "admin", state / "run"
-        for directory in (state, admin, pids):
-            directory.mkdir(exist_ok=True)
-        if self.run_as is not None:
-            user = pwd.getpwnam(self.run_as)
-            for directory in (state, admin, pids):
-                os.chown(directory, user.pw_uid, user.pw_gid)
-            gids = {user.pw_gid, *os.getgrouplist(user.pw_name, user.pw_gid)}
-            blocked = _user_can_read_dir(state, user.pw_uid, gids)
-            if blocked is not None:
-                raise ServerError(
-                    f"XRootD work directory {self.workdir} is not reachable by the "
-                    f"{self.run_as!r} user (blocked at {blocked}); pass a workdir under a "
-                    f"world-traversable directory"
-                )
-        self.config_path = self.workdir / "xrootd.cfg"
-        self.config_path.write_text(self._config_text(admin, pids))
-        self.config_path.chmod(0o644)
-        self._listen_sock = self._bind_loopback()
-
-    def _bind_loopback(self) -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        # SO_REUSEADDR: a restart must not fail on connections in TIME_WAIT; a port
-        # with a live listener still fails with EADDRINUSE
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.host, self.port))
-        except OSError as exc:
-            sock.close()
-            why = (
-                "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound: {exc}"
-            )
-            raise ServerError(f"xrootd cannot start: {self.host}:{self.port} {why}") from None
-        return sock
-
-    def _command(self) -> list[str]:
-        assert self.binary is not None and self.config_path is not None
-        argv = [self.binary, "-c", str(self.config_path), "-I", "v4"]
-        if self.run_as is not None:
-            argv += ["-R", self.run_as]
-        # The bound socket arrives on stdin; the shell moves it to fd 3 and sets
-        # LISTEN_PID to its own pid, which `exec` hands on to xrootd (systemd's socket
-        # activation protocol, which xrootd honours for its listening port).
-        script = (
-            "exec 3<&0 0</dev/null; LISTEN_FDS=1; LISTEN_PID=$$; export LISTEN_FDS LISTEN_PID; "
-            'exec "$0" "$@"'
-        )
-        return ["/bin/sh", "-c", script, *argv]
-
-    def _popen_kwargs(self) -> dict[str, Any]:
-        assert self._listen_sock is not None
-        return {"stdin": self._listen_sock.fileno()}
-
-    def _child_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        for key in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
-            env.pop(key, None)
-        return env
-
-    def _spawned(self) -> None:
-        # the daemon has its copy as fd 3; ours must go, or the port would stay bound
-        # (and accept connections nobody serves) after the daemon's death
-        self._cleanup()
-
-    def _cleanup(self) -> None:
-        if self._listen_sock is not None:
-            self._listen_sock.close()
-            self._listen_sock = None
-
-    # -- readiness ------------------------------------------------------------------
-    def _protocol_ready(self) -> bool:
-        # XRootD handshake: 12 zero bytes, then int32 4 and int32 2012 (big-endian).
-        # A data server answers streamid=0, status=0 (kXR_ok), dlen=8, protover, flags.
-        with socket.create_connection((self.host, self.port), timeout=2) as conn:
-            conn.sendall(struct.pack(">iiiii", 0, 0, 0, 4, 2012))
-            reply = b""
-            while len(reply) < 16:
-                chunk = conn.recv(16 - len(reply))
-                if not chunk:
-                    return False
-                reply += chunk
-        _streamid, status, dlen, _protover, _flags = struct.unpack(">HHiii", reply)
-        if status != 0 or dlen != 8:
-            return False
-        return self._stat_export()
-
-    def _stat_export(self) -> bool:
-        """Stat the exported directory with the XRootD client, when it is installed."""
-        try:
-            from XRootD import client  # lazy: optional dependency
-        except ImportError:
-            return True
-        status, info = client.FileSystem(self.url).stat(self.export_dir.as_posix(), timeout=5)
-        return bool(status.ok and info is not None)
-
-    def _after_ready(self) -> None:
-        listeners = tcp_listeners(self.port)
-        if listeners is None:  # no /proc (not Linux): trust the socket we handed over
-            return
-        exposed = [addr for addr, _inode in listeners if addr not in _LOOPBACK_HEX]
-        if exposed:
-            raise ServerError(
-                f"xrootd listens on port {self.port} beyond 127.0.0.1 ({exposed}): this "
-                f"build ignored the socket passed through LISTEN_FDS; refusing to run it"
-            )
-
-    def checksum(self, path: str | os.PathLike[str]) -> str:
-        """``"adler32 <hex>"`` as answered by the server for a file of the export."""
-        from XRootD import client  # lazy: optional dependency
-
-        remote = self.url_for(path)[len(self.url) + 1 :]
-        status, answer = client.FileSystem(self.url).query(
-            client.flags.QueryCode.CHECKSUM, remote, timeout=10
-        )
-        if not status.ok:
-            raise OSError(f"checksum query for {remote} failed: {status.message}")
-        return answer.rstrip(b"\x00").decode().strip()
-
-
-# ---------------------------------------------------------------------------------------
-# moto (S3)
-
-
-class MotoServer(ManagedServer):
-    """moto's standalone server (S3 and the other AWS mocks) on 127.0.0.1."""
-
-    name = "moto"
-    access_key = "test"
-    secret_key = "test"
-    region = "us-east-1"
-
-    @property
-    def endpoint_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def env(self) -> dict[str, str]:
-        """AWS_* variables that point boto3, s3fs and uproot's ``s3://`` at this server."""
-        return {
-            "AWS_ENDPOINT_URL": self.endpoint_url,
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key,
-            "AWS_DEFAULT_REGION": self.region,
-        }
-
-    def client(self, service: str = "s3", **kwargs: Any) -> Any:
-        """A boto3 client bound to this server (boto3 is imported here, not at import)."""
-        import boto3  # lazy: optional dependency
-
-        params: dict[str, Any] = {
-            "endpoint_url": self.endpoint_url,
-            "aws_access_key_id": self.access_key,
-            "aws_secret_access_key": self.secret_key,
-            "region_name": self.region,
-        }
-        params.update(kwargs)
-        return boto3.client(service, **params)
-
-    def reset(self) -> None:
-        """Drop every mocked resource (buckets, objects) on the server."""
-        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
-        with _no_proxy_opener().open(request, timeout=10) as resp:
-            resp.read()
-
-    def _command(self) -> list[str]:
-        return [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)]
-
-    def _child_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
-
-    def _protocol_ready(self) -> bool:
-        url = f"{self.endpoint_url}/moto-api/data.json"
-        try:
-            with _no_proxy_opener().open(url, timeout=2) as resp:
-                body = resp.read()
-                return resp.status == 200 and body.lstrip().startswith(b"{")
-        except (urllib.error.URLError, OSError):
-            return False
-
-
-def _no_proxy_opener() -> urllib.request.OpenerDirector:
-    # a loopback server must never be reached through an HTTP(S)_PROXY of the environment
+def no_proxy_opener() -> urllib.request.OpenerDirector:
+    """An opener that ignores HTTP(S)_PROXY: a loopback server is never reached through one."""
     return urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -5,7 +5,7 @@ Stages (each timed and shown as it runs):
 1. sample data — the ttH-like sample (signal + 8 backgrounds) and a held-out sample;
 2. local stack — moto (S3, SQS…), XRootD, a Ray head, ``terraform apply`` of
    ``infra/`` to moto, the function runtime, ``bentoml serve`` (see
-   :class:`mlaas4hep.stack.LocalStack`);
+   :class:`mlaas4hep.local.stack.LocalStack`);
 3. upload — the dataset's training recipe to ``s3://<models>/<dataset>/train.yaml`` and
    the ROOT files to ``s3://<data>/datasets/<dataset>/``; from here on nothing is
    called by hand:
@@ -293,8 +293,8 @@ class Demo:
 
     # --- stages --------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        from mlaas4hep.samples import cached_dataset
-        from mlaas4hep.stack import LocalStack
+        from mlaas4hep.local.samples import cached_dataset
+        from mlaas4hep.local.stack import LocalStack
 
         o = self.options
         o.out_dir.mkdir(parents=True, exist_ok=True)
@@ -357,7 +357,7 @@ class Demo:
 
     def _fresh_state_dir(self) -> None:
         """Each demo starts from an empty model store and Terraform state."""
-        from mlaas4hep.stack import pid_alive, read_record, stop_recorded
+        from mlaas4hep.local.stack import pid_alive, read_record, stop_recorded
 
         state_dir = self.options.state_dir
         record = read_record(state_dir)
@@ -418,7 +418,7 @@ class Demo:
         return copied
 
     def _continuous(self, files: list[Path], heldout: list[Path], first_job: str) -> None:
-        from mlaas4hep.samples import cached_dataset
+        from mlaas4hep.local.samples import cached_dataset
 
         o = self.options
         with self.stages.stage("continuous training: a second signal file") as notes:

@@ -1,6 +1,6 @@
 """``bentoml serve`` as a managed child process on a loopback port (tests, benchmarks).
 
-Like the XRootD and moto servers of :mod:`mlaas4hep.servers`, the service is started in
+Like the XRootD and moto servers of :mod:`mlaas4hep.local.processes`, the service is started in
 its own session on a free port of 127.0.0.1, is ready once it answers ``/livez`` from a
 listener that belongs to it, and is stopped by process group (the BentoML arbiter and
 its worker processes together). Its environment (``BENTOML_HOME``, the
@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mlaas4hep.servers import ManagedServer, _no_proxy_opener
+from mlaas4hep.local.processes import ManagedServer, no_proxy_opener
+from mlaas4hep.local.project import project_dir
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICE = "serving.service:Inference"
 
 
@@ -35,14 +35,14 @@ class BentoServer(ManagedServer):
         self,
         target: str = SERVICE,
         env: Mapping[str, str] | None = None,
-        working_dir: str | os.PathLike[str] = REPO_ROOT,
+        working_dir: str | os.PathLike[str] | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("start_timeout", 120.0)
         super().__init__(**kwargs)
         self.target = target
         self.env = dict(env or {})
-        self.working_dir = Path(working_dir).resolve()
+        self.working_dir = Path(working_dir if working_dir is not None else project_dir()).resolve()
 
     @property
     def url(self) -> str:
@@ -98,7 +98,7 @@ class BentoServer(ManagedServer):
     def get_status(self, path: str, timeout: float = 2.0) -> int:
         """The HTTP status of ``GET path`` (0 when the server does not answer)."""
         try:
-            with _no_proxy_opener().open(f"{self.url}{path}", timeout=timeout) as response:
+            with no_proxy_opener().open(f"{self.url}{path}", timeout=timeout) as response:
                 return response.status
         except urllib.error.HTTPError as err:
             return err.code
