@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mlaas4hep.errors import MlaasError
+from mlaas4hep.serve.protocol import DEFAULT_ALIAS
 
 console = Console(stderr=True)
 out = Console()
@@ -116,7 +117,7 @@ def _add_client_commands(commands: argparse._SubParsersAction) -> None:
     delete.add_argument("ref", help="name:version")
     promote = actions.add_parser("promote", parents=[server], help="point an alias at a version")
     promote.add_argument("ref", help="name:version (or anything the registry resolves)")
-    promote.add_argument("--alias", default="production")
+    promote.add_argument("--alias", default=DEFAULT_ALIAS)
     actions.add_parser("aliases", parents=[server], help="the aliases of every model")
 
     ray = argparse.ArgumentParser(add_help=False)

@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from mlaas4hep.serve.config import ServeConfig
 from mlaas4hep.serve.http_api import GuardMiddleware, build_app, error_response
+from mlaas4hep.serve.protocol import JSON
 from mlaas4hep.serve.server import ModelServer
 
 CONFIG = ServeConfig.from_env()
@@ -60,7 +61,7 @@ class Inference:
             body = await self.server.predict_json({"events": events, "columns": columns})
         except Exception as err:
             return error_response(err)  # type: ignore[return-value]
-        return Response(body, media_type="application/json")  # type: ignore[return-value]
+        return Response(body, media_type=JSON)  # type: ignore[return-value]
 
     def __is_ready__(self) -> bool:
         return self.server.ready()

@@ -41,12 +41,11 @@ from mlaas4hep.io.documents import copy_tree
 from mlaas4hep.model import architectures
 from mlaas4hep.model.frameworks import load_weights, predict_arrays, save_weights
 from mlaas4hep.model.manifest import BUNDLE_VERSION, DEFAULT_MODEL, MANIFEST, read_manifest
+from mlaas4hep.model.store import add_to_store
 from mlaas4hep.spec.documents import DatasetSpec
 from mlaas4hep.transform.vectorizer import Vectorizer
 
 REFERENCE_ROWS = 64
-#: The module BentoML records for bundles in its model store.
-STORE_MODULE = "mlaas4hep.model.bundle"
 
 
 # ---------------------------------------------------------------------------- bundle
@@ -144,18 +143,7 @@ class ModelBundle:
     # --- BentoML store and buckets ------------------------------------------------
     def save_to_store(self, name: str, directory: str | os.PathLike[str]) -> str:
         """Copy a saved bundle directory into the BentoML model store; return ``name:version``."""
-        bentoml = extras.require("bentoml")
-        labels = {"framework": self.framework, "run": str(self.lineage.get("run_name", ""))}
-        metadata = {
-            "test_auc": float(self.metrics.get("test_auc", float("nan"))),
-            "n_features": self.n_features,
-            "git_revision": str(self.lineage.get("git_revision", "")),
-        }
-        with bentoml.models.create(
-            name, module=STORE_MODULE, labels=labels, metadata=metadata
-        ) as model_ref:
-            shutil.copytree(directory, model_ref.path, dirs_exist_ok=True)
-        return str(model_ref.tag)
+        return add_to_store(directory, name)
 
     @classmethod
     def from_store(cls, tag: str) -> ModelBundle:

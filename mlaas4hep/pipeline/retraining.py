@@ -27,10 +27,11 @@ from typing import Any
 
 from mlaas4hep.errors import ConfigError
 from mlaas4hep.io.documents import read_text, write_text
+from mlaas4hep.serve.protocol import DEFAULT_ALIAS
 from mlaas4hep.spec.documents import DatasetSpec
 
 RECIPE_NAME = "train.yaml"
-DEFAULT_ALIAS = "production"
+
 DEFAULT_MARGIN = 0.01
 
 

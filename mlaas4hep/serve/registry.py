@@ -37,8 +37,8 @@ from typing import Any
 
 from mlaas4hep import extras
 from mlaas4hep.errors import ConfigError
-from mlaas4hep.model.bundle import STORE_MODULE
 from mlaas4hep.model.manifest import read_manifest
+from mlaas4hep.model.store import add_to_store, new_version, store_labels
 from mlaas4hep.serve import archives
 from mlaas4hep.serve.protocol import DEFAULT_ALIAS
 from mlaas4hep.serve.registry_documents import json_safe, read_json, spec_summary
@@ -402,22 +402,18 @@ class Registry:
         The same labels and metadata as :meth:`ModelBundle.save_to_store` (plus
         ``labels``), into this registry's store rather than the process-wide one.
         """
-        import shutil
-
         source = Path(directory)
         try:
-            manifest = read_manifest(source)
+            read_manifest(source)
         except ConfigError as err:
             raise RegistryError(str(err)) from None
-        own, metadata = _labels_and_metadata(
-            manifest,
-            read_json(source / "metrics.json"),
-            read_json(source / "lineage.json"),
+        return add_to_store(
+            source,
+            archives.checked_name(name),
+            labels=labels,
+            store=self.store,
+            created=self._creation_clock(),
         )
-        tag = archives.checked_name(name)
-        with self._create(tag, {**own, **(labels or {})}, metadata) as model:
-            shutil.copytree(source, model.path, dirs_exist_ok=True)
-        return str(model.tag)
 
     def pull(self, bucket: str, ref: str) -> str:
         """Register a bundle from the models bucket (``<bucket>/<name>/<run>/``, as the
@@ -479,7 +475,7 @@ class Registry:
                 )
             manifest = archives.member_json(archive, files, "bundle.json")
             archives.validate_manifest(archive, files, manifest)
-            labels, metadata = _labels_and_metadata(
+            labels, metadata = store_labels(
                 manifest,
                 archives.member_json(archive, files, "metrics.json", required=False),
                 archives.member_json(archive, files, "lineage.json", required=False),
@@ -515,37 +511,17 @@ class Registry:
                             out.write(chunk)
         return str(model.tag)
 
-    @contextlib.contextmanager
-    def _create(self, tag: str, labels: dict[str, str], metadata: dict[str, Any]) -> Iterator[Any]:
-        """BentoML's model creation context (a staging folder, saved into the store on exit)."""
-        import bentoml
+    def _creation_clock(self) -> Any:
+        """The creation time of new versions (None: BentoML's own)."""
+        clock = self.clock
+        return None if clock is None else (lambda: _utc(clock()))
 
-        with bentoml.models.create(
-            tag, labels=labels, metadata=metadata, module=STORE_MODULE,
-            _model_store=self.store,
-        ) as model:  # fmt: skip
-            if self.clock is not None:  # BentoML takes no creation time; its info is frozen
-                object.__setattr__(model.info, "creation_time", _utc(self.clock()))
-            yield model
+    def _create(self, tag: str, labels: dict[str, str], metadata: dict[str, Any]) -> Any:
+        """A new version's creation context in this registry's store."""
+        return new_version(tag, labels, metadata, store=self.store, created=self._creation_clock())
 
 
 # ------------------------------------------------------------------------------ helpers
-
-
-def _labels_and_metadata(
-    manifest: Mapping[str, Any], metrics: Mapping[str, Any], lineage: Mapping[str, Any]
-) -> tuple[dict[str, str], dict[str, Any]]:
-    labels = {
-        "framework": str(manifest.get("framework", "")),
-        "run": str(lineage.get("run_name", "")),
-    }
-    auc = metrics.get("test_auc")
-    metadata = {
-        "test_auc": float(auc) if isinstance(auc, (int, float)) else float("nan"),
-        "n_features": int(manifest.get("n_features") or 0),
-        "git_revision": str(lineage.get("git_revision", "")),
-    }
-    return labels, metadata
 
 
 def _condition(text: str) -> tuple[str, str, float]:
