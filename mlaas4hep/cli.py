@@ -273,6 +273,7 @@ def _stream(args: argparse.Namespace) -> int:
     from mlaas4hep.io.expand import expand_sources
     from mlaas4hep.spec.documents import DatasetSpec
     from mlaas4hep.stream.chunks import ChunkStream
+    from mlaas4hep.stream.options import Selection, Split
     from mlaas4hep.transform.vectorizer import Vectorizer
 
     spec = DatasetSpec.from_json(read_text(args.spec))
@@ -283,8 +284,8 @@ def _stream(args: argparse.Namespace) -> int:
         spec, args.include, args.exclude, normalization=args.normalization, padding=padding
     )
     stream = ChunkStream(
-        labels, vectorizer=vectorizer, chunk_size=args.chunk_size, split=args.split,
-        cut=args.cut, seed=args.seed,
+        labels, vectorizer=vectorizer, chunk_size=args.chunk_size, seed=args.seed,
+        selection=Selection(cut=args.cut), split=Split(args.split),
     )  # fmt: skip
     out.print(f"{vectorizer}; {stream.num_events} events in {stream.num_chunks} chunks")
     started = time.perf_counter()

@@ -58,13 +58,17 @@ def mlaas4hep_keras(data: Path, epochs: int, batch: int) -> tuple[float, float]:
     from mlaas4hep.model.metrics import auc
     from mlaas4hep.spec.compute import compute_dataset_spec
     from mlaas4hep.stream.chunks import ChunkStream
+    from mlaas4hep.stream.options import Selection
     from mlaas4hep.transform.vectorizer import Vectorizer
 
     start = time.perf_counter()
     spec = compute_dataset_spec([str(data)], workers=2).dataset
     vectorizer = Vectorizer(spec, BRANCHES, padding=PADDING)
     stream = ChunkStream(
-        [str(data)], vectorizer=vectorizer, labels={SIGNAL: 1, "*": 0}, chunk_size=20_000
+        [str(data)],
+        vectorizer=vectorizer,
+        selection=Selection(labels={SIGNAL: 1, "*": 0}),
+        chunk_size=20_000,
     )
     model = default_keras_model(vectorizer.n_features)
     model.compile(optimizer="adam", loss="binary_crossentropy")

@@ -22,6 +22,7 @@ from mlaas4hep.io.tree import open_tree
 from mlaas4hep.local import generators, samples
 from mlaas4hep.spec.compute import compute_dataset_spec
 from mlaas4hep.stream.chunks import ChunkStream
+from mlaas4hep.stream.options import Selection, Split
 from mlaas4hep.transform.vectorizer import Vectorizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,7 +189,11 @@ def test_tth_through_the_pipeline(tth: list[samples.SampleFile]) -> None:
     def split(name: str):
         labels = {"ttH_signal.root": 1, "*": 0}
         stream = ChunkStream(
-            paths, labels=labels, vectorizer=vectorizer, chunk_size=100_000, split=name
+            paths,
+            selection=Selection(labels=labels),
+            vectorizer=vectorizer,
+            chunk_size=100_000,
+            split=Split(name),
         )
         return next(iter(stream))
 

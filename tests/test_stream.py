@@ -11,6 +11,7 @@ from rootfiles import write_events
 from mlaas4hep.errors import BranchError, ConfigError, ExpressionError, ReadError
 from mlaas4hep.spec.compute import compute_dataset_spec
 from mlaas4hep.stream.chunks import ChunkStream
+from mlaas4hep.stream.options import Reading, Selection, Split
 from mlaas4hep.transform.vectorizer import Vectorizer
 
 SIZES = [1200, 3300, 700, 4800]
@@ -34,7 +35,7 @@ def _ids(chunks):
 
 
 def test_every_event_once_and_in_proportion(files, vectorizer):
-    stream = ChunkStream(files, vectorizer=vectorizer, chunk_size=1000, block_size=600)
+    stream = ChunkStream(files, vectorizer=vectorizer, chunk_size=1000, reading=Reading(600))
     chunks = list(stream)
     assert [len(c) for c in chunks] == [1000] * 10
     ids = _ids(chunks)
@@ -62,7 +63,9 @@ def test_rows_match_the_source_events(files, vectorizer):
 
 def test_shuffle_is_seeded_and_changes_per_epoch(files, vectorizer):
     def order(seed, epoch):
-        s = ChunkStream(files, vectorizer=vectorizer, chunk_size=1000, block_size=600, seed=seed)
+        s = ChunkStream(
+            files, vectorizer=vectorizer, chunk_size=1000, reading=Reading(600), seed=seed
+        )
         return _ids(list(s.chunks(epoch)))
 
     assert np.array_equal(order(1, 0), order(1, 0))
@@ -74,7 +77,9 @@ def test_shuffle_is_seeded_and_changes_per_epoch(files, vectorizer):
 
 
 def test_split_is_disjoint_complete_and_stable(files, vectorizer):
-    base = ChunkStream(files, vectorizer=vectorizer, chunk_size=900, fractions=(0.6, 0.3, 0.1))
+    base = ChunkStream(
+        files, vectorizer=vectorizer, chunk_size=900, split=Split(fractions=(0.6, 0.3, 0.1))
+    )
     parts = {s: _ids(list(base.with_split(s))) for s in ("train", "validation", "test")}
     together = np.concatenate(list(parts.values()))
     assert len(np.unique(together, axis=0)) == len(together) == sum(SIZES)
@@ -84,8 +89,7 @@ def test_split_is_disjoint_complete_and_stable(files, vectorizer):
         vectorizer=vectorizer,
         chunk_size=400,
         seed=9,
-        split="test",
-        fractions=(0.6, 0.3, 0.1),
+        split=Split("test", fractions=(0.6, 0.3, 0.1)),
     )
     assert set(map(tuple, _ids(list(reseeded)))) == set(map(tuple, parts["test"]))
 
@@ -93,7 +97,7 @@ def test_split_is_disjoint_complete_and_stable(files, vectorizer):
 @pytest.mark.parametrize("count", [2, 3])
 def test_shards_keep_the_mix_and_cover_everything(files, vectorizer, count):
     stream = ChunkStream(
-        files, vectorizer=vectorizer, chunk_size=500, block_size=1000, split="train"
+        files, vectorizer=vectorizer, chunk_size=500, reading=Reading(1000), split=Split("train")
     )
     shards = [stream.shard(i, count) for i in range(count)]
     ids = [_ids(list(s)) for s in shards]
@@ -114,24 +118,28 @@ def test_labels_per_file_and_from_expressions(files, vectorizer):
     )
     for chunk in labelled:
         assert np.array_equal(chunk.y, np.isin(chunk.file_index, [0, 3]).astype(np.float32))
-    by_name = ChunkStream(files, labels={"f1.root": 1, "*.root": 0}, vectorizer=vectorizer)
+    by_name = ChunkStream(
+        files, selection=Selection(labels={"f1.root": 1, "*.root": 0}), vectorizer=vectorizer
+    )
     chunk = next(iter(by_name))
     assert np.array_equal(chunk.y, (chunk.file_index == 1).astype(np.float32))
     from_branch = ChunkStream(
-        files, label="nJet >= 4", weight="MET_pt / 10", branches=["nJet", "MET_pt"]
+        files,
+        selection=Selection(label="nJet >= 4", weight="MET_pt / 10"),
+        branches=["nJet", "MET_pt"],
     )
     chunk = next(iter(from_branch))
     assert np.array_equal(chunk.y, (chunk.arrays["nJet"].to_numpy() >= 4).astype(np.float32))
     np.testing.assert_allclose(chunk.w, chunk.arrays["MET_pt"].to_numpy() / 10, rtol=1e-6)
     with pytest.raises(ConfigError, match="no label given"):
-        ChunkStream(files, labels={"f1.root": 1}, vectorizer=vectorizer)
+        ChunkStream(files, selection=Selection(labels={"f1.root": 1}), vectorizer=vectorizer)
 
 
 def test_cut_keeps_only_selected_events_once(files, vectorizer):
     stream = ChunkStream(
         files,
         vectorizer=vectorizer,
-        cut="nJet >= 4 and MET_pt > 20",
+        selection=Selection(cut="nJet >= 4 and MET_pt > 20"),
         branches=["nJet", "MET_pt"],
         chunk_size=1000,
     )
@@ -144,7 +152,9 @@ def test_cut_keeps_only_selected_events_once(files, vectorizer):
 
 
 def test_batches_cross_chunk_boundaries(files, vectorizer):
-    stream = ChunkStream(files, labels={"*": 0}, vectorizer=vectorizer, chunk_size=1000)
+    stream = ChunkStream(
+        files, selection=Selection(labels={"*": 0}), vectorizer=vectorizer, chunk_size=1000
+    )
     sizes = [len(b) for b in stream.batches(384)]
     assert sum(sizes) == sum(SIZES) and set(sizes[:-1]) == {384}
     assert sizes[-1] == sum(SIZES) % 384
@@ -157,17 +167,20 @@ def test_bad_inputs_fail_before_streaming(files, vectorizer, tmp_path):
     with pytest.raises(ReadError, match="missing.root"):
         _ = ChunkStream([*files, str(tmp_path / "missing.root")], vectorizer=vectorizer).num_events
     with pytest.raises(ExpressionError, match="invalid expression"):
-        ChunkStream(files, vectorizer=vectorizer, cut="nJet >")
+        ChunkStream(files, vectorizer=vectorizer, selection=Selection(cut="nJet >"))
     with pytest.raises(ConfigError, match="split"):
-        ChunkStream(files, vectorizer=vectorizer, split="training")
+        ChunkStream(files, vectorizer=vectorizer, split=Split("training"))
     with pytest.raises(ConfigError, match="fractions"):
-        ChunkStream(files, vectorizer=vectorizer, fractions=(0.5, 0.1, 0.1))
+        ChunkStream(files, vectorizer=vectorizer, split=Split(fractions=(0.5, 0.1, 0.1)))
 
 
 def test_torch_dataset_yields_tensors_lazily(files, vectorizer):
     torch = pytest.importorskip("torch")
     stream = ChunkStream(
-        files, labels={"f0.root": 1, "*": 0}, vectorizer=vectorizer, chunk_size=1000
+        files,
+        selection=Selection(labels={"f0.root": 1, "*": 0}),
+        vectorizer=vectorizer,
+        chunk_size=1000,
     )
     dataset = stream.to_torch(256)
     total = 0
@@ -196,8 +209,7 @@ def test_tf_dataset_yields_batches(files, vectorizer):
     tf = pytest.importorskip("tensorflow")
     stream = ChunkStream(
         files,
-        labels={"f0.root": 1, "*": 0},
-        weight="MET_pt",
+        selection=Selection(labels={"f0.root": 1, "*": 0}, weight="MET_pt"),
         vectorizer=vectorizer,
         chunk_size=1000,
     )
@@ -208,8 +220,8 @@ def test_tf_dataset_yields_batches(files, vectorizer):
         assert labels.shape == weights.shape
         seen += int(labels.shape[0])
     assert seen == sum(SIZES)
-    masked = ChunkStream(files, labels={"*": 0}, vectorizer=vectorizer).to_tf_dataset(
-        256, with_mask=True
-    )
+    masked = ChunkStream(
+        files, selection=Selection(labels={"*": 0}), vectorizer=vectorizer
+    ).to_tf_dataset(256, with_mask=True)
     features, _ = next(iter(masked))
     assert set(features) == {"features", "mask"} and features["mask"].dtype == tf.bool

@@ -40,10 +40,9 @@ from mlaas4hep.stream import adapters
 from mlaas4hep.stream.batches import Batch, Chunk, concat_batches, slice_batch
 from mlaas4hep.stream.labels import resolve_labels
 from mlaas4hep.stream.mixing import SPLITS, chunk_plan, key_hash, split_mask
+from mlaas4hep.stream.options import Reading, Selection, Split
 from mlaas4hep.transform.expressions import Expression
 from mlaas4hep.transform.vectorizer import Vectorizer
-
-DEFAULT_BLOCK_SIZE = 50_000
 
 
 @dataclass
@@ -165,34 +164,29 @@ class ChunkStream:
         branches: Sequence[str] | None = None,
         tree: str | None = None,
         chunk_size: int = 10_000,
-        labels: Mapping[str, float] | None = None,
-        label: str | None = None,
-        weight: str | None = None,
-        cut: str | None = None,
         seed: int = 0,
         shuffle: bool = True,
-        split: str | None = None,
-        fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
-        split_seed: int = 0,
-        block_size: int = DEFAULT_BLOCK_SIZE,
-        prefetch: int = 1,
-        open_workers: int = 8,
-        decompression_threads: int | None = None,
+        selection: Selection | None = None,
+        split: Split | None = None,
+        reading: Reading | None = None,
     ) -> None:
+        selection = selection or Selection()
+        split = split or Split()
+        reading = reading or Reading()
+        labels = selection.labels
         if isinstance(files, Mapping):
             labels = {**dict(files), **dict(labels or {})}
             files = list(files)
         self.files = list(dict.fromkeys(normalize_url(f) for f in expand_sources(files)))
         if not self.files:
             raise ConfigError("a ChunkStream needs at least one file")
-        if chunk_size <= 0 or block_size <= 0:
+        if chunk_size <= 0:
             raise ConfigError("chunk_size and block_size must be positive")
-        if split is not None and split not in SPLITS:
-            raise ConfigError(f"split must be one of {SPLITS} or None, not {split!r}")
-        if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-9:
-            raise ConfigError(
-                f"fractions must be three non-negative numbers summing to 1: {fractions}"
-            )
+        label, weight, cut = selection.label, selection.weight, selection.cut
+        fractions, split_seed = split.fractions, split.seed
+        block_size, prefetch = reading.block_size, reading.prefetch
+        open_workers, decompression_threads = reading.open_workers, reading.decompression_threads
+        split = split.name
         self.vectorizer = vectorizer
         self.tree = tree
         self.chunk_size = int(chunk_size)
@@ -299,6 +293,18 @@ class ChunkStream:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._trees_lock = threading.Lock()
+
+    @property
+    def split_options(self) -> Split:
+        """This stream's split (name, fractions, hash seed) as options."""
+        return Split(self.split, self.fractions, self.split_seed)
+
+    @property
+    def reading_options(self) -> Reading:
+        """How this stream reads its files, as options."""
+        return Reading(
+            self.block_size, self.prefetch, self.open_workers, self.decompression_threads
+        )
 
     # --- derived streams --------------------------------------------------------------
     def _copy(self, **changes: Any) -> ChunkStream:

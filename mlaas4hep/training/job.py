@@ -39,6 +39,7 @@ from mlaas4hep.model.metrics import auc, binary_cross_entropy, roc_curve
 from mlaas4hep.spec.compute import compute_dataset_spec
 from mlaas4hep.spec.documents import DatasetSpec, load_spec
 from mlaas4hep.stream.chunks import ChunkStream
+from mlaas4hep.stream.options import Selection, Split
 from mlaas4hep.training.config import TrainConfig
 from mlaas4hep.training.plan import StepPlan, make_plan
 from mlaas4hep.transform.vectorizer import Vectorizer
@@ -118,13 +119,9 @@ def build_streams(
         vectorizer=vectorizer,
         tree=d.tree,
         chunk_size=config.worker_chunk_size,
-        labels=labels,
-        label=d.label,
-        weight=d.weight,
-        cut=d.cut,
+        selection=Selection(labels=labels, label=d.label, weight=d.weight, cut=d.cut),
         seed=config.training.seed,
-        fractions=tuple(d.fractions),
-        split_seed=d.split_seed,
+        split=Split(fractions=tuple(d.fractions), seed=d.split_seed),
     )
     return {split: base.with_split(split) for split in ("train", "validation", "test")}
 

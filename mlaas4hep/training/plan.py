@@ -21,6 +21,7 @@ from mlaas4hep.errors import ConfigError
 from mlaas4hep.stream.batches import Batch
 from mlaas4hep.stream.chunks import ChunkStream
 from mlaas4hep.stream.mixing import chunk_plan
+from mlaas4hep.stream.options import Reading, Selection
 
 
 @dataclass
@@ -61,13 +62,11 @@ def shard_counts(stream: ChunkStream, workers: int) -> list[list[int]]:
                 branches=stream.cut_expr.names,
                 tree=stream.tree,
                 chunk_size=stream.chunk_size,
-                cut=stream.cut_expr.text,
+                selection=Selection(cut=stream.cut_expr.text),
                 seed=stream.seed,
                 shuffle=stream.shuffle,
-                split=stream.split,
-                fractions=stream.fractions,
-                split_seed=stream.split_seed,
-                block_size=stream.block_size,
+                split=stream.split_options,
+                reading=Reading(block_size=stream.block_size),
             ).shard(index, workers)
             with counter:
                 counts.append([len(chunk) for chunk in counter.chunks(0)])

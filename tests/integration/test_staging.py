@@ -14,6 +14,7 @@ from mlaas4hep.io.staging import StagingTable, cached_url, stage_files, start_st
 from mlaas4hep.io.tree import open_tree
 from mlaas4hep.local.samples import make_tth_dataset
 from mlaas4hep.stream.chunks import ChunkStream
+from mlaas4hep.stream.options import Reading, Selection, Split
 from mlaas4hep.stream.staged import StagedChunkStream
 
 
@@ -52,12 +53,11 @@ def blocky_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 STREAM_OPTIONS = {
     "branches": ["nJet", "HT"],
-    "labels": {"ttH_signal.root": 1, "*": 0},
+    "selection": Selection(labels={"ttH_signal.root": 1, "*": 0}),
     "chunk_size": 240,
-    "block_size": 150,
-    "split": "train",
+    "reading": Reading(block_size=150, prefetch=0),
+    "split": Split("train"),
     "seed": 4,
-    "prefetch": 0,
 }
 
 
