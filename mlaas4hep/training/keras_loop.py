@@ -17,7 +17,7 @@ variables (Adam's moments and iteration count) and the state.
 from __future__ import annotations
 
 import contextlib
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from mlaas4hep.model import architectures as models
 from mlaas4hep.model.manifest import KERAS_WEIGHTS
 from mlaas4hep.stream.batches import Batch
 from mlaas4hep.training import loop
-from mlaas4hep.training.feed import BatchFeed, batches_per_unit
+from mlaas4hep.training.feed import BatchFeed
 from mlaas4hep.training.session import Session
 
 KERAS_OPTIMIZER = "optimizer.npz"
@@ -127,81 +127,87 @@ def train_keras(config: dict[str, Any], session: Session | None = None) -> dict[
 
 
 def _train(worker: loop.Worker, state: dict[str, Any], feed: BatchFeed) -> dict[str, Any]:
-    k = models.keras()
-    tf = extras.tensorflow()
-    config, session, plan = worker.config, worker.session, worker.plan
-    if session.distributed:
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    else:
-        strategy = tf.distribute.get_strategy()
-    k.utils.set_random_seed(worker.seed)  # the same initial weights everywhere
-    with strategy.scope():
-        model = models.build_model(
-            config["model_code"], "tensorflow", worker.n_features, worker.with_mask
-        )
-        model.compile(
-            optimizer=k.optimizers.Adam(learning_rate=config["learning_rate"]),
-            loss="binary_crossentropy",
-            metrics=[k.metrics.AUC(name="auc")],
-        )
-        model.optimizer.build(model.trainable_variables)  # its state can be restored now
+    run = KerasRun(worker, state)
+    return loop.run_units(worker, state, feed, run.steps())
 
-    def load(directory: Path) -> None:
-        model.load_weights(str(directory / KERAS_WEIGHTS))
-        load_optimizer(model.optimizer, directory / KERAS_OPTIMIZER)
 
-    def save(directory: Path) -> None:
-        model.save_weights(str(directory / KERAS_WEIGHTS))
-        save_optimizer(model.optimizer, directory / KERAS_OPTIMIZER)
+class KerasRun:
+    """One worker's strategy, model and compiled steps, and the steps that
+    :func:`loop.run_units` takes."""
 
-    loop.restore_model(worker, state, load)
-    has_weights = worker.train.weight_expr is not None
-    steps = DistributedSteps(strategy, model, worker.world)
+    def __init__(self, worker: loop.Worker, state: dict[str, Any]) -> None:
+        k = models.keras()
+        tf = extras.tensorflow()
+        self.worker = worker
+        config = worker.config
+        if worker.session.distributed:
+            self.strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        else:
+            self.strategy = tf.distribute.get_strategy()
+        k.utils.set_random_seed(worker.seed)  # the same initial weights everywhere
+        with self.strategy.scope():
+            self.model = models.build_model(
+                config["model_code"], "tensorflow", worker.n_features, worker.with_mask
+            )
+            self.model.compile(
+                optimizer=k.optimizers.Adam(learning_rate=config["learning_rate"]),
+                loss="binary_crossentropy",
+                metrics=[k.metrics.AUC(name="auc")],
+            )
+            self.model.optimizer.build(self.model.trainable_variables)  # restorable now
+        loop.restore_model(worker, state, self.load)
+        self.has_weights = worker.train.weight_expr is not None
+        self.compiled = DistributedSteps(self.strategy, self.model, worker.world)
+        self.device = ([d.name for d in tf.config.list_logical_devices("GPU")] or ["CPU"])[0]
 
-    def gather(values: np.ndarray) -> np.ndarray:
+    def load(self, directory: Path) -> None:
+        self.model.load_weights(str(directory / KERAS_WEIGHTS))
+        load_optimizer(self.model.optimizer, directory / KERAS_OPTIMIZER)
+
+    def save(self, directory: Path) -> None:
+        self.model.save_weights(str(directory / KERAS_WEIGHTS))
+        save_optimizer(self.model.optimizer, directory / KERAS_OPTIMIZER)
+
+    def gather(self, values: np.ndarray) -> np.ndarray:
         """``values`` (the same shape on every worker) of every worker, one row each."""
-        if not session.distributed:
+        values = np.asarray(values)
+        if not self.worker.session.distributed:
             return values[None]
-        local = strategy.run(lambda: tf.constant(values[None]))
-        return strategy.gather(local, axis=0).numpy()
+        tf = extras.tensorflow()
+        local = self.strategy.run(lambda: tf.constant(values[None]))
+        return self.strategy.gather(local, axis=0).numpy()
 
-    def validate() -> tuple[float, float]:
-        scores, labels = loop.validation_scores(worker, lambda b: steps.predict(step_data(
-            b, worker.with_mask, False)[0]))  # fmt: skip
-        return loop.validation_metrics(gather(scores).ravel(), gather(labels).ravel())
+    def validate(self) -> tuple[float, float]:
+        with_mask = self.worker.with_mask
+        scores, labels = loop.validation_scores(
+            self.worker, lambda b: self.compiled.predict(b.inputs(with_mask))
+        )
+        return loop.validation_metrics(self.gather(scores).ravel(), self.gather(labels).ravel())
 
-    devices = [d.name for d in tf.config.list_logical_devices("GPU")] or ["CPU"]
-    for unit in range(state["next_unit"], plan.units):
-        started = time.perf_counter()
-        count = batches_per_unit(plan, unit)
-        if count == 0:
-            continue  # every worker skips the same chunk (too small for a batch)
-        # dropout draws from the unit's seed: a resumed run continues exactly
-        k.utils.set_random_seed(loop.unit_seed(worker.seed, unit))
-        steps.reset()
+    def reseed(self, seed: int) -> None:
+        """Dropout draws from the unit's seed (a resumed run continues exactly): the
+        training step is traced anew after the seed is set."""
+        models.keras().utils.set_random_seed(seed)
+        self.compiled.reset()
+
+    def train(self, unit: int, batches: Iterator[Batch], count: int) -> dict[str, float]:
+        """One unit's optimizer steps; the loss and AUC of its last pass, as ``fit``'s."""
+        plan = self.worker.plan
         last_pass = count - count // (1 if plan.mode == "standard" else plan.epochs)
-        wait, produce = feed.wait_seconds, feed.produce_seconds
-        for step, batch in enumerate(feed.take(unit, count)):
-            if step in (0, last_pass):  # the metrics of the unit's last pass, as fit's
-                model.reset_metrics()
-            steps.train(step_data(batch, worker.with_mask, has_weights))
-        trained = model.get_metrics_result()
-        train_seconds = time.perf_counter() - started
-        wait, produce = feed.wait_seconds - wait, feed.produce_seconds - produce
-        validated = time.perf_counter()
-        val_loss, val_auc = validate()
-        metrics = {
-            "loss": float(trained["loss"]),
-            "auc": float(trained["auc"]),
-            "val_loss": val_loss,
-            "val_auc": val_auc,
-        }
-        timings = loop.timing_record(gather(np.array([train_seconds, wait, produce])))
-        state = loop.finish_unit(
-            worker, state, unit, metrics, timings, save,
-            validation_seconds=time.perf_counter() - validated,
-            seconds=time.perf_counter() - started,
-            optimizer_steps=int(model.optimizer.iterations.numpy()),
-            device=devices[0],
-        )  # fmt: skip
-    return state
+        for step, batch in enumerate(batches):
+            if step in (0, last_pass):
+                self.model.reset_metrics()
+            self.compiled.train(step_data(batch, self.worker.with_mask, self.has_weights))
+        trained = self.model.get_metrics_result()
+        return {"loss": float(trained["loss"]), "auc": float(trained["auc"])}
+
+    def steps(self) -> loop.Steps:
+        return loop.Steps(
+            train=self.train,
+            validate=self.validate,
+            gather=self.gather,
+            save=self.save,
+            optimizer_steps=lambda: int(self.model.optimizer.iterations.numpy()),
+            reseed=self.reseed,
+            device=self.device,
+        )

@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,6 +201,63 @@ def report(worker: Worker, record: dict[str, Any], state: dict[str, Any], save: 
         save(Path(directory))
         write_state(Path(directory), state)
         worker.session.report({**record, "history": state["history"]}, Path(directory), name)
+
+
+# -------------------------------------------------------------------------- the units
+
+
+@dataclass
+class Steps:
+    """What a framework's loop gives :func:`run_units`: everything that differs between
+    Keras and PyTorch, so that the unit skeleton (skip, reseed, time, validate,
+    checkpoint) is written once.
+
+    ``train(unit, batches, count)`` trains on exactly the ``count`` batches it is given
+    and returns the unit's ``loss`` and ``auc``; ``validate()`` the validation loss and
+    AUC of every worker; ``gather(values)`` one row of ``values`` per worker;
+    ``optimizer_steps()`` the optimizer's step count; ``reseed(seed)`` sets the
+    framework's random numbers (dropout); ``synchronize()`` waits for the device.
+    """
+
+    train: Callable[[int, Iterator[Batch], int], dict[str, float]]
+    validate: Callable[[], tuple[float, float]]
+    gather: Callable[[np.ndarray], np.ndarray]
+    save: Callable[[Path], None]
+    optimizer_steps: Callable[[], int]
+    reseed: Callable[[int], None]
+    device: str
+    synchronize: Callable[[], None] = lambda: None
+
+
+def run_units(
+    worker: Worker, state: dict[str, Any], feed: BatchFeed, steps: Steps
+) -> dict[str, Any]:
+    """Train every unit from ``state["next_unit"]`` on, the same for every framework:
+    each unit its planned batches, then validation, then a checkpoint."""
+    plan = worker.plan
+    for unit in range(state["next_unit"], plan.units):
+        started = time.perf_counter()
+        count = batches_per_unit(plan, unit)
+        if count == 0:
+            continue  # every worker skips the same chunk (too small for a batch)
+        steps.reseed(unit_seed(worker.seed, unit))  # dropout: exact on resume
+        wait, produce = feed.wait_seconds, feed.produce_seconds
+        metrics = steps.train(unit, feed.take(unit, count), count)
+        steps.synchronize()
+        train_seconds = time.perf_counter() - started
+        wait, produce = feed.wait_seconds - wait, feed.produce_seconds - produce
+        validated = time.perf_counter()
+        val_loss, val_auc = steps.validate()
+        timings = timing_record(steps.gather(np.array([train_seconds, wait, produce])))
+        state = finish_unit(
+            worker, state, unit, {**metrics, "val_loss": val_loss, "val_auc": val_auc},
+            timings, steps.save,
+            validation_seconds=time.perf_counter() - validated,
+            seconds=time.perf_counter() - started,
+            optimizer_steps=steps.optimizer_steps(),
+            device=steps.device,
+        )  # fmt: skip
+    return state
 
 
 # ------------------------------------------------------------------------- validation

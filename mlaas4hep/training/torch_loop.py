@@ -13,8 +13,7 @@ A checkpoint holds the weights (``model.pt``), the optimizer's ``state_dict``
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,90 +74,110 @@ def _train(
     device: Any,
     prepare_model: Callable[[Any], Any] | None,
 ) -> dict[str, Any]:
-    torch = extras.torch()
-    config, plan = worker.config, worker.plan
-    torch.manual_seed(worker.seed)  # the same initial weights everywhere
-    bare = models.build_model(config["model_code"], "torch", worker.n_features, worker.with_mask)
-    bare.to(device)
-    optimizer_holder: list[Any] = []
+    run = TorchRun(worker, state, device, prepare_model)
+    return loop.run_units(worker, state, feed, run.steps())
 
-    def load(directory: Path) -> None:
-        bare.load_state_dict(
-            torch.load(directory / TORCH_WEIGHTS, map_location=device, weights_only=True)
+
+class TorchRun:
+    """One worker's model, optimizer and device, and the steps :func:`loop.run_units` takes.
+
+    ``bare`` is the model itself (what checkpoints hold), ``model`` the same wrapped for
+    distributed training by ``prepare_model`` (DDP under Ray).
+    """
+
+    def __init__(
+        self,
+        worker: loop.Worker,
+        state: dict[str, Any],
+        device: Any,
+        prepare_model: Callable[[Any], Any] | None,
+    ) -> None:
+        torch = extras.torch()
+        self.worker, self.device = worker, device
+        config = worker.config
+        torch.manual_seed(worker.seed)  # the same initial weights everywhere
+        self.bare = models.build_model(
+            config["model_code"], "torch", worker.n_features, worker.with_mask
         )
-        optimizer_holder.append(
-            torch.load(directory / TORCH_OPTIMIZER, map_location=device, weights_only=True)
+        self.bare.to(device)
+        self._optimizer_state: Any = None
+        loop.restore_model(worker, state, self.load)
+        self.model = prepare_model(self.bare) if prepare_model is not None else self.bare
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config["learning_rate"])
+        if self._optimizer_state is not None:
+            self.optimizer.load_state_dict(self._optimizer_state)
+        self.distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+
+    def load(self, directory: Path) -> None:
+        torch = extras.torch()
+        weights = torch.load(directory / TORCH_WEIGHTS, map_location=self.device, weights_only=True)
+        self.bare.load_state_dict(weights)
+        self._optimizer_state = torch.load(
+            directory / TORCH_OPTIMIZER, map_location=self.device, weights_only=True
         )
 
-    loop.restore_model(worker, state, load)
-    model = prepare_model(bare) if prepare_model is not None else bare
-    optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"])
-    if optimizer_holder:
-        optimizer.load_state_dict(optimizer_holder[0])
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-
-    def save(directory: Path) -> None:
-        weights = {name: value.detach().cpu() for name, value in bare.state_dict().items()}
+    def save(self, directory: Path) -> None:
+        torch = extras.torch()
+        weights = {name: value.detach().cpu() for name, value in self.bare.state_dict().items()}
         torch.save(weights, directory / TORCH_WEIGHTS)  # loadable on a machine without GPU
-        torch.save(optimizer.state_dict(), directory / TORCH_OPTIMIZER)
+        torch.save(self.optimizer.state_dict(), directory / TORCH_OPTIMIZER)
 
-    def gathered(*arrays: np.ndarray) -> list[np.ndarray]:
-        if not distributed:
+    def gathered(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        """Each array concatenated over every worker (in rank order)."""
+        if not self.distributed:
             return list(arrays)
-        parts: list[Any] = [None] * worker.world
+        torch = extras.torch()
+        parts: list[Any] = [None] * self.worker.world
         torch.distributed.all_gather_object(parts, arrays)
         return [np.concatenate([p[i] for p in parts]) for i in range(len(arrays))]
 
-    def predict(batch: Batch) -> np.ndarray:
-        inputs, _, _ = batch_tensors(batch, device, worker.with_mask)
-        return model(inputs).reshape(-1).cpu().numpy()
+    def predict(self, batch: Batch) -> np.ndarray:
+        inputs, _, _ = batch_tensors(batch, self.device, self.worker.with_mask)
+        return self.model(inputs).reshape(-1).cpu().numpy()
 
-    def evaluate() -> tuple[float, float]:
-        model.eval()
+    def validate(self) -> tuple[float, float]:
+        torch = extras.torch()
+        self.model.eval()
         with torch.no_grad():
-            scores, labels = loop.validation_scores(worker, predict)
-        model.train()
-        return loop.validation_metrics(*gathered(scores, labels))
+            scores, labels = loop.validation_scores(self.worker, self.predict)
+        self.model.train()
+        return loop.validation_metrics(*self.gathered(scores, labels))
 
-    model.train()
-    for unit in range(state["next_unit"], plan.units):
-        started = time.perf_counter()
-        count = loop.batches_per_unit(plan, unit)
-        if count == 0:
-            continue  # every worker skips the same chunk (too small for a batch)
-        torch.manual_seed(loop.unit_seed(worker.seed, unit))  # dropout: exact on resume
-        wait, produce = feed.wait_seconds, feed.produce_seconds
+    def train(self, unit: int, batches: Iterator[Batch], count: int) -> dict[str, float]:
+        """One unit's optimizer steps; its loss and AUC (back to the CPU once, at its end)."""
+        torch = extras.torch()
         losses, scores, labels = [], [], []
-        for batch in feed.take(unit, count):
-            inputs, y, w = batch_tensors(batch, device, worker.with_mask)
-            out = model(inputs).reshape(-1)
+        for batch in batches:
+            inputs, y, w = batch_tensors(batch, self.device, self.worker.with_mask)
+            out = self.model(inputs).reshape(-1)
             loss = torch.nn.functional.binary_cross_entropy(out, y, weight=w)
-            optimizer.zero_grad()
+            self.optimizer.zero_grad()
             loss.backward()
-            optimizer.step()
+            self.optimizer.step()
             losses.append(loss.detach())  # stays on the device: no sync per step
             scores.append(out.detach())
             labels.append(batch.y)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_seconds = time.perf_counter() - started
-        wait, produce = feed.wait_seconds - wait, feed.produce_seconds - produce
-        validated = time.perf_counter()
-        val_loss, val_auc = evaluate()
-        metrics = {"loss": float("nan"), "auc": float("nan")}
-        if losses:  # back to the CPU once per unit
-            s = torch.cat(scores).cpu().numpy()
-            metrics = {
-                "loss": float(torch.stack(losses).mean().cpu()),
-                "auc": auc(np.concatenate(labels), s),
-            }
-        per_worker = gathered(np.array([[train_seconds, wait, produce]]))[0]
-        state = loop.finish_unit(
-            worker, state, unit, {**metrics, "val_loss": val_loss, "val_auc": val_auc},
-            loop.timing_record(per_worker), save,
-            validation_seconds=time.perf_counter() - validated,
-            seconds=time.perf_counter() - started,
-            optimizer_steps=optimizer_steps(optimizer),
-            device=str(device),
-        )  # fmt: skip
-    return state
+        if not losses:
+            return {"loss": float("nan"), "auc": float("nan")}
+        loss_mean = float(torch.stack(losses).mean().cpu())
+        return {
+            "loss": loss_mean,
+            "auc": auc(np.concatenate(labels), torch.cat(scores).cpu().numpy()),
+        }
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            extras.torch().cuda.synchronize(self.device)
+
+    def steps(self) -> loop.Steps:
+        self.model.train()
+        return loop.Steps(
+            train=self.train,
+            validate=self.validate,
+            gather=lambda values: self.gathered(np.asarray(values)[None])[0],
+            save=self.save,
+            optimizer_steps=lambda: optimizer_steps(self.optimizer),
+            reseed=extras.torch().manual_seed,
+            device=str(self.device),
+            synchronize=self.synchronize,
+        )
