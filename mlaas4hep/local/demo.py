@@ -293,6 +293,7 @@ class Demo:
 
     # --- stages --------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Every stage in order (one call each), the stack stopped whatever happens."""
         from mlaas4hep.local.samples import cached_dataset
         from mlaas4hep.local.stack import LocalStack
 

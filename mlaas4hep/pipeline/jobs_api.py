@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mlaas4hep.errors import MlaasError
+from mlaas4hep.serve.protocol import JSON
 
 RETRAIN_PREFIX = "mlaas4hep-retrain-"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -168,7 +169,7 @@ def submit_job(
     request = urllib.request.Request(
         address.rstrip("/") + "/api/jobs/",
         data=json.dumps(payload).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": JSON},
         method="POST",
     )
     try:

@@ -17,6 +17,7 @@ from mlaas4hep.pipeline.aws import aws_client, is_missing, is_precondition_failu
 from mlaas4hep.pipeline.config import PipelineConfig, PipelineError
 from mlaas4hep.pipeline.notifications import parse_s3_notifications
 from mlaas4hep.pipeline.sqs import batch_response, queued_seconds
+from mlaas4hep.serve.protocol import JSON
 from mlaas4hep.spec.documents import DatasetSpec, FileSpec
 
 log = logging.getLogger("mlaas4hep.pipeline")
@@ -112,7 +113,7 @@ def merge_into_dataset(
                 Bucket=config.specs_bucket,
                 Key=key,
                 Body=merged.to_json().encode(),
-                ContentType="application/json",
+                ContentType=JSON,
                 Metadata={"updated-at": f"{time.time():.6f}", "files": str(len(merged.files))},
                 **condition,
             )

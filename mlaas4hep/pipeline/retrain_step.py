@@ -26,6 +26,7 @@ from mlaas4hep.pipeline.config import (
 )
 from mlaas4hep.pipeline.notifications import parse_s3_notifications
 from mlaas4hep.pipeline.sqs import batch_response
+from mlaas4hep.serve.protocol import JSON
 
 log = logging.getLogger("mlaas4hep.pipeline")
 
@@ -71,7 +72,8 @@ def retrain_if_quiet(
     ago, a recheck message is sent to the retrain queue with the remaining delay;
     the check that finds the spec quiet submits. One job per spec version: the Ray
     submission id is derived from the spec's ETag, and the state record under the
-    models bucket tells later checks that this version is done.
+    models bucket tells later checks that this version is done. (The debounce's
+    decisions, in the order they are taken, read best as one function.)
     """
     s3 = s3 or aws_client("s3")
     if not config.ray_address:
@@ -120,7 +122,7 @@ def retrain_if_quiet(
         Bucket=config.models_bucket,
         Key=config.retrain_state_key(dataset),
         Body=json.dumps(state, indent=1).encode(),
-        ContentType="application/json",
+        ContentType=JSON,
     )
     log.info("retraining %s: %s (%s)", dataset, submission_id, "new" if created else "existing")
     return RetrainOutcome("submitted" if created else "up-to-date", dataset, submission_id)

@@ -140,7 +140,11 @@ def retrain(
     log: Callable[[str], None] = print,
     train: Callable[[Any], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Train the dataset's recipe on its DatasetSpec, register, decide the promotion."""
+    """Train the dataset's recipe on its DatasetSpec, register, decide the promotion.
+
+    (The story of one retraining in the order it happens: recipe, training, registration,
+    comparison, promotion, record; each step is a call of its own.)
+    """
     from mlaas4hep.serve.registry import Registry
     from mlaas4hep.serve.registry_errors import ModelNotFound
 

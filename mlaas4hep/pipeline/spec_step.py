@@ -18,6 +18,7 @@ from mlaas4hep.pipeline.aws import aws_client, is_missing, is_precondition_failu
 from mlaas4hep.pipeline.config import PipelineConfig
 from mlaas4hep.pipeline.notifications import S3Notification, parse_s3_notifications
 from mlaas4hep.pipeline.sqs import handle_batch, queued_seconds, receive_count
+from mlaas4hep.serve.protocol import JSON
 from mlaas4hep.spec.compute import compute_file_spec
 from mlaas4hep.spec.documents import FileSpec
 
@@ -79,7 +80,7 @@ def claim_spec(
         ).encode()
         put = {"Bucket": config.specs_bucket, "Key": key, "Body": body}
         try:
-            s3.put_object(**put, ContentType="application/json", IfNoneMatch="*")
+            s3.put_object(**put, ContentType=JSON, IfNoneMatch="*")
             return True
         except Exception as err:
             if not is_precondition_failure(err):
@@ -93,7 +94,7 @@ def claim_spec(
         if not lease_is_takeable(answer["Body"].read(), owner, now()):
             return False
         try:  # ours (a redelivery of the owner's message) or expired: take it over
-            s3.put_object(**put, ContentType="application/json", IfMatch=answer["ETag"])
+            s3.put_object(**put, ContentType=JSON, IfMatch=answer["ETag"])
             return True
         except Exception as err:
             if not is_precondition_failure(err):
@@ -125,14 +126,14 @@ def release_spec_claim(
             Bucket=config.specs_bucket,
             Key=config.lease_key(dataset, path, version),
             Body=json.dumps({"owner": "", "expires_at": 0, "released": True}).encode(),
-            ContentType="application/json",
+            ContentType=JSON,
         )
     except Exception as err:
         log.warning("could not release the claim on %s@%s: %s", path, version, err)
 
 
 def compute_and_store_file_spec(
-    event: S3Notification,
+    notification: S3Notification,
     config: PipelineConfig,
     *,
     s3: Any = None,
@@ -158,51 +159,28 @@ def compute_and_store_file_spec(
     ``seconds``, ``checks_seconds`` and ``store_seconds``.
     """
     s3 = s3 or aws_client("s3")
-    source = f"s3://{event.bucket}/{event.key}"
+    source = f"s3://{notification.bucket}/{notification.key}"
     began = clock()
     try:
-        dataset, path = config.locate(event.key)
+        dataset, path = config.locate(notification.key)
     except ValueError as err:
         log.warning("ignoring %s: %s", source, err)
         return FileSpecOutcome("skipped", source)
-    version = resolve_version(event, s3)
+    version = resolve_version(notification, s3)
     leased = bool(owner and version)
     if version:
-        expected = config.file_spec_key(dataset, path, version)
-        if object_exists(s3, config.specs_bucket, expected):
-            return FileSpecOutcome("exists", source, expected)
-        if leased:
-            if not claim_spec(config, dataset, path, version, owner, s3=s3):
-                return FileSpecOutcome("leased", source, expected)
-            # The spec may have been stored (and its claim dropped) since the check above.
-            if object_exists(s3, config.specs_bucket, expected):
-                release_spec_claim(config, dataset, path, version, s3=s3)
-                return FileSpecOutcome("exists", source, expected)
+        done = _stored_or_taken(config, dataset, path, version, owner if leased else "", s3)
+        if done is not None:
+            return FileSpecOutcome(done[0], source, done[1])
     start = clock()
     try:
         spec = compute(source)
     except (ReadError, SpecError) as err:
-        _write_quarantine(s3, config, event, dataset, path, err, receive_count)
+        _write_quarantine(s3, config, notification, dataset, path, err, receive_count)
         raise
     computed = clock()
-    # Keyed by the version actually read, which may be newer than the event's.
-    read = str(spec.identity.get("version_id") or spec.identity.get("etag") or version)
-    spec_key = config.file_spec_key(dataset, path, read)
-    try:
-        s3.put_object(
-            Bucket=config.specs_bucket,
-            Key=spec_key,
-            Body=spec.to_json().encode(),
-            ContentType="application/json",
-            IfNoneMatch="*",
-            Metadata={"dataset": dataset, "entries": str(spec.entries)},
-        )
-        status = "written"
-    except Exception as err:
-        if not is_precondition_failure(err):
-            raise
-        status = "exists"  # another delivery of the same version won the race
-    _clear_quarantine(s3, config, dataset, path, event.version)
+    spec_key, status = _store_spec(s3, config, dataset, path, version, spec)
+    _clear_quarantine(s3, config, dataset, path, notification.version)
     if leased:
         release_spec_claim(config, dataset, path, version, s3=s3)
     return FileSpecOutcome(
@@ -214,6 +192,50 @@ def compute_and_store_file_spec(
         checks_seconds=start - began,
         store_seconds=clock() - computed,
     )
+
+
+def _stored_or_taken(
+    config: PipelineConfig, dataset: str, path: str, version: str, owner: str, s3: Any
+) -> tuple[str, str] | None:
+    """``(status, key)`` when the spec of this version need not be computed here: it is
+    stored already (``exists``), or another worker holds its claim (``leased``). With an
+    ``owner``, the claim is taken by this call when None is returned."""
+    expected = config.file_spec_key(dataset, path, version)
+    if object_exists(s3, config.specs_bucket, expected):
+        return "exists", expected
+    if not owner:
+        return None
+    if not claim_spec(config, dataset, path, version, owner, s3=s3):
+        return "leased", expected
+    # The spec may have been stored (and its claim dropped) since the check above.
+    if object_exists(s3, config.specs_bucket, expected):
+        release_spec_claim(config, dataset, path, version, s3=s3)
+        return "exists", expected
+    return None
+
+
+def _store_spec(
+    s3: Any, config: PipelineConfig, dataset: str, path: str, version: str, spec: FileSpec
+) -> tuple[str, str]:
+    """Write the spec once (``IfNoneMatch='*'``); ``(key, "written" | "exists")``.
+
+    Keyed by the version actually read, which may be newer than the notification's."""
+    read = str(spec.identity.get("version_id") or spec.identity.get("etag") or version)
+    spec_key = config.file_spec_key(dataset, path, read)
+    try:
+        s3.put_object(
+            Bucket=config.specs_bucket,
+            Key=spec_key,
+            Body=spec.to_json().encode(),
+            ContentType=JSON,
+            IfNoneMatch="*",
+            Metadata={"dataset": dataset, "entries": str(spec.entries)},
+        )
+    except Exception as err:
+        if not is_precondition_failure(err):
+            raise
+        return spec_key, "exists"  # another delivery of the same version won the race
+    return spec_key, "written"
 
 
 def resolve_version(event: S3Notification, s3: Any) -> str:
@@ -262,7 +284,7 @@ def _write_quarantine(
         Bucket=config.specs_bucket,
         Key=config.quarantine_key(dataset, path, event.version or "unknown"),
         Body=json.dumps(record, indent=1).encode(),
-        ContentType="application/json",
+        ContentType=JSON,
     )
     log.error("quarantined %s (delivery %d): %s", record["source"], receive_count, error)
 

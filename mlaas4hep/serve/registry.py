@@ -216,7 +216,10 @@ class Registry:
         }
 
     def card(self, ref: str) -> dict[str, Any]:
-        """The model card of a version: what it needs, how good it is, where it comes from."""
+        """The model card of a version: what it needs, how good it is, where it comes from.
+
+        (One document built field by field in the order a reader meets them.)
+        """
         tag = self.resolve(ref)
         model = self._get(tag)
         path = Path(model.path)

@@ -97,6 +97,9 @@ def compute_dataset_spec(
     A file that cannot be read is reported in ``failures`` (file → error) and the spec of
     the good ones is still returned, unless ``strict``, where the first failure raises.
     ``progress(url, error_or_None)`` is called as each file finishes.
+
+    (One keyword per option of ``mlaas4hep specs``, which calls it: the options are the
+    command's, not a group of their own.)
     """
     sources = list(dict.fromkeys(normalize_url(u) for u in expand_sources(urls)))
     specs: list[FileSpec] = []

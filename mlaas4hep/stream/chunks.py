@@ -154,6 +154,10 @@ class ChunkStream:
     """Chunks of events mixed in proportion from many ROOT files (local, root://, s3://).
 
     ``files`` are URLs, directories, globs or ``s3://`` prefixes, or a dict file → label.
+
+    The options come in three groups (:mod:`mlaas4hep.stream.options`): ``selection``
+    (labels, weights, a cut), ``split`` and ``reading``. The constructor checks them all
+    and sets every attribute a shard or a pickled copy carries, in one place.
     """
 
     def __init__(

@@ -384,6 +384,49 @@ def bundle_from_training(
     return bundle
 
 
+def staging_summary(staging: StagingRun, mode: str) -> dict[str, Any]:
+    """What the staging of a run did: files, copies, bytes and the files that failed."""
+    records = staging.wait(errors="record")  # training read the source meanwhile
+    summary: dict[str, Any] = {
+        "mode": mode,
+        "files": len(records),
+        "copied": sum(not r["skipped"] and "error" not in r for r in records),
+        "bytes": sum(r["bytes"] for r in records),
+    }
+    failed = {r["source"]: r["error"] for r in records if "error" in r}
+    if failed:
+        summary["failed"] = failed
+    return summary
+
+
+def run_summary(
+    job: PreparedJob,
+    history: list[dict[str, Any]],
+    test_metrics: Mapping[str, Any],
+    timings: dict[str, float],
+    **extra: Any,
+) -> dict[str, Any]:
+    """The job's summary: what ``MLAAS4HEP_RESULT`` prints and ``summary.json`` holds."""
+    waits = [h["data_wait_fraction"] for h in history if "data_wait_fraction" in h]
+    last = history[-1] if history else {}
+    return {
+        "run_name": job.run_name,
+        "framework": job.framework,
+        "mode": job.plan.mode,
+        "test_auc": test_metrics["test_auc"],
+        "val_auc": last.get("val_auc"),
+        "units": len(history),
+        "fit_seconds": timings.get("fit", 0.0),
+        "total_seconds": timings["total"],
+        "timings": timings,
+        "train_events": job.plan.train_events,
+        "data_wait_fraction": max(waits) if waits else None,
+        "optimizer_steps": last.get("optimizer_steps"),
+        "reads": last.get("reads"),
+        **extra,
+    }
+
+
 def finish(
     job: PreparedJob,
     checkpoint_dir: Path,
@@ -397,8 +440,7 @@ def finish(
     from mlaas4hep.model import bundle as bundles
 
     config = job.config
-    state = json.loads((checkpoint_dir / "state.json").read_text())
-    history = state["history"]
+    history = json.loads((checkpoint_dir / "state.json").read_text())["history"]
     with timed(timings, "evaluate"):
         model = load_trained_model(job, checkpoint_dir)
         test_metrics, arrays = evaluate(job, model)
@@ -407,24 +449,14 @@ def finish(
         local = bundles.workspace(job.run_name)
     with timed(timings, "plots"):
         plots = bundles.write_plots(local / "plots", history, arrays, job.vectorizer)
-    staging_summary = None
-    if staging is not None:
-        records = staging.wait(errors="record")  # training read the source meanwhile
-        staging_summary = {
-            "mode": config.staging.mode,
-            "files": len(records),
-            "copied": sum(not r["skipped"] and "error" not in r for r in records),
-            "bytes": sum(r["bytes"] for r in records),
-        }
-        failed = {r["source"]: r["error"] for r in records if "error" in r}
-        if failed:
-            staging_summary["failed"] = failed
-        out.lineage["staging"] = staging_summary
+    staged = staging_summary(staging, config.staging.mode) if staging is not None else None
+    if staged is not None:
+        out.lineage["staging"] = staged
     timings["units"] = sum(h.get("seconds", 0.0) for h in history)
     timings["total"] = time.perf_counter() - started
-    out.metrics["fit_seconds"] = timings.get("fit", 0.0)
-    out.metrics["total_seconds"] = timings["total"]
-    out.metrics["timings"] = dict(timings)
+    out.metrics.update(
+        fit_seconds=timings.get("fit", 0.0), total_seconds=timings["total"], timings=dict(timings)
+    )
     with timed(timings, "bundle"):
         out.save(local / "bundle", extra_files=plots)
     tag = None
@@ -436,26 +468,10 @@ def finish(
             local / "bundle", job.output, job.run_name, config.output.models_bucket
         )
     timings["total"] = time.perf_counter() - started
-    waits = [h["data_wait_fraction"] for h in history if "data_wait_fraction" in h]
-    summary = {
-        "run_name": job.run_name,
-        "tag": tag,
-        "framework": job.framework,
-        "mode": job.plan.mode,
-        "test_auc": test_metrics["test_auc"],
-        "val_auc": history[-1]["val_auc"] if history else None,
-        "units": len(history),
-        "fit_seconds": timings.get("fit", 0.0),
-        "total_seconds": timings["total"],
-        "timings": timings,
-        "train_events": job.plan.train_events,
-        "data_wait_fraction": max(waits) if waits else None,
-        "optimizer_steps": history[-1].get("optimizer_steps") if history else None,
-        "reads": history[-1].get("reads") if history else None,
-        "staging": staging_summary,
-        "bundle": exported,
-        "checkpoint": checkpoint,
-    }
+    summary = run_summary(
+        job, history, test_metrics, timings,
+        tag=tag, staging=staged, bundle=exported, checkpoint=checkpoint,
+    )  # fmt: skip
     write_text(f"{job.output}/{job.run_name}/summary.json", json.dumps(summary, indent=1))
     return summary
 

@@ -26,6 +26,7 @@ ROW_BLOCK = 1024
 
 @_jit
 def _fill_branch(X, M, rows, lo, hi, content, offsets, params, mode, clipped, bad, b):
+    # Twelve parameters: a compiled kernel takes flat arrays and scalars, no objects.
     col = np.int64(params[P_COLUMN])
     length = np.int64(params[P_LENGTH])
     shift = params[P_SHIFT]
