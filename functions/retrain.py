@@ -1,6 +1,6 @@
 """Lambda handler: a DatasetSpec changed → (debounced) training job on the Ray Jobs API.
 
-Triggered by the retrain queue (S3 events for ``dataset.json`` and the function's own
+Triggered by the retrain queue (S3 notifications for ``dataset.json`` and the function's own
 delayed recheck messages). A burst of new files gives one job, submitted once the
 DatasetSpec has stopped changing for the configured quiet time.
 """

@@ -114,7 +114,7 @@ def s3_event_body(bucket: str, key: str, **obj: Any) -> str:
     return json.dumps({"Records": [record]})
 
 
-# ----------------------------------------------------------------------- S3 events
+# ---------------------------------------------------------------- S3 notifications
 
 
 def test_keys_are_url_form_decoded():
@@ -275,7 +275,7 @@ def test_lease_is_takeable():
     assert lease_is_takeable(b"not json", "b", 0.0)
 
 
-def data_event(key: str = "datasets/ds/f.root") -> S3Notification:
+def data_notification(key: str = "datasets/ds/f.root") -> S3Notification:
     return S3Notification(bucket="data", key=key, etag="e1", version_id="v1")
 
 
@@ -298,19 +298,23 @@ def test_a_duplicate_delivery_under_claim_does_not_compute(s3):
     compute, calls = fake_compute()
     assert claim_spec(CONFIG, "ds", "f.root", "v1", "first", s3=s3)
     outcome = compute_and_store_file_spec(
-        data_event(), CONFIG, s3=s3, compute=compute, owner="second"
+        data_notification(), CONFIG, s3=s3, compute=compute, owner="second"
     )
     assert outcome.status == "leased" and calls == []
 
 
 def test_spec_is_stored_once_and_the_claim_released(s3):
     compute, calls = fake_compute()
-    first = compute_and_store_file_spec(data_event(), CONFIG, s3=s3, compute=compute, owner="m1")
+    first = compute_and_store_file_spec(
+        data_notification(), CONFIG, s3=s3, compute=compute, owner="m1"
+    )
     assert first.status == "written" and first.entries == 5
     assert exists(s3, "specs", "files/ds/f.root@v1.json")
     lease = read_json(s3, "specs", "leases/ds/f.root@v1.lease")
     assert lease_is_takeable(json.dumps(lease), "anyone", 0.0)  # released
-    second = compute_and_store_file_spec(data_event(), CONFIG, s3=s3, compute=compute, owner="m2")
+    second = compute_and_store_file_spec(
+        data_notification(), CONFIG, s3=s3, compute=compute, owner="m2"
+    )
     assert second.status == "exists" and len(calls) == 1
 
 
@@ -332,7 +336,7 @@ def test_the_outcome_says_where_the_time_went(s3):
         return compute(source)
 
     outcome = compute_and_store_file_spec(
-        data_event(), CONFIG, s3=s3, compute=slow, owner="m1", clock=lambda: now[0]
+        data_notification(), CONFIG, s3=s3, compute=slow, owner="m1", clock=lambda: now[0]
     )
     assert outcome.status == "written"
     checks, stores = calls[: calls.index("compute")], calls[calls.index("compute") + 1 :]
@@ -361,20 +365,22 @@ def test_an_unreadable_file_is_quarantined_and_keeps_its_claim(s3):
 
     with pytest.raises(ReadError):
         compute_and_store_file_spec(
-            data_event(), CONFIG, s3=s3, compute=broken, owner="m1", receive_count=2
+            data_notification(), CONFIG, s3=s3, compute=broken, owner="m1", receive_count=2
         )
     record = read_json(s3, "specs", "quarantine/ds/f.root@v1.json")
     assert record["error_type"] == "ReadError" and record["receive_count"] == 2
     assert exists(s3, "specs", "leases/ds/f.root@v1.lease")
     compute, calls = fake_compute()  # a duplicate: the owner's retries will settle it
-    dup = compute_and_store_file_spec(data_event(), CONFIG, s3=s3, compute=compute, owner="m2")
+    dup = compute_and_store_file_spec(
+        data_notification(), CONFIG, s3=s3, compute=compute, owner="m2"
+    )
     assert dup.status == "leased" and calls == []
 
 
 def test_objects_outside_the_data_prefix_are_skipped(s3):
     compute, calls = fake_compute()
     outcome = compute_and_store_file_spec(
-        data_event("elsewhere/f.root"), CONFIG, s3=s3, compute=compute
+        data_notification("elsewhere/f.root"), CONFIG, s3=s3, compute=compute
     )
     assert outcome.status == "skipped" and calls == []
 

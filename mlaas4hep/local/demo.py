@@ -9,7 +9,7 @@ Stages (each timed and shown as it runs):
 3. upload — the dataset's training recipe to ``s3://<models>/<dataset>/train.yaml`` and
    the ROOT files to ``s3://<data>/datasets/<dataset>/``; from here on nothing is
    called by hand:
-4. specs — S3 events → ``spec_file`` → ``merge_specs`` → the DatasetSpec;
+4. specs — S3 notifications → ``spec_file`` → ``merge_specs`` → the DatasetSpec;
 5. retraining — the DatasetSpec update → ``retrain`` → a Ray job (``ray_jobs/retrain.py``)
    trains, registers the bundle and promotes it to ``production``;
 6. serving — ``bentoml serve`` follows the alias and serves the new version;
@@ -324,7 +324,7 @@ class Demo:
                 s3.upload_file(str(path), self.buckets["data"], f"datasets/{DATASET}/{path.name}")
             notes.append(f"{len(files)} files to s3://{self.buckets['data']}/datasets/{DATASET}/")
         runtime_log = str(self.stack.state_dir / "runtime.log")
-        with self.stages.stage("specs (S3 events → spec_file → merge_specs)") as notes:
+        with self.stages.stage("specs (S3 notifications → spec_file → merge_specs)") as notes:
             wait_until(
                 "DatasetSpec", lambda: self._dataset_files() == len(files), o.timeout, runtime_log
             )

@@ -18,7 +18,7 @@ log = logging.getLogger("mlaas4hep.pipeline")
 
 @dataclass(frozen=True)
 class S3Notification:
-    """One object-created record of an S3 event notification (key already decoded)."""
+    """One record of an S3 notification (object created or removed; key already decoded)."""
 
     bucket: str
     key: str

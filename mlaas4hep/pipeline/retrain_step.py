@@ -139,16 +139,16 @@ def _read_state(s3: Any, config: PipelineConfig, dataset: str) -> dict[str, Any]
 
 
 def retrain_datasets_of(body: str, config: PipelineConfig) -> list[str]:
-    """Datasets a retrain-queue message is about (a DatasetSpec event or a recheck)."""
+    """Datasets a retrain-queue message is about (a DatasetSpec notification or a recheck)."""
     data = json.loads(body)
     if data.get("kind") == RECHECK_KIND:
         return [str(data["dataset"])]
     out = []
-    for event in parse_s3_notifications(data):
+    for notification in parse_s3_notifications(data):
         try:
-            out.append(config.dataset_of_dataset_spec(event.key))
+            out.append(config.dataset_of_dataset_spec(notification.key))
         except ValueError:
-            log.warning("ignoring an event about %s", event.key)
+            log.warning("ignoring a notification about %s", notification.key)
     return out
 
 

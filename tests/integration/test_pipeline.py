@@ -2,7 +2,7 @@
 
 One apply is shared by the whole module (it is the slow part): the tests run in file
 order, from "the plan has no drift" to "destroy leaves nothing". Between them, files
-are uploaded to the data bucket and everything else happens through S3 events, SQS and
+are uploaded to the data bucket and everything else happens through S3 notifications, SQS and
 the local runtime calling the handlers that Terraform declared; training jobs go to a
 real local Ray head.
 """
