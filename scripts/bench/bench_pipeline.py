@@ -5,7 +5,7 @@
 
 Uses the paper-layout sample (seeded, generated once into ``--data`` and kept), applies
 the Terraform stack to a fresh moto server, then for 1 and 2 spec_file workers times the
-notification path (S3 notification → SQS → spec_file → S3 notification → SQS → merge_specs) until the
+notification path (S3 → SQS → spec_file → S3 → SQS → merge_specs) until the
 DatasetSpec holds every file, under a new dataset each time, for two ways of landing:
 
 - *upload*: the files uploaded one after the other as a user would (boto3's managed
