@@ -152,7 +152,7 @@ variable "ray_address" {
 }
 
 variable "retrain_entrypoint" {
-  description = "Command of the retraining job (ray_jobs/retrain.py: trains the recipe <models_url>train.yaml on the DatasetSpec's files, registers and promotes); {dataset}, {dataset_spec_url} and {models_url} are filled in at submission."
+  description = "Command of the retraining job (ray_jobs/retrain.py: trains the recipe <models_url>train.yaml on the DatasetSpec's files, registers and promotes); {dataset}, {dataset_spec_url} and {models_url} are filled in at submission, each shell-quoted (so they must stand as whole words)."
   type        = string
   default     = "python ray_jobs/retrain.py --dataset {dataset} --dataset-spec {dataset_spec_url} --models {models_url} --margin 0.01"
 

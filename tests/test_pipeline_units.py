@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import shlex
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -17,14 +19,16 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from hypothesis import given
+from hypothesis import strategies as st
 from moto import mock_aws
 
 from mlaas4hep.errors import ReadError
 from mlaas4hep.pipeline import jobs_api, merge_step
-from mlaas4hep.pipeline.config import MAX_SQS_DELAY, PipelineConfig, PipelineError
+from mlaas4hep.pipeline.config import MAX_SQS_DELAY, PipelineConfig, PipelineError, RejectedKey
 from mlaas4hep.pipeline.merge_step import fold_file_specs, merge_into_dataset
 from mlaas4hep.pipeline.notifications import S3Notification, parse_s3_notifications
-from mlaas4hep.pipeline.retrain_step import retrain_datasets_of, retrain_if_quiet
+from mlaas4hep.pipeline.retrain_step import retrain_command, retrain_datasets_of, retrain_if_quiet
 from mlaas4hep.pipeline.spec_step import claim_spec, compute_and_store_file_spec, lease_is_takeable
 from mlaas4hep.pipeline.sqs import batch_response, handle_batch, queued_seconds
 from mlaas4hep.spec.compute import compute_file_spec
@@ -466,3 +470,42 @@ def test_queued_seconds():
     record = {"attributes": {"SentTimestamp": "1000500"}}
     assert queued_seconds(record, now=1002.0) == pytest.approx(1.5)
     assert queued_seconds({}) == 0.0
+
+
+# ------------------------------------------------------------- hostile object keys
+
+INJECTION_KEY = "datasets/x;echo${IFS}INJECTED;/t.root"
+
+
+def test_a_key_with_a_hostile_dataset_name_is_rejected_and_recorded(s3):
+    compute, calls = fake_compute()
+    outcome = compute_and_store_file_spec(
+        data_notification(INJECTION_KEY), CONFIG, s3=s3, compute=compute, owner="m1"
+    )
+    assert outcome.status == "rejected" and calls == []  # never read
+    record = read_json(s3, "specs", CONFIG.rejected_key(INJECTION_KEY))
+    assert record["key"] == INJECTION_KEY and "is not allowed" in record["error"]
+    assert record["error_type"] == "RejectedKey"
+
+
+@given(st.text(min_size=1, max_size=80))
+def test_only_plain_dataset_names_pass(name):
+    key = f"datasets/{name}/f.root"
+    plain = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", name) is not None
+    if "/" in name:
+        return  # another layout: the first part is the name
+    try:
+        dataset, _ = CONFIG.locate(key)
+    except RejectedKey:
+        assert not plain
+    else:
+        assert plain and dataset == name
+
+
+@given(
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40),
+)
+def test_every_value_in_the_retrain_command_is_one_shell_word(dataset, url):
+    command = retrain_command("train {dataset} {dataset_spec_url} {models_url}", dataset, url, url)
+    assert shlex.split(command) == ["train", dataset, url, url]

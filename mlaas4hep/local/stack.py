@@ -38,7 +38,11 @@ from mlaas4hep.local.project import state_dir as default_state_dir
 from mlaas4hep.local.terraform import Terraform
 from mlaas4hep.local.xrootd import XRootDServer
 
-DEFAULT_RETRAIN_ENTRYPOINT = "python -c \"print('retrain {dataset} from {dataset_spec_url}')\""
+#: The local stack's stand-in job (no training): placeholders stand as whole words, since
+#: their values are shell-quoted (see :func:`mlaas4hep.pipeline.retrain_step.retrain_command`).
+DEFAULT_RETRAIN_ENTRYPOINT = (
+    "python -c \"import sys; print('retrain', *sys.argv[1:])\" {dataset} {dataset_spec_url}"
+)
 #: The ECS/ALB serving deployment is for AWS: locally ``bentoml serve`` runs instead, so
 #: only its image repository is created (``serving_image_tag = null``), saving a minute.
 LOCAL_STACK_VARS = {"serving_image_tag": None}

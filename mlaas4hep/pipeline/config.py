@@ -25,6 +25,24 @@ MAX_SQS_DELAY = 900
 ENV_PREFIX = "MLAAS4HEP_"
 
 
+#: What a dataset name may be: it becomes part of keys, job ids and a command line.
+DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+class RejectedKey(ValueError):
+    """An object key the pipeline refuses (a dataset name outside :data:`DATASET_NAME`)."""
+
+
+def check_dataset_name(name: str, key: str) -> str:
+    """``name`` if it is a valid dataset name; else :class:`RejectedKey` naming ``key``."""
+    if not DATASET_NAME.fullmatch(name):
+        raise RejectedKey(
+            f"{key!r}: the dataset name {name!r} is not allowed (letters, digits, '.', '_' "
+            "and '-', starting with a letter or digit, at most 63 characters)"
+        )
+    return name
+
+
 class PipelineError(MlaasError, RuntimeError):
     """The pipeline could not complete a step (e.g. a merge kept conflicting)."""
 
@@ -99,13 +117,21 @@ class PipelineConfig:
         dataset, sep, path = data_key[len(self.data_prefix) :].partition("/")
         if not sep or not dataset or not path:
             raise ValueError(f"{data_key!r} is not <data prefix><dataset>/<file>")
-        return dataset, path
+        return check_dataset_name(dataset, data_key), path
 
     def file_spec_key(self, dataset: str, path: str, version: str) -> str:
         return f"{self.file_specs_prefix}{dataset}/{path}@{safe_name(version)}.json"
 
     def quarantine_key(self, dataset: str, path: str, version: str) -> str:
         return f"{self.quarantine_prefix}{dataset}/{path}@{safe_name(version)}.json"
+
+    def rejected_key(self, key: str) -> str:
+        """Where the record of a refused object key goes (named by a hash of the key: the
+        key itself is not fit to be part of another)."""
+        import hashlib
+
+        digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+        return f"{self.quarantine_prefix}_rejected/{digest}.json"
 
     def lease_key(self, dataset: str, path: str, version: str) -> str:
         """The claim on computing one object version's FileSpec (see :func:`claim_spec`)."""
@@ -117,7 +143,9 @@ class PipelineConfig:
     def dataset_of_file_spec(self, spec_key: str) -> str:
         if not spec_key.startswith(self.file_specs_prefix):
             raise ValueError(f"{spec_key!r} is not under {self.file_specs_prefix!r}")
-        return spec_key[len(self.file_specs_prefix) :].split("/", 1)[0]
+        return check_dataset_name(
+            spec_key[len(self.file_specs_prefix) :].split("/", 1)[0], spec_key
+        )
 
     def dataset_of_dataset_spec(self, spec_key: str) -> str:
         rest = spec_key[len(self.dataset_specs_prefix) :]
@@ -125,7 +153,7 @@ class PipelineConfig:
             "/" + DATASET_SPEC_NAME
         ):
             raise ValueError(f"{spec_key!r} is not a dataset spec key")
-        return rest[: -len(DATASET_SPEC_NAME) - 1]
+        return check_dataset_name(rest[: -len(DATASET_SPEC_NAME) - 1], spec_key)
 
     def retrain_state_key(self, dataset: str) -> str:
         return f"{self.retrain_state_prefix}{dataset}/state.json"

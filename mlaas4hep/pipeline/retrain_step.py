@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import re
+import shlex
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -58,6 +59,20 @@ def _updated_at(head: Mapping[str, Any]) -> float:
     return head["LastModified"].timestamp()
 
 
+def retrain_command(template: str, dataset: str, spec_url: str, models_url: str) -> str:
+    """The retraining entrypoint for one dataset, every value shell-quoted.
+
+    The Ray Jobs API runs an entrypoint through a shell and takes no argv, so each value
+    formatted into the template is quoted with :func:`shlex.quote` (and dataset names are
+    checked where keys are parsed): no name or URL can add a word or a command.
+    """
+    return template.format(
+        dataset=shlex.quote(dataset),
+        dataset_spec_url=shlex.quote(spec_url),
+        models_url=shlex.quote(models_url),
+    )
+
+
 def retrain_if_quiet(
     config: PipelineConfig,
     dataset: str,
@@ -100,9 +115,7 @@ def retrain_if_quiet(
     submission_id = submission_id_for(dataset, etag)
     spec_url = f"s3://{config.specs_bucket}/{config.dataset_spec_key(dataset)}"
     models_url = f"s3://{config.models_bucket}/{dataset}/"
-    entrypoint = config.retrain_entrypoint.format(
-        dataset=dataset, dataset_spec_url=spec_url, models_url=models_url
-    )
+    entrypoint = retrain_command(config.retrain_entrypoint, dataset, spec_url, models_url)
     submission_id, created = jobs_api.submit_job(
         config.ray_address,
         entrypoint,

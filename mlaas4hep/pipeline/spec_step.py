@@ -15,7 +15,7 @@ from typing import Any
 
 from mlaas4hep.errors import ReadError, SpecError
 from mlaas4hep.pipeline.aws import aws_client, is_missing, is_precondition_failure, object_exists
-from mlaas4hep.pipeline.config import PipelineConfig
+from mlaas4hep.pipeline.config import PipelineConfig, RejectedKey
 from mlaas4hep.pipeline.notifications import S3Notification, parse_s3_notifications
 from mlaas4hep.pipeline.sqs import handle_batch, queued_seconds, receive_count
 from mlaas4hep.serve.protocol import JSON
@@ -163,6 +163,9 @@ def compute_and_store_file_spec(
     began = clock()
     try:
         dataset, path = config.locate(notification.key)
+    except RejectedKey as err:
+        _write_rejection(s3, config, notification, err)
+        return FileSpecOutcome("rejected", source)
     except ValueError as err:
         log.warning("ignoring %s: %s", source, err)
         return FileSpecOutcome("skipped", source)
@@ -259,6 +262,28 @@ def resolve_version(event: S3Notification, s3: Any) -> str:
     if version_id and version_id != "null":  # "null": written while unversioned
         return version_id
     return str(head.get("ETag") or event.etag).strip('"')
+
+
+def _write_rejection(
+    s3: Any, config: PipelineConfig, notification: S3Notification, error: RejectedKey
+) -> None:
+    """Record an object the pipeline refuses to read (its key), so that a person sees why
+    an upload never reached a DatasetSpec."""
+    record = {
+        "source": f"s3://{notification.bucket}/{notification.key}",
+        "key": notification.key,
+        "version": notification.version,
+        "error": str(error),
+        "error_type": type(error).__name__,
+        "recorded_at": time.time(),
+    }
+    s3.put_object(
+        Bucket=config.specs_bucket,
+        Key=config.rejected_key(notification.key),
+        Body=json.dumps(record, indent=1).encode(),
+        ContentType=JSON,
+    )
+    log.warning("rejected %s: %s", record["source"], error)
 
 
 def _write_quarantine(

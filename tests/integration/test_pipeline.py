@@ -284,6 +284,35 @@ def test_truncated_file_is_quarantined_and_dead_lettered(stack, shared_data, tmp
     assert bad not in spec.files
 
 
+def test_a_hostile_key_never_reaches_a_spec_a_job_or_a_shell(stack, shared_data):
+    """A key whose dataset part is a shell command (and one with a space) is rejected where
+    it is parsed: a record names the key, no spec, no DatasetSpec, no Ray job."""
+    keys = ["datasets/x;echo${IFS}INJECTED;/t.root", "datasets/my data/t.root"]
+    for key in keys:
+        upload(stack, shared_data / "uproot-Zmumu.root", key)
+
+    def rejected():
+        found = []
+        for key in keys:
+            try:
+                body = stack.s3.get_object(
+                    Bucket=stack.config.specs_bucket, Key=stack.config.rejected_key(key)
+                )["Body"].read()
+            except stack.s3.exceptions.NoSuchKey:
+                return None
+            found.append(json.loads(body))
+        return found
+
+    records = wait_for(rejected, 60, what="the rejection records")
+    assert [r["key"] for r in records] == keys
+    assert all(r["error_type"] == "RejectedKey" and "not allowed" in r["error"] for r in records)
+    wait_for(lambda: pipeline_idle(stack), 60, 0.5, "the pipeline's queues to drain")
+    listed = stack.s3.list_objects_v2(Bucket=stack.config.specs_bucket).get("Contents", [])
+    assert not [o["Key"] for o in listed if "INJECTED" in o["Key"] or "my data" in o["Key"]]
+    datasets = [j.get("metadata", {}).get("dataset", "") for j in stack.ray.jobs()]
+    assert not [d for d in datasets if "INJECTED" in d or " " in d], datasets
+
+
 def test_burst_of_ten_files_gives_one_training_job(stack, shared_data):
     source = shared_data / "uproot-Zmumu.root"
     with ThreadPoolExecutor(max_workers=5) as pool:
