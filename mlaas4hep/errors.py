@@ -48,3 +48,16 @@ class ExpressionError(MlaasError, ValueError):
 
 class ConfigError(MlaasError, ValueError):
     """A user configuration is invalid; the message names the offending field."""
+
+
+class ColumnError(MlaasError, ValueError):
+    """A column's layout cannot be trusted: offsets that are negative, decrease, or point
+    past the values they index. Raised before any kernel reads the column."""
+
+    def __init__(self, branch: str, problem: str) -> None:
+        self.branch = branch
+        self.problem = problem
+        super().__init__(f"branch {branch!r}: {problem}")
+
+    def __reduce__(self):
+        return (type(self), (self.branch, self.problem))

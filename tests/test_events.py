@@ -435,3 +435,45 @@ def test_without_a_token_mutations_are_refused_and_predictions_can_be_closed() -
     assert call(closed, "POST", "/predict", [b"{}"], {"Content-Length": "2"})[0] == 401
     assert call(closed, "GET", "/models", [], {})[0] == 401
     assert call(closed, "GET", "/metrics", [], {})[0] == 200
+
+
+# ------------------------------------------------------------------ hostile offsets
+
+
+def list_with_offsets(offsets: list[int], values: list[float]) -> pa.Array:
+    """A ListArray built from raw buffers, so that pyarrow does not check its offsets."""
+    offsets_buffer = pa.py_buffer(np.asarray(offsets, dtype=np.int32).tobytes())
+    return pa.Array.from_buffers(
+        pa.list_(pa.float32()),
+        len(offsets) - 1,
+        [None, offsets_buffer],
+        children=[pa.array(values, pa.float32())],
+    )
+
+
+@pytest.mark.parametrize(
+    ("offsets", "problem"),
+    [
+        ([0, 2**29, 2**29 + 8, 2], "decrease at event 2"),
+        ([0, 3, 1, 4], "decrease at event 1"),
+    ],
+)
+def test_arrow_offsets_that_do_not_fit_their_values_are_a_400(offsets, problem) -> None:
+    table = arrow_table(Jet_pt=list_with_offsets(offsets, [1.0, 2.0, 3.0, 4.0]))
+    with pytest.raises(RequestError) as caught:
+        from_table(read_table(stream_bytes(table)), VECTORIZER)
+    assert caught.value.status == 400 and caught.value.field == "Jet_pt"
+    assert problem in caught.value.problem
+
+
+def test_arrow_offsets_past_the_values_in_the_bytes_are_a_400() -> None:
+    """pyarrow will not write such a list: the bytes are patched, as a hostile client would."""
+    table = arrow_table(Jet_pt=list_with_offsets([0, 2, 2, 4], [1.0, 2.0, 3.0, 4.0]))
+    sound = np.asarray([0, 2, 2, 4], dtype=np.int32).tobytes()
+    body = stream_bytes(table)
+    assert body.count(sound) == 1
+    hostile = body.replace(sound, np.asarray([0, 2, 2, 2**29], dtype=np.int32).tobytes())
+    with pytest.raises(RequestError) as caught:
+        from_table(read_table(hostile), VECTORIZER)
+    assert caught.value.status == 400 and caught.value.field == "Jet_pt"
+    assert "point past its 4 values" in caught.value.problem

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import warnings
 
@@ -10,12 +11,14 @@ import isal.isal_zlib
 import numpy as np
 import pytest
 import uproot
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rootfiles import write_events
 
-from mlaas4hep.errors import BranchError, ReadError
+from mlaas4hep.errors import BranchError, ColumnError, ReadError
 from mlaas4hep.io.branches import NonNumericBranchWarning
 from mlaas4hep.io.codec import use_zlib_library
-from mlaas4hep.io.columns import jagged_parts
+from mlaas4hep.io.columns import check_layout, check_offsets, jagged_parts
 from mlaas4hep.io.expand import expand_sources
 from mlaas4hep.io.identity import file_identity
 from mlaas4hep.io.tree import open_tree
@@ -211,3 +214,39 @@ def test_zlib_library_choice_is_checked_and_leaves_writing_alone(monkeypatch):
         assert uproot.ZLIB.library == "zlib"  # written files keep zlib's levels
     finally:
         use_zlib_library()
+
+
+# ------------------------------------------------------------------- column layouts
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(-5, 40), min_size=0, max_size=12),
+    st.integers(0, 40),
+)
+def test_offsets_pass_exactly_when_they_can_index_the_values(offsets, size):
+    sound = (
+        len(offsets) > 0
+        and offsets[0] >= 0
+        and offsets[-1] <= size
+        and all(b >= a for a, b in itertools.pairwise(offsets))
+    )
+    try:
+        check_offsets(np.asarray(offsets, dtype=np.int64), size, "Jet_pt")
+    except ColumnError as err:
+        assert not sound and err.branch == "Jet_pt"
+    else:
+        assert sound
+
+
+def test_a_crafted_awkward_list_is_refused_before_any_kernel():
+    content = ak.contents.NumpyArray(np.arange(4, dtype=np.float32))
+    past = ak.contents.ListOffsetArray(ak.index.Index64(np.array([0, 2, 9])), content)
+    with pytest.raises(ColumnError, match="point past its 4 values"):
+        check_layout(ak.Array(past), "Jet_pt")
+    backwards = ak.contents.ListArray(
+        ak.index.Index64(np.array([2, 0])), ak.index.Index64(np.array([1, 4])), content
+    )
+    with pytest.raises(ColumnError, match="starts and stops"):
+        check_layout(ak.Array(backwards), "Jet_pt")
+    check_layout(ak.Array([[1.0, 2.0], [], [3.0]]), "Jet_pt")  # sound lists pass

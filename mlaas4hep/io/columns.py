@@ -15,7 +15,7 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
-from mlaas4hep.errors import BranchError
+from mlaas4hep.errors import BranchError, ColumnError
 
 
 @dataclass(frozen=True)
@@ -99,3 +99,46 @@ def columns_of(chunk: Mapping[str, Any] | ak.Array, names: Sequence[str]) -> Map
     if missing:
         raise BranchError(f"the chunk lacks the branch(es) {', '.join(missing)}")
     return chunk
+
+
+def check_offsets(offsets: np.ndarray, content_size: int, branch: str) -> None:
+    """Raise :class:`~mlaas4hep.errors.ColumnError` naming ``branch`` unless ``offsets``
+    can index ``content_size`` values: at least one entry, the first ≥ 0, never
+    decreasing, the last ≤ ``content_size``. Vectorised: one pass over the offsets.
+
+    Columns are checked once, where they enter (ROOT baskets read by
+    :class:`~mlaas4hep.io.tree.RootTree`, Arrow and Parquet bodies): the kernels then
+    index the content without a bounds check of their own.
+    """
+    offsets = np.asarray(offsets)
+    if offsets.ndim != 1 or len(offsets) == 0:
+        raise ColumnError(branch, "its offsets are empty or not one-dimensional")
+    first, last = int(offsets[0]), int(offsets[-1])
+    if first < 0:
+        raise ColumnError(branch, f"its offsets start below zero ({first})")
+    if last > content_size:
+        raise ColumnError(branch, f"its offsets point past its {content_size} values (to {last})")
+    if len(offsets) > 1:
+        decreasing = np.flatnonzero(offsets[1:] < offsets[:-1])
+        if len(decreasing):
+            raise ColumnError(branch, f"its offsets decrease at event {int(decreasing[0])}")
+
+
+def check_layout(array: ak.Array | np.ndarray, branch: str) -> None:
+    """:func:`check_offsets` for every list level of an awkward array (and the starts and
+    stops of a ListArray); a flat array passes."""
+    if isinstance(array, np.ndarray):
+        return
+    node = ak.to_layout(array)
+    while True:
+        if isinstance(node, ak.contents.ListOffsetArray):
+            check_offsets(np.asarray(node.offsets.data), len(node.content), branch)
+        elif isinstance(node, ak.contents.ListArray):
+            starts, stops = np.asarray(node.starts.data), np.asarray(node.stops.data)
+            if len(starts) and (
+                starts.min() < 0 or np.any(stops < starts) or stops.max() > len(node.content)
+            ):
+                raise ColumnError(branch, "its list starts and stops do not fit its values")
+        elif not isinstance(node, ak.contents.RegularArray):
+            return
+        node = node.content

@@ -19,9 +19,10 @@ import awkward as ak
 import numpy as np
 import uproot
 
-from mlaas4hep.errors import ReadError
+from mlaas4hep.errors import ColumnError, ReadError
 from mlaas4hep.io.branches import classify_branches, select_branches
 from mlaas4hep.io.codec import ensure_inflate_library
+from mlaas4hep.io.columns import check_layout
 from mlaas4hep.io.failures import READ_FAILURES, as_read_error
 from mlaas4hep.io.location import normalize_url
 from mlaas4hep.io.schemes import location_of
@@ -116,7 +117,17 @@ class RootTree:
             )
         except READ_FAILURES as err:
             raise as_read_error(self.url, err) from err
-        return out
+        return self._checked(out)
+
+    def _checked(self, arrays: dict[str, ak.Array]) -> dict[str, ak.Array]:
+        """``arrays`` whose list offsets (taken from the file as they are) are sound; a
+        crafted basket is a ReadError naming the file and the branch."""
+        for name, array in arrays.items():
+            try:
+                check_layout(array, name)
+            except ColumnError as err:
+                raise ReadError(self.url, err.problem, branch=name) from None
+        return arrays
 
     def iterate(
         self,
@@ -145,7 +156,7 @@ class RootTree:
                 return
             except READ_FAILURES as err:
                 raise as_read_error(self.url, err) from err
-            yield chunk
+            yield self._checked(chunk)
 
     def step_entries(self, branches: Sequence[str], step_size: int | str) -> int:
         """``step_size`` as a number of entries: an int as it is; a memory size such as

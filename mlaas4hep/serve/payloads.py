@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from mlaas4hep import extras
-from mlaas4hep.errors import MlaasError
-from mlaas4hep.io.columns import JaggedView
+from mlaas4hep.errors import ColumnError, MlaasError
+from mlaas4hep.io.columns import JaggedView, check_offsets
 from mlaas4hep.serve.protocol import ARROW_STREAM, JSON, PARQUET
 from mlaas4hep.transform.vectorizer import FeatureBlock, Vectorizer
 
@@ -361,6 +361,10 @@ def from_table(table: Any, vectorizer: Vectorizer) -> EventColumns:
             raise RequestError("holds null values inside its lists", field=block.name)
         offsets = np.asarray(array.offsets, dtype=np.int64)
         content = array.values.to_numpy(zero_copy_only=False)
+        try:
+            check_offsets(offsets, len(content), block.name)
+        except ColumnError as err:
+            raise RequestError(err.problem, field=block.name) from None
         columns[block.name] = JaggedView(offsets, _cast(block, content, None))
     return EventColumns(columns, table.num_rows)
 
