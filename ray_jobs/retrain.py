@@ -7,7 +7,7 @@ stopped changing; by hand it is:
         python ray_jobs/retrain.py --dataset tth \
         --dataset-spec s3://specs/datasets/tth/dataset.json --models s3://models/tth/
 
-See :mod:`mlaas4hep.retraining`. Prints one JSON line prefixed ``MLAAS4HEP_RESULT`` with
+See :mod:`mlaas4hep.pipeline.retraining`. Prints one JSON line prefixed ``MLAAS4HEP_RESULT`` with
 the decision; a configuration or data error exits with status 2 before any training.
 """
 

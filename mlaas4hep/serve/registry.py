@@ -1,7 +1,7 @@
 """The model registry: model bundles in the BentoML model store, with aliases.
 
 Versions are BentoML models (``name:version``) whose directory is a model bundle
-(:mod:`mlaas4hep.bundle`); this module adds what serving needs on top of the store:
+(:mod:`mlaas4hep.model.bundle`); this module adds what serving needs on top of the store:
 
 * :meth:`Registry.list` with metadata, filtered by name, labels, dataset, metric
   thresholds (``test_auc>=0.8``) and creation dates; :meth:`Registry.card`, the model

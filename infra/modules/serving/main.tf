@@ -25,7 +25,7 @@ locals {
   container_name = "service"
   image          = "${aws_ecr_repository.this.repository_url}:${coalesce(var.image_tag, "none")}"
 
-  # What the service is told (mlaas4hep.serving_config); the token comes as a secret.
+  # What the service is told (mlaas4hep.serve.config); the token comes as a secret.
   environment = merge({
     MLAAS4HEP_SERVE_MODEL   = var.model
     MLAAS4HEP_SERVE_WORKERS = tostring(coalesce(var.workers, max(1, floor(var.cpu / 1024))))
