@@ -426,3 +426,56 @@ def test_a_model_missing_here_is_pulled_from_the_models_bucket(
     assert len(registry.list()) == 2
     with pytest.raises(ModelNotFound, match="no bundle"):
         registry.pull("s3://models/bundles", "tth:nope")
+
+
+# ------------------------------------------------------------------ hostile bundles
+
+
+def test_a_version_named_like_an_alias_is_refused(
+    registry: Registry, bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    """A .bentomodel whose version is ``production`` would stand in front of the alias."""
+    import shutil
+
+    folder = tmp_path / "archive"
+    shutil.copytree(bundles["a"], folder)
+    (folder / "model.yaml").write_text("name: tth\nversion: production\n")
+    with pytest.raises(ArchiveError, match="'production', which is an alias name"):
+        registry.upload(tar_of(folder, arcname="."))
+    assert registry.list() == []
+
+
+@pytest.mark.parametrize("weights", ["../../etc/passwd", "/etc/passwd", ".hidden", "a/b.pt", 7])
+def test_a_manifest_naming_a_file_outside_the_bundle_is_refused(
+    bundles: dict[str, Path], tmp_path: Path, weights: object
+) -> None:
+    import shutil
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(bundles["a"], folder)
+    manifest = json.loads((folder / "bundle.json").read_text())
+    (folder / "bundle.json").write_text(json.dumps({**manifest, "weights": weights}))
+    with pytest.raises(ConfigError, match="must name a file inside the bundle"):
+        Predictor.load(folder, "tth:hostile")
+    with pytest.raises(ConfigError, match="must name a file inside the bundle"):
+        ModelBundle.load(folder)
+
+
+def test_keras_weights_that_point_outside_their_file_are_refused(tmp_path: Path) -> None:
+    h5py = pytest.importorskip("h5py")
+    from mlaas4hep.serve.predictor import keras_dense_layers
+
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(np.arange(8, dtype=np.float32).tobytes())
+    external = tmp_path / "external.weights.h5"
+    with h5py.File(external, "w") as f:
+        f.create_dataset("dense/kernel", shape=(2, 4), dtype="f4", external=[(str(outside), 0, 32)])
+        f.create_dataset("dense/bias", data=np.zeros(4, np.float32))
+    with pytest.raises(ConfigError, match="keeps its data outside the file"):
+        keras_dense_layers(external, 2)
+    linked = tmp_path / "linked.weights.h5"
+    with h5py.File(linked, "w") as f:
+        f["dense/bias"] = np.zeros(4, np.float32)
+        f["dense/kernel"] = h5py.ExternalLink(str(external), "/dense/kernel")
+    with pytest.raises(ConfigError, match="is a link"):
+        keras_dense_layers(linked, 2)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ BUNDLE_VERSION = 1
 KERAS_WEIGHTS = "model.weights.h5"
 TORCH_WEIGHTS = "model.pt"
 DEFAULT_MODEL = "default"
+#: A file name inside a bundle: no folder, no leading dot (so no ``..`` nor absolute path).
+_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
 
 def weights_name(framework: str) -> str:
@@ -37,6 +40,10 @@ def check_manifest(manifest: Mapping[str, Any], where: str) -> dict[str, Any]:
             f"{where}: bundle version {manifest.get('bundle_version')!r} is not supported "
             f"(this release reads {BUNDLE_VERSION})"
         )
+    for key in ("weights", "model"):  # file names inside the bundle, nothing else
+        value = manifest.get(key)
+        if value is not None and (not isinstance(value, str) or not _FILE_NAME.fullmatch(value)):
+            raise ConfigError(f"{where}: {key} must name a file inside the bundle, not {value!r}")
     return dict(manifest)
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import re
 import tarfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
 from mlaas4hep.errors import ConfigError
 from mlaas4hep.model.manifest import check_manifest
+from mlaas4hep.serve.protocol import DEFAULT_ALIAS
 from mlaas4hep.serve.registry_errors import ArchiveError, RegistryError
 
 MAX_ARCHIVE_MEMBERS = 10_000
@@ -126,7 +127,14 @@ def checked_name(name: str) -> str:
     return name
 
 
-def checked_version(version: str) -> str:
+def checked_version(version: str, aliases: Iterable[str] = ()) -> str:
+    """``version`` if it can name a version: the name rule, and not an alias name (the
+    default alias, ``latest``, or one of ``aliases``): a version named ``production``
+    would stand in front of the alias and block every later promotion."""
     if not NAME_RULE.match(version or "") or len(version) > 63:
         raise ArchiveError(f"model.yaml in the archive has an invalid version {version!r}")
+    if version in {DEFAULT_ALIAS, "latest", *aliases}:
+        raise ArchiveError(
+            f"model.yaml in the archive names the version {version!r}, which is an alias name"
+        )
     return version

@@ -168,17 +168,17 @@ async def delete_model(request: Request, server: ModelServer) -> Response:
 
 
 async def promote(request: Request, server: ModelServer) -> Response:
-    alias = request.query_params.get("alias")
+    alias: Any = request.query_params.get("alias")
     body = await request.body()
     if body:
         alias = _json_object(body).get("alias", alias)
-    if not isinstance(alias or DEFAULT_ALIAS, str):
-        raise RequestError("alias must be a string", field="alias")
-    tag = await run_in_threadpool(
-        server.registry.promote, request.path_params["ref"], alias or DEFAULT_ALIAS
-    )
+    if alias is None:  # not given: the default; given, it must say something
+        alias = DEFAULT_ALIAS
+    elif not isinstance(alias, str) or not alias.strip():
+        raise RequestError("alias must be a non-empty string", field="alias")
+    tag = await run_in_threadpool(server.registry.promote, request.path_params["ref"], alias)
     await run_in_threadpool(server.refresh)  # this worker switches now, the others on poll
-    return JSONResponse({"tag": tag, "alias": alias or DEFAULT_ALIAS, "serving": server.tag})
+    return JSONResponse({"tag": tag, "alias": alias, "serving": server.tag})
 
 
 async def aliases(request: Request, server: ModelServer) -> Response:

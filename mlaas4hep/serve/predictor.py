@@ -81,10 +81,16 @@ def keras_dense_layers(path: Path, n_features: int) -> list[tuple[np.ndarray, np
     h5py = extras.require("h5py")
     found: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
-    def visit(_name: str, group: Any) -> None:
+    def visit(name: str, group: Any) -> None:
         if not isinstance(group, h5py.Group):
             return
+        for member in group:  # only what the file itself holds: no link to elsewhere
+            if not isinstance(group.get(member, getlink=True), h5py.HardLink):
+                raise ConfigError(f"{path}: {name}/{member} is a link; weights files hold none")
         arrays = [v for v in group.values() if isinstance(v, h5py.Dataset)]
+        for array in arrays:  # data stored outside the file (another file, /proc …)
+            if array.is_virtual or array.external:
+                raise ConfigError(f"{path}: {array.name} keeps its data outside the file")
         kernels = [a for a in arrays if a.ndim == 2]
         biases = [a for a in arrays if a.ndim == 1]
         if len(kernels) == 1 and len(biases) == 1 and len(arrays) == 2:

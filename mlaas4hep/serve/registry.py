@@ -489,7 +489,9 @@ class Registry:
                 raw = str((info or {}).get("name", "")), str((info or {}).get("version", ""))
                 if name and name != raw[0]:
                     raise ArchiveError(f"the archive is model {raw[0]!r}, not {name!r}")
-                tag = f"{archives.checked_name(raw[0])}:{archives.checked_version(raw[1])}"
+                in_use = self.aliases().get(raw[0], {})
+                version = archives.checked_version(raw[1], in_use)
+                tag = f"{archives.checked_name(raw[0])}:{version}"
                 labels = {
                     **{str(k): str(v) for k, v in (info.get("labels") or {}).items()},
                     **labels,
