@@ -258,12 +258,22 @@ def _numbers(values: list[Any]) -> np.ndarray:
 
 def _cast(block: FeatureBlock, array: np.ndarray, where: Any) -> np.ndarray:
     target = np.dtype(block.dtype)
-    if target.kind in "iu" and array.dtype.kind == "f":
-        bad = np.flatnonzero(array != np.round(array))
+    if target.kind in "iu" and array.dtype.kind in "fiu":
+        # an integer branch takes whole numbers its dtype holds: never a cast to INT_MIN
+        info = np.iinfo(target)
+        with np.errstate(invalid="ignore"):
+            outside = (array < info.min) | (array > info.max)
+            if array.dtype.kind == "f":
+                outside |= ~np.isfinite(array) | (array != np.round(array))
+        bad = np.flatnonzero(outside)
         if len(bad):
             i = int(bad[0])
             field = where(i) if where else block.name
-            raise RequestError(f"expected an integer, got {array[i]!r}", field=field)
+            raise RequestError(
+                f"expected an integer from {info.min} to {info.max} ({target.name}), "
+                f"got {array[i].item()!r}",
+                field=field,
+            )
     if array.dtype == target:
         return array
     with np.errstate(over="ignore", invalid="ignore"):
