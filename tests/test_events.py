@@ -438,6 +438,12 @@ def test_without_a_token_mutations_are_refused_and_predictions_can_be_closed() -
     assert call(closed, "POST", "/predict", [b"{}"], {"Content-Length": "2"})[0] == 401
     assert call(closed, "GET", "/models", [], {})[0] == 401
     assert call(closed, "GET", "/metrics", [], {})[0] == 200
+    # every read that says something about the model is closed too
+    for path in ("/status", "/models/tth:abc/card", "/aliases", "/registry"):
+        assert call(closed, "GET", path, [], {})[0] == 401, path
+    for path in ("/healthz", "/livez", "/readyz"):
+        assert call(closed, "GET", path, [], {})[0] == 200, path
+        assert call(closed, "GET", path, [], {"Authorization": "Bearer wrong"})[0] == 200
 
 
 # ------------------------------------------------------------------ hostile offsets

@@ -9,8 +9,9 @@ of every route. The handlers are thin: they read the request, call the
 
 Auth: mutating registry endpoints (POST/DELETE under ``/models`` and ``/aliases``) need
 ``Authorization: Bearer <token>``; with no token configured they are refused (403), so
-a service never runs with a default token. Prediction and read-only endpoints need it
-only with ``predict_requires_token``. Health, readiness and metrics stay open.
+a service never runs with a default token. Prediction and every read endpoint
+(``/status`` and the model cards included) need it only with ``predict_requires_token``;
+health, readiness and metrics (:data:`OPEN_PATHS`) stay open.
 
 Limits: a body larger than the endpoint's limit gets a 413 before it is parsed (by its
 ``Content-Length``, or counted as it arrives when chunked).
@@ -43,6 +44,8 @@ log = logging.getLogger("mlaas4hep.serving")
 DRAIN_BYTES = 64 << 20  # read (and drop) this much of a refused body so the client sees the answer
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 REGISTRY_PREFIXES = ("/models", "/aliases")
+#: What a load balancer and Prometheus read: never behind the token.
+OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})
 
 
 def error_response(err: BaseException) -> JSONResponse:
@@ -248,7 +251,9 @@ class GuardMiddleware:
             if method in MUTATING:
                 return limits.model_bytes, True
             return limits.json_bytes, not open_reads
-        return limits.json_bytes, False
+        if path in OPEN_PATHS:
+            return limits.json_bytes, False
+        return limits.json_bytes, not open_reads  # /status and every other read
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
