@@ -479,3 +479,21 @@ def test_keras_weights_that_point_outside_their_file_are_refused(tmp_path: Path)
         f["dense/kernel"] = h5py.ExternalLink(str(external), "/dense/kernel")
     with pytest.raises(ConfigError, match="is a link"):
         keras_dense_layers(linked, 2)
+
+
+@pytest.mark.parametrize(
+    "content", [b"not a zip at all", b"PK\x03\x04 truncated", None], ids=["garbage", "zip", "keys"]
+)
+def test_a_garbage_reference_file_is_a_clear_refusal(
+    bundles: dict[str, Path], tmp_path: Path, content: bytes | None
+) -> None:
+    import shutil
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(bundles["a"], folder)
+    if content is None:
+        np.savez(folder / "reference.npz", other=np.zeros(3))
+    else:
+        (folder / "reference.npz").write_bytes(content)
+    with pytest.raises(ConfigError, match="reference.npz is not three arrays"):
+        Predictor.load(folder, "tth:garbage")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,9 +188,15 @@ class Predictor:
         """Score the job's reference rows; refuse the model if they disagree."""
         reference = directory / "reference.npz"
         if reference.exists():
-            with np.load(reference) as data:
-                X, mask, expected = data["X"], data["mask"], data["scores"]
-            got = self.forward(X, mask)
+            try:  # no pickles: a reference is three plain arrays
+                with np.load(reference, allow_pickle=False) as data:
+                    X, mask, expected = data["X"], data["mask"], data["scores"]
+                got = self.forward(X, mask)
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+                raise ConfigError(
+                    f"model {self.tag}: reference.npz is not three arrays X, mask and scores "
+                    f"that fit the model ({type(err).__name__}: {err})"
+                ) from None
             worst = float(np.max(np.abs(got - expected))) if len(got) else 0.0
             if not worst <= REFERENCE_TOLERANCE:
                 raise ConfigError(
