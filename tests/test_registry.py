@@ -497,3 +497,33 @@ def test_a_garbage_reference_file_is_a_clear_refusal(
         (folder / "reference.npz").write_bytes(content)
     with pytest.raises(ConfigError, match="reference.npz is not three arrays"):
         Predictor.load(folder, "tth:garbage")
+
+
+def test_concurrent_promotions_and_deletions_leave_no_alias_dangling(
+    registry: Registry, bundles: dict[str, Path]
+) -> None:
+    """Delete and promote decide under the same lock: whatever the interleaving, every
+    alias names a version that exists."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    tags = [registry.add(bundles["a" if i % 2 else "b"], "tth") for i in range(8)]
+    rng = random.Random(5)
+    plan = [(rng.choice(("promote", "delete")), rng.choice(tags)) for _ in range(200)]
+
+    def act(step: tuple[str, str]) -> None:
+        action, tag = step
+        try:
+            if action == "promote":
+                registry.promote(tag, rng.choice(("production", "staging")))
+            else:
+                registry.delete(tag)
+        except (RegistryConflict, ModelNotFound):
+            pass  # aliased, or gone already: refused, not half done
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(act, plan))
+    existing = {str(m.tag) for m in registry.store.list()}
+    for alias, tag in registry.aliases().get("tth", {}).items():
+        assert tag in existing, (alias, tag)
+        assert registry.resolve(f"tth:{alias}") == tag

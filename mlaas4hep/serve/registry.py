@@ -284,14 +284,17 @@ class Registry:
     def delete(self, ref: str) -> str:
         """Delete a version (refused while an alias points to it); returns its tag."""
         tag = str(self._get(ref).tag) if ":" in ref else self.resolve(ref)
-        held = self._aliases_by_tag().get(tag)
-        if held:
-            raise RegistryConflict(
-                f"model {tag} is aliased as {', '.join(sorted(held))}: promote another "
-                "version (or remove the alias) before deleting it",
-                field="tag",
-            )
-        self.store.delete(tag)
+        with self._locked() as document:  # the same lock as promote: no alias left dangling
+            self._get(tag)  # another delete may have gone first
+            name = tag.split(":")[0]
+            held = [a for a, t in document["aliases"].get(name, {}).items() if t == tag]
+            if held:
+                raise RegistryConflict(
+                    f"model {tag} is aliased as {', '.join(sorted(held))}: promote another "
+                    "version (or remove the alias) before deleting it",
+                    field="tag",
+                )
+            self.store.delete(tag)
         return tag
 
     # --- aliases --------------------------------------------------------------------
@@ -312,6 +315,7 @@ class Registry:
         if (self.root / name / alias).is_dir():
             raise RegistryConflict(f"alias {alias!r} would hide version {name}:{alias}", "alias")
         with self._locked() as document:
+            self._get(tag)  # still there: a delete decides under the same lock
             previous = document["aliases"].setdefault(name, {}).get(alias)
             document["aliases"][name][alias] = tag
             document["history"].append(
