@@ -250,3 +250,19 @@ def test_a_crafted_awkward_list_is_refused_before_any_kernel():
     with pytest.raises(ColumnError, match="starts and stops"):
         check_layout(ak.Array(backwards), "Jet_pt")
     check_layout(ak.Array([[1.0, 2.0], [], [3.0]]), "Jet_pt")  # sound lists pass
+
+
+def test_a_scheme_whose_client_is_missing_is_a_read_error(monkeypatch):
+    import mlaas4hep.extras as extras
+
+    real = extras.require
+
+    def without_xrootd(module):
+        if module.startswith("XRootD"):
+            raise ImportError(f"{module} is required for this feature but is not installed")
+        return real(module)
+
+    monkeypatch.setattr("mlaas4hep.io.xrootd.require", without_xrootd)
+    monkeypatch.setattr("mlaas4hep.io.xrootd._CONFIGURED", False)
+    with pytest.raises(ReadError, match="root://host:1094//a.root.*not installed"):
+        open_tree("root://host:1094//a.root")

@@ -43,6 +43,8 @@ class RootTree:
         try:
             options = location_of(self.url).uproot_options(self.url)
             self._file = uproot.open(self.url, object_cache=None, array_cache=None, **options)
+        except ImportError as err:  # a transport's client missing from this installation
+            raise ReadError(self.url, str(err)) from err
         except READ_FAILURES as err:
             raise as_read_error(self.url, err) from err
         try:
