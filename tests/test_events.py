@@ -279,9 +279,12 @@ def test_concurrent_requests_are_scored_together_in_order() -> None:
     assert max(e for _, e in batches) <= 64 and sum(r for r, _ in batches) == 100
 
 
-def test_an_error_fails_its_request_or_the_whole_batch() -> None:
+def test_an_error_fails_only_the_request_that_caused_it() -> None:
+    """A batch whose scoring raises is scored again item by item: the request that made
+    it fail (one NaN under ``nonfinite: raise``, say) fails alone."""
+
     def score(items: list[int]) -> list[object]:
-        if 13 in items:
+        if 13 in items or 99 in items:
             raise RuntimeError("model exploded")
         return [ValueError(f"bad {i}") if i % 2 else i for i in items]
 
@@ -293,6 +296,8 @@ def test_an_error_fails_its_request_or_the_whole_batch() -> None:
     results = asyncio.run(run([0, 1, 2]))
     assert results[0] == 0 and results[2] == 2 and isinstance(results[1], ValueError)
     results = asyncio.run(run([12, 13, 14]))
+    assert results[0] == 12 and results[2] == 14 and isinstance(results[1], RuntimeError)
+    results = asyncio.run(run([13, 99]))
     assert all(isinstance(r, RuntimeError) for r in results)
 
 

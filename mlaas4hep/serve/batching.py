@@ -73,11 +73,11 @@ class AdaptiveBatcher(Generic[Item, Result]):
             try:
                 if events > self.inline_events:
                     results = await asyncio.get_running_loop().run_in_executor(
-                        self._thread(), self.score, items
+                        self._thread(), self._score_batch, items
                     )
                 else:
-                    results = self.score(items)
-            except Exception as err:  # every request of the batch gets the error
+                    results = self._score_batch(items)
+            except Exception as err:  # not one item's fault: every request gets the error
                 for future in futures:
                     if not future.done():
                         future.set_exception(err)
@@ -91,6 +91,23 @@ class AdaptiveBatcher(Generic[Item, Result]):
                     future.set_result(result)
             if self.on_batch is not None:
                 self.on_batch(len(items), events, time.perf_counter() - started)
+
+    def _score_batch(self, items: list[Item]) -> list[Any]:
+        """The batch's results; if scoring the batch fails, each item is scored alone, so
+        that the request that caused it (one NaN under ``nonfinite: raise``, say) fails
+        alone and its neighbours get their scores."""
+        try:
+            return list(self.score(items))
+        except Exception:
+            if len(items) == 1:
+                raise
+        results: list[Any] = []
+        for item in items:
+            try:
+                results.extend(self.score([item]))
+            except Exception as err:  # this request alone failed
+                results.append(err)
+        return results
 
     def _thread(self) -> ThreadPoolExecutor:
         if self._executor is None:
