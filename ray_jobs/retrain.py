@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mlaas4hep.pipeline.retraining import DEFAULT_ALIAS, DEFAULT_MARGIN, retrain
+from mlaas4hep.pipeline.retraining import DEFAULT_MARGIN, retrain
+from mlaas4hep.serve.protocol import DEFAULT_ALIAS
 from mlaas4hep.training.result import report
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from mlaas4hep.errors import ReadError
-from mlaas4hep.io import s3
+from mlaas4hep.io import s3, xrootd
 from mlaas4hep.io.identity import file_identity
 from mlaas4hep.io.location import normalize_url, scheme
 
@@ -44,8 +44,7 @@ _META_KEY = "mlaas4hep-source-identity"
 
 def cached_url(source: str, cache: str) -> str:
     """Where ``source`` (``root://host:port//path/file.root``) lands in ``cache``."""
-    path = source.partition("//")[2].partition("/")[2].lstrip("/")
-    return f"{cache.rstrip('/')}/{path}"
+    return f"{cache.rstrip('/')}/{xrootd.split(source)[1].lstrip('/')}"
 
 
 def _s3_client() -> Any:

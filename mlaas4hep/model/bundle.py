@@ -40,7 +40,13 @@ from mlaas4hep.errors import ConfigError
 from mlaas4hep.io.documents import copy_tree
 from mlaas4hep.model import architectures
 from mlaas4hep.model.frameworks import load_weights, predict_arrays, save_weights
-from mlaas4hep.model.manifest import BUNDLE_VERSION, DEFAULT_MODEL, MANIFEST, read_manifest
+from mlaas4hep.model.manifest import (
+    BUNDLE_VERSION,
+    DEFAULT_MODEL,
+    MANIFEST,
+    is_default_model,
+    read_manifest,
+)
 from mlaas4hep.model.store import add_to_store
 from mlaas4hep.spec.documents import DatasetSpec
 from mlaas4hep.transform.vectorizer import Vectorizer
@@ -117,7 +123,7 @@ class ModelBundle:
         """Read a bundle directory and rebuild its model."""
         path = Path(directory)
         manifest = read_manifest(path)
-        code = (path / "model.py").read_text() if manifest["model"] != DEFAULT_MODEL else None
+        code = None if is_default_model(manifest) else (path / "model.py").read_text()
         vectorizer = Vectorizer.from_dict(json.loads((path / "vectorizer.json").read_text()))
         framework = manifest["framework"]
         model = architectures.build_model(

@@ -65,6 +65,16 @@ def read_manifest(directory: str | os.PathLike[str], *, check: bool = True) -> d
     return check_manifest(manifest, str(directory)) if check else manifest
 
 
+def read_document(path: Path) -> dict[str, Any]:
+    """A JSON object a bundle holds (metrics, lineage, …), or ``{}`` when it is missing,
+    unreadable or not an object: a listing must not fail on one odd model."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def is_default_model(manifest: Mapping[str, Any]) -> bool:
     """Whether the bundle holds the default model (no user code)."""
     return manifest.get("model", DEFAULT_MODEL) in (None, DEFAULT_MODEL)

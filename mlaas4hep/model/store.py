@@ -18,20 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from mlaas4hep import extras
-from mlaas4hep.model.manifest import read_manifest
+from mlaas4hep.model.manifest import read_document, read_manifest
 
 #: The module BentoML records for bundles in its model store.
 STORE_MODULE = "mlaas4hep.model.bundle"
-
-
-def _read(path: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def store_labels(
@@ -87,7 +77,9 @@ def add_to_store(
     return its tag (``name:version``)."""
     source = Path(directory)
     own, metadata = store_labels(
-        read_manifest(source), _read(source / "metrics.json"), _read(source / "lineage.json")
+        read_manifest(source),
+        read_document(source / "metrics.json"),
+        read_document(source / "lineage.json"),
     )
     with new_version(
         name, {**own, **(labels or {})}, metadata, store=store, created=created

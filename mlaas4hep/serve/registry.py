@@ -37,11 +37,11 @@ from typing import Any
 
 from mlaas4hep import extras
 from mlaas4hep.errors import ConfigError
-from mlaas4hep.model.manifest import read_manifest
+from mlaas4hep.model.manifest import read_document, read_manifest
 from mlaas4hep.model.store import add_to_store, new_version, store_labels
 from mlaas4hep.serve import archives
 from mlaas4hep.serve.protocol import DEFAULT_ALIAS
-from mlaas4hep.serve.registry_documents import json_safe, read_json, spec_summary
+from mlaas4hep.serve.registry_documents import json_safe, spec_summary
 from mlaas4hep.serve.registry_errors import (
     ArchiveError,
     ModelNotFound,
@@ -193,8 +193,8 @@ class Registry:
     def _summary(self, model: Any, aliases: list[str]) -> dict[str, Any]:
         path = Path(model.path)
         manifest = read_manifest(path, check=False)
-        metrics = read_json(path / "metrics.json")
-        lineage = read_json(path / "lineage.json")
+        metrics = read_document(path / "metrics.json")
+        lineage = read_document(path / "lineage.json")
         dataset_cfg = (lineage.get("config") or {}).get("dataset") or {}
         return {
             "tag": str(model.tag),
@@ -227,10 +227,10 @@ class Registry:
         if not summary["bundle"]:
             raise RegistryError(f"model {tag} is not an mlaas4hep model bundle (no bundle.json)")
         manifest = read_manifest(path, check=False)
-        vectorizer = read_json(path / "vectorizer.json")
-        metrics = read_json(path / "metrics.json")
-        lineage = read_json(path / "lineage.json")
-        spec = read_json(path / "dataset_spec.json")
+        vectorizer = read_document(path / "vectorizer.json")
+        metrics = read_document(path / "metrics.json")
+        lineage = read_document(path / "lineage.json")
+        spec = read_document(path / "dataset_spec.json")
         history = metrics.get("history") or []
         return json_safe(
             {
@@ -409,18 +409,13 @@ class Registry:
         The same labels and metadata as :meth:`ModelBundle.save_to_store` (plus
         ``labels``), into this registry's store rather than the process-wide one.
         """
-        source = Path(directory)
-        try:
-            read_manifest(source)
+        tag = archives.checked_name(name)
+        try:  # the manifest is read and checked once, by add_to_store
+            return add_to_store(
+                directory, tag, labels=labels, store=self.store, created=self._creation_clock()
+            )
         except ConfigError as err:
             raise RegistryError(str(err)) from None
-        return add_to_store(
-            source,
-            archives.checked_name(name),
-            labels=labels,
-            store=self.store,
-            created=self._creation_clock(),
-        )
 
     def pull(self, bucket: str, ref: str) -> str:
         """Register a bundle from the models bucket (``<bucket>/<name>/<run>/``, as the

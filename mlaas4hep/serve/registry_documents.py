@@ -1,8 +1,8 @@
-"""The registry's JSON: reading a bundle's documents, summarising a spec, JSON-safe values.
+"""The registry's JSON: summarising a spec, JSON-safe values.
 
-Model cards and listings are built from the documents a bundle holds; a missing or
-unreadable document gives ``{}`` rather than an error (a listing must not fail on one
-odd model), and non-finite numbers become ``null`` (JSON has no NaN).
+Model cards and listings are built from the documents a bundle holds (read with
+:func:`mlaas4hep.model.manifest.read_document`); non-finite numbers become ``null``
+(JSON has no NaN).
 """
 
 from __future__ import annotations
@@ -10,18 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from mlaas4hep.errors import MlaasError
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def spec_summary(spec: Mapping[str, Any], branches: Sequence[str]) -> dict[str, Any]:

@@ -185,32 +185,28 @@ class ChunkStream:
         if not self.files:
             raise ConfigError("a ChunkStream needs at least one file")
         if chunk_size <= 0:
-            raise ConfigError("chunk_size and block_size must be positive")
-        label, weight, cut = selection.label, selection.weight, selection.cut
-        fractions, split_seed = split.fractions, split.seed
-        block_size, prefetch = reading.block_size, reading.prefetch
-        open_workers, decompression_threads = reading.open_workers, reading.decompression_threads
-        split = split.name
+            raise ConfigError("chunk_size must be positive")
         self.vectorizer = vectorizer
         self.tree = tree
         self.chunk_size = int(chunk_size)
-        self.label_expr = Expression(label) if label else None
-        self.weight_expr = Expression(weight) if weight else None
-        self.cut_expr = Expression(cut) if cut else None
+        self.label_expr = Expression(selection.label) if selection.label else None
+        self.weight_expr = Expression(selection.weight) if selection.weight else None
+        self.cut_expr = Expression(selection.cut) if selection.cut else None
         self.file_labels = resolve_labels(self.files, labels) if labels else None
         if self.file_labels is not None and self.label_expr is not None:
             raise ConfigError("give labels per file or a label expression, not both")
         self.seed = int(seed)
         self.shuffle = shuffle
-        self.split = split
-        self.fractions = tuple(float(f) for f in fractions)
-        self.split_seed = int(split_seed)
-        self.block_size = int(block_size)
-        self.prefetch = int(prefetch)
-        self.open_workers = int(open_workers)
-        if decompression_threads is None:
-            decompression_threads = min(4, os.cpu_count() or 1)
-        self.decompression_threads = int(decompression_threads)
+        self.split = split.name
+        self.fractions = split.fractions  # floats, checked by Split
+        self.split_seed = int(split.seed)
+        self.block_size = int(reading.block_size)
+        self.prefetch = int(reading.prefetch)
+        self.open_workers = int(reading.open_workers)
+        threads = reading.decompression_threads
+        self.decompression_threads = int(
+            threads if threads is not None else min(4, os.cpu_count() or 1)
+        )
         self._pool: ThreadPoolExecutor | None = None
         self._read_pool: ThreadPoolExecutor | None = None
         self.shards: tuple[tuple[int, int], ...] = ()
@@ -302,13 +298,6 @@ class ChunkStream:
     def split_options(self) -> Split:
         """This stream's split (name, fractions, hash seed) as options."""
         return Split(self.split, self.fractions, self.split_seed)
-
-    @property
-    def reading_options(self) -> Reading:
-        """How this stream reads its files, as options."""
-        return Reading(
-            self.block_size, self.prefetch, self.open_workers, self.decompression_threads
-        )
 
     # --- derived streams --------------------------------------------------------------
     def _copy(self, **changes: Any) -> ChunkStream:
