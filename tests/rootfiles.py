@@ -56,3 +56,29 @@ def write_events(
 
 def _type(array):
     return array.dtype if isinstance(array, np.ndarray) else array.type
+
+
+def write_uncompressed(path: Path, data: dict, tree: str = "Events") -> Path:
+    """``data`` as one basket per branch, uncompressed (so that its bytes can be edited)."""
+    with uproot.recreate(path, compression=None) as file:
+        file.mktree(tree, {k: _type(v) for k, v in data.items()}).extend(data)
+    return path
+
+
+def corrupt_entry_offsets(
+    path: Path, branch: str, entry: int, value: int, tree: str = "Events"
+) -> Path:
+    """Overwrite, in the file's bytes, where ``entry`` of a jagged ``branch`` starts in its
+    (first, uncompressed) basket: the entry offsets a crafted file can hold, which uproot
+    takes from the file as they are."""
+    with uproot.open(path) as file:
+        basket = file[tree][branch].basket(0)
+        keylen = basket.member("fKeylen")
+        stored = (np.asarray(basket.byte_offsets, dtype=np.int64) + keylen).astype(">i4")
+        seek = int(file[tree][branch].member("fBasketSeek")[0])
+    data = bytearray(path.read_bytes())
+    at = data.find(stored.tobytes(), seek)
+    assert at > 0, f"the entry offsets of {branch} were not found in {path}"
+    data[at + 4 * entry : at + 4 * entry + 4] = np.array([value + keylen], ">i4").tobytes()
+    path.write_bytes(bytes(data))
+    return path

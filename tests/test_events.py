@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from dataclasses import replace
 
 import awkward as ak
 import numpy as np
@@ -333,10 +334,12 @@ def test_config_comes_from_a_yaml_file_then_the_environment(tmp_path) -> None:
         "MLAAS4HEP_SERVE_TOKEN": "t" * 20,
         "MLAAS4HEP_SERVE_PREDICT_AUTH": "yes",
         "MLAAS4HEP_SERVE_WORKERS": "3",
+        "MLAAS4HEP_SERVE_MEMORY_MIB": "3072",  # 1 GiB per worker: the default limits
     }
     config = ServeConfig.from_env(env)
     assert config.model == "tth:staging" and config.poll_seconds == 0.5
     assert config.limits.json_bytes == 1000 and config.limits.bulk_bytes == Limits().bulk_bytes
+    assert config.limits == replace(Limits(), json_bytes=1000)
     assert config.token == "t" * 20 and config.predict_requires_token and config.workers == 3
     assert "t" * 20 not in json.dumps(config.public())
     default = ServeConfig.from_env({})
@@ -355,6 +358,48 @@ def test_config_comes_from_a_yaml_file_then_the_environment(tmp_path) -> None:
 def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         ServeConfig.from_env(env)
+
+
+def test_limits_are_sized_from_the_task_memory_and_the_workers() -> None:
+    # the deployment's default task: 2 GiB, 2 workers → the documented defaults
+    assert Limits.sized(2 << 30, 2) == Limits()
+    small, large = Limits.sized(512 << 20, 2), Limits.sized(64 << 30, 4)
+    assert small.bulk_bytes < Limits().bulk_bytes < large.bulk_bytes <= 1 << 30
+    assert small.decoded_bytes < Limits().decoded_bytes < large.decoded_bytes
+    assert small.bulk_events < Limits().bulk_events < large.bulk_events
+    # what one worker may decode never exceeds its share of the memory
+    for memory, workers in ((512 << 20, 1), (2 << 30, 2), (8 << 30, 16), (64 << 30, 4)):
+        limits = Limits.sized(memory, workers)
+        share = max(memory // workers, 256 << 20)
+        assert limits.decoded_bytes + limits.bulk_bytes <= share // 2
+    # a limit the configuration gives is kept
+    assert Limits.sized(64 << 30, 4, bulk_events=10).bulk_events == 10
+    env = {"MLAAS4HEP_SERVE_MEMORY_MIB": "1024", "MLAAS4HEP_SERVE_WORKERS": "1"}
+    assert ServeConfig.from_env(env).limits == Limits()
+    with pytest.raises(ConfigError, match="MEMORY_MIB must be an integer"):
+        ServeConfig.from_env({"MLAAS4HEP_SERVE_MEMORY_MIB": "lots"})
+
+
+def test_file_sources_default_to_the_data_bucket_and_are_checked() -> None:
+    assert ServeConfig.from_env({}).file_sources == ()
+    config = ServeConfig.from_env({"MLAAS4HEP_DATA_BUCKET": "physics-data"})
+    assert config.file_sources == ("s3://physics-data/",)
+    env = {
+        "MLAAS4HEP_DATA_BUCKET": "physics-data",
+        "MLAAS4HEP_SERVE_FILE_SOURCES": "s3://other/ttH/, root://eos.cern.ch//eos/cms/",
+    }
+    assert ServeConfig.from_env(env).file_sources == (
+        "s3://other/ttH/",
+        "root://eos.cern.ch//eos/cms/",
+    )
+    assert ServeConfig.from_dict({"file_sources": ["s3://a-bucket/x/"]}).file_sources == (
+        "s3://a-bucket/x/",
+    )
+    for bad in ("s3://bucket", "https://site/x/", "root://host", "s3://b/../x/", "/data/"):
+        with pytest.raises(ConfigError, match="file source"):
+            ServeConfig.from_dict({"file_sources": [bad]})
+    with pytest.raises(ConfigError, match="list of strings"):
+        ServeConfig.from_dict({"file_sources": "s3://a-bucket/"})
 
 
 def test_unknown_yaml_keys_get_a_suggestion() -> None:

@@ -27,7 +27,7 @@ from mlaas4hep.serve.registry_errors import (
     RegistryConflict,
     RegistryError,
 )
-from mlaas4hep.serve.server import ModelServer
+from mlaas4hep.serve.server import ModelServer, ServingMetrics
 from mlaas4hep.spec.documents import DatasetSpec
 from mlaas4hep.transform.vectorizer import Vectorizer
 
@@ -405,6 +405,34 @@ def test_the_server_switches_on_promotion_and_keeps_serving_after_a_bad_one(
     os.environ.pop(MARKER_ENV, None)
 
 
+def test_a_worker_starts_whatever_fails_and_says_why(
+    registry: Registry, bundles: dict[str, Path], monkeypatch
+) -> None:
+    good = registry.promote(registry.add(bundles["a"], "tth"))
+    server = ModelServer(ServeConfig(model="tth"), registry, watch=False)
+    assert server.tag == good
+    failures = ServingMetrics.get().load_failures._value.get()
+
+    def broken_load(*args, **kwargs):
+        raise ValueError("a bundle no check foresaw")
+
+    monkeypatch.setattr(Predictor, "load", broken_load)
+    registry.promote(registry.add(bundles["b"], "tth"))
+    assert not server.refresh() and server.tag == good  # the old version serves on
+    assert "a bundle no check foresaw" in server.error
+    assert ServingMetrics.get().load_failures._value.get() == failures + 1
+    fresh = ModelServer(ServeConfig(model="tth"), registry, watch=False)  # starts anyway
+    assert not fresh.ready() and "ValueError" in fresh.error
+
+    def store_down(ref: str) -> str:
+        raise RuntimeError("the store's disk went away")
+
+    monkeypatch.setattr(registry, "resolve", store_down)
+    assert not server.refresh() and server.tag == good
+    assert "went away" in server.error
+    assert not ModelServer(ServeConfig(model="tth"), registry, watch=False).ready()
+
+
 def test_a_model_missing_here_is_pulled_from_the_models_bucket(
     moto_server, bundles: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -527,3 +555,24 @@ def test_concurrent_promotions_and_deletions_leave_no_alias_dangling(
     for alias, tag in registry.aliases().get("tth", {}).items():
         assert tag in existing, (alias, tag)
         assert registry.resolve(f"tth:{alias}") == tag
+
+
+@pytest.mark.parametrize("mode", ["w:gz", "w:xz", "w:bz2", "w"])
+@pytest.mark.parametrize("keep", [0.3, 0.6, 0.9])
+def test_a_truncated_or_corrupt_archive_is_refused_and_leaves_nothing(
+    registry: Registry, bundles: dict[str, Path], mode: str, keep: float
+) -> None:
+    whole = tar_of(bundles["a"], mode=mode)
+    with pytest.raises(
+        ArchiveError, match="truncated or corrupt|lacks|not valid JSON|not a tar|no bundle.json"
+    ) as caught:
+        registry.upload(whole[: int(len(whole) * keep)], name="tth")
+    assert caught.value.status == 400
+    assert registry.list() == []
+    flipped = bytearray(whole)
+    flipped[int(len(whole) * keep)] ^= 0xFF  # one corrupt byte
+    try:  # refused as an archive, or (where the byte fell in padding) a valid upload
+        registry.upload(bytes(flipped), name="tth")
+    except ArchiveError as err:
+        assert err.status == 400
+        assert registry.list() == []

@@ -7,9 +7,37 @@ cannot be read"; callers catch :data:`READ_FAILURES` and turn them into a
 
 from __future__ import annotations
 
+import importlib
+import lzma
+import struct
+import zlib
+
 import uproot
 
 from mlaas4hep.errors import ReadError
+
+#: The error classes of the codecs uproot may inflate baskets with (module, class), each
+#: where installed: a corrupt basket raises one of these, none of them an OSError.
+_CODEC_ERRORS = (
+    ("isal.igzip_lib", "IsalError"),
+    ("zstandard", "ZstdError"),
+    ("lz4.block", "LZ4BlockError"),
+    ("cramjam", "DecompressionError"),
+    ("deflate", "DeflateError"),
+)
+
+
+def _codec_errors() -> tuple[type[BaseException], ...]:
+    found = []
+    for module, name in _CODEC_ERRORS:
+        try:
+            error = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        if isinstance(error, type) and issubclass(error, BaseException):
+            found.append(error)
+    return tuple(found)
+
 
 #: Exceptions that mean "this file cannot be read", whatever the transport.
 READ_FAILURES: tuple[type[BaseException], ...] = (
@@ -22,7 +50,11 @@ READ_FAILURES: tuple[type[BaseException], ...] = (
     EOFError,
     RuntimeError,
     NotImplementedError,
+    zlib.error,  # a corrupt basket: its compressed bytes do not inflate
+    lzma.LZMAError,
+    struct.error,
     uproot.deserialization.DeserializationError,
+    *_codec_errors(),
 )
 
 

@@ -11,6 +11,7 @@ uproot.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -37,12 +38,21 @@ class RootTree:
     ``skipped`` the non-numeric ones with the reason.
     """
 
-    def __init__(self, url: str | os.PathLike[str], tree: str | None = None) -> None:
-        self.url = normalize_url(url)
+    def __init__(
+        self,
+        url: str | os.PathLike[str],
+        tree: str | None = None,
+        *,
+        data: bytes | bytearray | None = None,
+    ) -> None:
+        self.url = normalize_url(url) if data is None else str(url)
         ensure_inflate_library()
         try:
-            options = location_of(self.url).uproot_options(self.url)
-            self._file = uproot.open(self.url, object_cache=None, array_cache=None, **options)
+            if data is not None:  # a file held in memory (an upload); url only names it
+                self._file = uproot.open(MemoryFile(data), object_cache=None, array_cache=None)
+            else:
+                options = location_of(self.url).uproot_options(self.url)
+                self._file = uproot.open(self.url, object_cache=None, array_cache=None, **options)
         except ImportError as err:  # a transport's client missing from this installation
             raise ReadError(self.url, str(err)) from err
         except READ_FAILURES as err:
@@ -194,9 +204,46 @@ def _uncompressed_bytes(branch: Any) -> int:
     return int(sum(branch.basket_uncompressed_bytes(i) for i in range(branch.num_baskets)))
 
 
-def open_tree(url: str | os.PathLike[str], tree: str | None = None) -> RootTree:
-    """Open the tree of a ROOT file at a local path or a URL (``root://``, ``s3://`` …)."""
-    return RootTree(url, tree)
+class MemoryFile(io.RawIOBase):
+    """A read-only file over bytes held in memory, without copying them (``io.BytesIO``
+    copies a ``bytearray``): what uproot reads an uploaded file through."""
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self._view = memoryview(data)
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}
+        self._position = max(0, base[whence] + offset)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def read(self, size: int | None = -1) -> bytes:
+        end = len(self._view) if size is None or size < 0 else self._position + size
+        piece = self._view[self._position : end].tobytes()
+        self._position += len(piece)
+        return piece
+
+    def readinto(self, buffer: Any) -> int:
+        piece = self.read(len(buffer))
+        buffer[: len(piece)] = piece
+        return len(piece)
+
+
+def open_tree(
+    url: str | os.PathLike[str], tree: str | None = None, *, data: bytes | bytearray | None = None
+) -> RootTree:
+    """Open the tree of a ROOT file at a local path or a URL (``root://``, ``s3://`` …),
+    or held in memory as ``data`` (then ``url`` is only the name errors give it)."""
+    return RootTree(url, tree, data=data)
 
 
 def only_tree(file: Any, url: str) -> str:

@@ -11,7 +11,9 @@ Auth: mutating registry endpoints (POST/DELETE under ``/models`` and ``/aliases`
 ``Authorization: Bearer <token>``; with no token configured they are refused (403), so
 a service never runs with a default token. Prediction and every read endpoint
 (``/status`` and the model cards included) need it only with ``predict_requires_token``;
-health, readiness and metrics (:data:`OPEN_PATHS`) stay open.
+health, readiness and metrics (:data:`OPEN_PATHS`) stay open. A read answered without
+the token is redacted (:func:`~mlaas4hep.serve.registry_documents.redact`: no bucket
+paths, hosts or credential-like settings).
 
 Limits: a body larger than the endpoint's limit gets a 413 before it is parsed (by its
 ``Content-Length``, or counted as it arrives when chunked).
@@ -23,13 +25,13 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from mlaas4hep.errors import BranchError, ConfigError, MlaasError, ReadError
@@ -37,6 +39,7 @@ from mlaas4hep.serve.config import ServeConfig
 from mlaas4hep.serve.payloads import RequestError, negotiate
 from mlaas4hep.serve.predictor import UnsafeBundleError
 from mlaas4hep.serve.protocol import ARROW_STREAM, DEFAULT_ALIAS, JSON
+from mlaas4hep.serve.registry_documents import redact
 from mlaas4hep.serve.registry_errors import RegistryError
 from mlaas4hep.serve.server import ModelServer
 
@@ -87,19 +90,20 @@ def _handled(
 
 async def predict_arrow(request: Request, server: ModelServer) -> Response:
     started = time.perf_counter()
-    body = await request.body()
+    body = await read_body(request)
     received = time.perf_counter()
     accept = negotiate(request.headers.get("accept", ""), ARROW_STREAM)
     media = request.headers.get("content-type", "")
-    data, kind, tag = await run_in_threadpool(server.predict_table, body, media, accept)
-    return Response(data, media_type=kind, headers=_headers(tag, started, received))
+    pieces, kind, tag = await run_in_threadpool(server.predict_table, body, media, accept)
+    del body
+    return _streamed(pieces, kind, _headers(tag, started, received))
 
 
 async def predict_file(request: Request, server: ModelServer) -> Response:
     started = time.perf_counter()
     accept = negotiate(request.headers.get("accept", ""), JSON)
     tree = request.query_params.get("tree")
-    source: str | bytes
+    source: str | bytes | bytearray
     if request.headers.get("content-type", "").split(";")[0].strip() == JSON:
         spec = _json_object(await request.body())
         if not isinstance(spec.get("url"), str):
@@ -108,12 +112,40 @@ async def predict_file(request: Request, server: ModelServer) -> Response:
     elif "url" in request.query_params:
         source = request.query_params["url"]
     else:
-        source = await request.body()
+        source = await read_body(request)
         if not source:
             raise RequestError("empty body: upload a ROOT file or give a url", field="body")
     received = time.perf_counter()
-    data, kind, tag = await run_in_threadpool(server.predict_file, source, accept, tree)
-    return Response(data, media_type=kind, headers=_headers(tag, started, received))
+    pieces, kind, tag = await run_in_threadpool(server.predict_file, source, accept, tree)
+    del source
+    return _streamed(pieces, kind, _headers(tag, started, received))
+
+
+async def read_body(request: Request) -> bytes | bytearray:
+    """The request body, read into one buffer (sized by ``Content-Length`` when given)
+    so that a bulk body is held once, not as its pieces and their join."""
+    length = request.headers.get("content-length", "")
+    if not length.isdigit():
+        return await request.body()
+    buffer = bytearray(int(length))
+    view, filled = memoryview(buffer), 0
+    async for piece in request.stream():
+        end = filled + len(piece)
+        if end > len(buffer):
+            raise RequestError("the body is longer than its Content-Length", field="body")
+        view[filled:end] = piece
+        filled = end
+    if filled != len(buffer):
+        raise RequestError(
+            f"the body ended after {filled} of its {len(buffer)} bytes", field="body"
+        )
+    view.release()
+    return buffer
+
+
+def _streamed(pieces: Iterator[bytes], kind: str, headers: dict[str, str]) -> Response:
+    """A response sent piece by piece (the scores of a bulk request are never one str)."""
+    return StreamingResponse(iterate_in_threadpool(pieces), media_type=kind, headers=headers)
 
 
 def _headers(tag: str, started: float, received: float) -> dict[str, str]:
@@ -123,8 +155,18 @@ def _headers(tag: str, started: float, received: float) -> dict[str, str]:
     return {"X-Model-Tag": tag, "Server-Timing": timing}
 
 
+#: Set by :class:`GuardMiddleware` in the ASGI scope: the caller sent the valid token.
+AUTHORIZED = "mlaas4hep.authorized"
+
+
+def _for_caller(request: Request, document: Any) -> Any:
+    """``document`` as the caller may read it: whole with the token, else redacted
+    (no bucket paths, hosts or credential-like settings)."""
+    return document if request.scope.get(AUTHORIZED) else redact(document)
+
+
 async def status(request: Request, server: ModelServer) -> Response:
-    return JSONResponse(server.status())
+    return JSONResponse(_for_caller(request, server.status()))
 
 
 async def list_models(request: Request, server: ModelServer) -> Response:
@@ -145,11 +187,12 @@ async def list_models(request: Request, server: ModelServer) -> Response:
         created_before=query.get("created_before"),
         alias=query.get("alias") or None,
     )
-    return JSONResponse({"models": models, "serving": server.tag})
+    return JSONResponse({"models": _for_caller(request, models), "serving": server.tag})
 
 
 async def card(request: Request, server: ModelServer) -> Response:
-    return JSONResponse(await run_in_threadpool(server.registry.card, request.path_params["ref"]))
+    document = await run_in_threadpool(server.registry.card, request.path_params["ref"])
+    return JSONResponse(_for_caller(request, document))
 
 
 async def upload_model(request: Request, server: ModelServer) -> Response:
@@ -268,12 +311,12 @@ class GuardMiddleware:
                 length = int(value) if value.isdigit() else None
             elif key == b"authorization":
                 authorization = value
-        if needs_token:
-            refusal = self._check_token(authorization)
-            if refusal is not None:
-                await _drain(receive)
-                await _send_json(send, *refusal)
-                return
+        refusal = self._check_token(authorization) if needs_token or authorization else None
+        if needs_token and refusal is not None:
+            await _drain(receive)
+            await _send_json(send, *refusal)
+            return
+        scope[AUTHORIZED] = bool(authorization) and self._token is not None and refusal is None
         if length is not None:
             if length > limit:
                 await _drain(receive)
@@ -286,6 +329,8 @@ class GuardMiddleware:
                 await _send_json(send, 413, _too_large(path, limit, "a chunked body"))
                 return
             receive = _replay(body, receive)
+        if path == "/predict":  # BentoML's own refusals (the body's JSON) in our shape
+            send = _uniform_refusals(send)
         await self.app(scope, receive, send)
 
     def _check_token(self, authorization: bytes) -> tuple[int, dict[str, Any]] | None:
@@ -303,6 +348,50 @@ class GuardMiddleware:
             problem = "invalid token"
             return 401, {"error": problem, "field": "authorization", "problem": problem}
         return None
+
+
+def _uniform_refusals(send: Any) -> Any:
+    """A ``send`` that rewrites BentoML's 4xx answers to a ``/predict`` body it could not
+    parse (pydantic's ``{"error", "detail": [...]}``: invalid JSON, nesting too deep, a
+    number out of range) as ``{"error", "field", "problem"}``; every other message,
+    successful answers included, passes through untouched."""
+    held: dict[str, Any] | None = None
+    body = bytearray()
+
+    async def uniform(message: dict[str, Any]) -> None:
+        nonlocal held
+        if message["type"] == "http.response.start":
+            if 400 <= message["status"] < 500:
+                held = message
+                return
+            await send(message)
+            return
+        if held is None or message["type"] != "http.response.body":
+            await send(message)
+            return
+        body.extend(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        data = bytes(body)
+        try:
+            answer = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            answer = None
+        if isinstance(answer, dict) and "field" not in answer:
+            details = answer.get("detail") if isinstance(answer.get("detail"), list) else []
+            first = details[0] if details and isinstance(details[0], dict) else {}
+            problem = str(first.get("msg") or answer.get("error") or "the body was refused")
+            location = ".".join(str(part) for part in first.get("loc") or [])
+            field = location or "body"
+            data = json.dumps(
+                {"error": f"{field}: {problem}", "field": field, "problem": problem}
+            ).encode()
+            headers = [(k, v) for k, v in held["headers"] if k.lower() != b"content-length"]
+            held = {**held, "headers": [*headers, (b"content-length", str(len(data)).encode())]}
+        await send(held)
+        await send({"type": "http.response.body", "body": data})
+
+    return uniform
 
 
 def _too_large(path: str, limit: int, what: str) -> dict[str, Any]:

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import difflib
 import io
-from collections.abc import Mapping, Sequence
+import struct
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from operator import itemgetter
@@ -32,6 +33,7 @@ import numpy as np
 from mlaas4hep import extras
 from mlaas4hep.errors import ColumnError, MlaasError
 from mlaas4hep.io.columns import JaggedView, check_offsets
+from mlaas4hep.serve.arrow_extent import Extent, ipc_extent, parquet_extent
 from mlaas4hep.serve.protocol import ARROW_STREAM, JSON, PARQUET
 from mlaas4hep.transform.vectorizer import FeatureBlock, Vectorizer
 
@@ -61,6 +63,22 @@ class EventColumns:
 
     def __len__(self) -> int:
         return self.n
+
+    def check_lists(self, max_items: int, where: str = "{branch}") -> EventColumns:
+        """These columns, if no event's list holds more than ``max_items`` items (a 413
+        naming the branch and the event otherwise: ``where`` formats the field)."""
+        for name, column in self.columns.items():
+            if isinstance(column, JaggedView) and self.n:
+                counts = np.diff(column.offsets)
+                longest = int(counts.argmax())
+                if counts[longest] > max_items:
+                    raise RequestError(
+                        f"event {longest} holds {int(counts[longest])} items, above the "
+                        f"limit of {max_items} per event (limits.list_items)",
+                        field=where.format(branch=name),
+                        status=413,
+                    )
+        return self
 
     @classmethod
     def concat(cls, parts: Sequence[EventColumns]) -> EventColumns:
@@ -313,25 +331,66 @@ def _missing(name: str, present: Mapping[str, Any]) -> str:
 # ------------------------------------------------------------------------ Arrow, Parquet
 
 
-def read_table(data: bytes | memoryview, media_type: str = "") -> Any:
-    """A pyarrow Table from an Arrow IPC stream or file, or a Parquet file (by content)."""
+def read_table(
+    data: bytes | bytearray | memoryview,
+    media_type: str = "",
+    *,
+    max_events: int | None = None,
+    max_decoded_bytes: int | None = None,
+) -> Any:
+    """A pyarrow Table from an Arrow IPC stream or file, or a Parquet file (by content).
+
+    With limits, the body's metadata is read first (:mod:`mlaas4hep.serve.arrow_extent`):
+    more events than ``max_events`` or more decoded bytes than ``max_decoded_bytes`` is a
+    413 naming the limit, before anything is decompressed.
+    """
     pa = extras.require("pyarrow")
     if len(data) == 0:
         raise RequestError("empty body: send an Arrow IPC stream or a Parquet file", "body")
     head = bytes(data[:6])
     buffer = pa.py_buffer(data)
+    pq = extras.require("pyarrow.parquet") if head[:4] == b"PAR1" else None
     try:
-        if head[:4] == b"PAR1":
-            return extras.require("pyarrow.parquet").read_table(pa.BufferReader(buffer))
-        if head == b"ARROW1":
-            return pa.ipc.open_file(buffer).read_all()
-        return pa.ipc.open_stream(buffer).read_all()
-    except (pa.ArrowException, OSError, ValueError) as err:
+        if pq is not None:
+            source: Any = pq.ParquetFile(pa.BufferReader(buffer))
+            extent = parquet_extent(source)
+        else:
+            stream = buffer.slice(8) if head == b"ARROW1" else buffer
+            extent = ipc_extent(pa, stream)
+        _check_extent(extent, max_events, max_decoded_bytes)
+        if pq is not None:
+            table = source.read()
+        elif head == b"ARROW1":
+            table = pa.ipc.open_file(buffer).read_all()
+        else:
+            table = pa.ipc.open_stream(buffer).read_all()
+    except (pa.ArrowException, OSError, ValueError, struct.error) as err:
+        if isinstance(err, RequestError):
+            raise
         raise RequestError(
             f"not a readable Arrow IPC stream/file or Parquet file ({media_type or 'no '}"
             f"content type): {err}",
             field="body",
         ) from None
+    _check_extent(Extent(table.num_rows, table.nbytes), max_events, max_decoded_bytes)
+    return table
+
+
+def _check_extent(extent: Extent, max_events: int | None, max_bytes: int | None) -> None:
+    if max_events is not None and extent.rows > max_events:
+        raise RequestError(
+            f"{extent.rows} events exceed the limit of {max_events} per request "
+            "(limits.bulk_events): split the table into several requests",
+            field="body",
+            status=413,
+        )
+    if max_bytes is not None and extent.decoded_bytes > max_bytes:
+        raise RequestError(
+            f"the body decodes to {extent.decoded_bytes} bytes, above the limit of "
+            f"{max_bytes} (limits.decoded_bytes): split it into several requests",
+            field="body",
+            status=413,
+        )
 
 
 def from_table(table: Any, vectorizer: Vectorizer) -> EventColumns:
@@ -386,23 +445,57 @@ def _arrow_number(pa: Any, kind: Any) -> bool:
 # ----------------------------------------------------------------------------- responses
 
 
+#: Scores per piece of a streamed response: a JSON piece of this many floats is ~1 MB.
+STREAM_SCORES = 1 << 16
+
+
 def encode_scores(scores: np.ndarray, tag: str, media_type: str) -> tuple[bytes, str]:
     """The scores as an Arrow IPC stream, a Parquet file or JSON; returns (body, type)."""
-    if media_type in (ARROW_STREAM, PARQUET):
+    pieces, kind = stream_scores(scores, tag, media_type)
+    return b"".join(pieces), kind
+
+
+def stream_scores(
+    scores: np.ndarray, tag: str, media_type: str, piece: int = STREAM_SCORES
+) -> tuple[Iterator[bytes], str]:
+    """The scores encoded as ``media_type``, in pieces of ``piece`` scores, for a
+    streamed response: the whole response is never held as Python objects (JSON) or
+    as one buffer (Arrow); Parquet, compressed to a few bytes per score, is one piece."""
+    if media_type == PARQUET:
         pa = extras.require("pyarrow")
         table = pa.table({"score": pa.array(scores, type=pa.float32())})
-        table = table.replace_schema_metadata({"model": tag})
         sink = io.BytesIO()
-        if media_type == PARQUET:
-            extras.require("pyarrow.parquet").write_table(table, sink, compression="zstd")
-        else:
-            with pa.ipc.new_stream(sink, table.schema) as writer:
-                writer.write_table(table)
-        return sink.getvalue(), media_type
+        extras.require("pyarrow.parquet").write_table(
+            table.replace_schema_metadata({"model": tag}), sink, compression="zstd"
+        )
+        return iter([sink.getvalue()]), media_type
+    if media_type == ARROW_STREAM:
+        return _arrow_pieces(scores, tag, piece), media_type
+    return _json_pieces(scores, tag, piece), JSON
+
+
+def _arrow_pieces(scores: np.ndarray, tag: str, piece: int) -> Iterator[bytes]:
+    pa = extras.require("pyarrow")
+    schema = pa.schema([("score", pa.float32())], metadata={"model": tag})
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, schema) as writer:
+        for start in range(0, max(len(scores), 1), piece * 16):
+            part = pa.array(scores[start : start + piece * 16], type=pa.float32())
+            writer.write_batch(pa.record_batch([part], schema=schema))
+            yield sink.getvalue()
+            sink.seek(0)
+            sink.truncate()
+    yield sink.getvalue()  # the end-of-stream marker
+
+
+def _json_pieces(scores: np.ndarray, tag: str, piece: int) -> Iterator[bytes]:
     import json
 
-    body = json.dumps({"model": tag, "scores": scores.tolist()}, separators=(",", ":"))
-    return body.encode(), JSON
+    yield ('{"model":' + json.dumps(tag) + ',"scores":[').encode()
+    for start in range(0, len(scores), piece):
+        text = json.dumps(scores[start : start + piece].tolist(), separators=(",", ":"))[1:-1]
+        yield (text if start == 0 else "," + text).encode()
+    yield b"]}"
 
 
 def negotiate(accept: str, default: str) -> str:

@@ -23,7 +23,7 @@ import itertools
 import json
 import time
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,40 +259,3 @@ def _empty_event(vectorizer: Vectorizer, writeable: bool) -> dict[str, Any]:
         else:
             events[block.name] = JaggedView(array(2, np.int64), array(0, block.dtype))
     return events
-
-
-def root_chunks(
-    source: str | bytes, branches: list[str], step_events: int, tree: str | None = None
-) -> Iterator[dict[str, Any]]:
-    """Chunks of ``branches`` from a ROOT file: an ``s3://``/``root://`` URL or its bytes."""
-    from mlaas4hep.io.tree import open_tree
-
-    if isinstance(source, str):
-        with open_tree(source, tree) as root_tree:
-            yield from root_tree.iterate(branches, step_size=step_events)
-        return
-    import io
-
-    import uproot
-
-    from mlaas4hep.errors import ReadError
-    from mlaas4hep.io.tree import only_tree as _only_tree
-
-    try:
-        file = uproot.open(io.BytesIO(source), object_cache=None, array_cache=None)
-    except Exception as err:
-        raise ReadError("the uploaded file", f"not a readable ROOT file ({err})") from err
-    with file:
-        name = tree or _only_tree(file, "the uploaded file")
-        try:
-            ttree = file[name]
-        except Exception as err:
-            raise ReadError("the uploaded file", f"no TTree named {name!r}") from err
-        missing = [b for b in branches if b not in ttree]
-        if missing:
-            from mlaas4hep.errors import BranchError
-
-            raise BranchError(
-                f"the uploaded file's tree {name!r} lacks the branch(es) {', '.join(missing)}"
-            )
-        yield from ttree.iterate(branches, step_size=step_events, library="ak", how=dict)

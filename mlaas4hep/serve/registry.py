@@ -26,17 +26,20 @@ import contextlib
 import datetime as dt
 import io
 import json
+import lzma
 import os
 import re
 import tarfile
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mlaas4hep import extras
 from mlaas4hep.errors import ConfigError
+from mlaas4hep.io.failures import describe
 from mlaas4hep.model.manifest import read_document, read_manifest
 from mlaas4hep.model.store import add_to_store, new_version, store_labels
 from mlaas4hep.serve import archives
@@ -468,51 +471,60 @@ class Registry:
             raise ArchiveError(
                 f"not a tar archive (.bentomodel, .tar, .tar.gz, .tar.xz): {err}"
             ) from None
-        with archive:
-            files = archives.safe_members(archive, max_unpacked_bytes)
-            if "bundle.json" not in files:
-                raise ArchiveError(
-                    "the archive holds no bundle.json at its top level (or in its single "
-                    "top folder): it is not a model bundle"
+        try:
+            with archive:
+                files = archives.safe_members(archive, max_unpacked_bytes)
+                if "bundle.json" not in files:
+                    raise ArchiveError(
+                        "the archive holds no bundle.json at its top level (or in its single "
+                        "top folder): it is not a model bundle"
+                    )
+                manifest = archives.member_json(archive, files, "bundle.json")
+                archives.validate_manifest(archive, files, manifest)
+                labels, metadata = store_labels(
+                    manifest,
+                    archives.member_json(archive, files, "metrics.json", required=False),
+                    archives.member_json(archive, files, "lineage.json", required=False),
                 )
-            manifest = archives.member_json(archive, files, "bundle.json")
-            archives.validate_manifest(archive, files, manifest)
-            labels, metadata = store_labels(
-                manifest,
-                archives.member_json(archive, files, "metrics.json", required=False),
-                archives.member_json(archive, files, "lineage.json", required=False),
-            )
-            tag: str
-            if "model.yaml" in files:  # a .bentomodel: keep its name and version
-                info = archives.member_yaml(archive, files["model.yaml"])
-                raw = str((info or {}).get("name", "")), str((info or {}).get("version", ""))
-                if name and name != raw[0]:
-                    raise ArchiveError(f"the archive is model {raw[0]!r}, not {name!r}")
-                in_use = self.aliases().get(raw[0], {})
-                version = archives.checked_version(raw[1], in_use)
-                tag = f"{archives.checked_name(raw[0])}:{version}"
-                labels = {
-                    **{str(k): str(v) for k, v in (info.get("labels") or {}).items()},
-                    **labels,
-                }
-                if self._models(tag):
-                    raise RegistryConflict(f"model {tag} is already in the registry", field="tag")
-            elif name is None:
-                raise ArchiveError("a bundle archive needs a model name (the 'name' parameter)")
-            else:
-                tag = archives.checked_name(name)
-            with self._create(tag, labels, metadata) as model:
-                for relative, member in files.items():
-                    if relative == "model.yaml" or not member.isfile():
-                        continue
-                    destination = Path(model.path, *PurePosixPath(relative).parts)
-                    destination.parent.mkdir(parents=True, exist_ok=True)
-                    source = archive.extractfile(member)
-                    if source is None:
-                        raise ArchiveError(f"cannot read archive member {member.name!r}")
-                    with source, open(destination, "wb") as out:
-                        while chunk := source.read(1 << 20):
-                            out.write(chunk)
+                tag: str
+                if "model.yaml" in files:  # a .bentomodel: keep its name and version
+                    info = archives.member_yaml(archive, files["model.yaml"])
+                    raw = str((info or {}).get("name", "")), str((info or {}).get("version", ""))
+                    if name and name != raw[0]:
+                        raise ArchiveError(f"the archive is model {raw[0]!r}, not {name!r}")
+                    in_use = self.aliases().get(raw[0], {})
+                    version = archives.checked_version(raw[1], in_use)
+                    tag = f"{archives.checked_name(raw[0])}:{version}"
+                    labels = {
+                        **{str(k): str(v) for k, v in (info.get("labels") or {}).items()},
+                        **labels,
+                    }
+                    if self._models(tag):
+                        raise RegistryConflict(
+                            f"model {tag} is already in the registry", field="tag"
+                        )
+                elif name is None:
+                    raise ArchiveError("a bundle archive needs a model name (the 'name' parameter)")
+                else:
+                    tag = archives.checked_name(name)
+                with self._create(tag, labels, metadata) as model:
+                    for relative, member in files.items():
+                        if relative == "model.yaml" or not member.isfile():
+                            continue
+                        destination = Path(model.path, *PurePosixPath(relative).parts)
+                        destination.parent.mkdir(parents=True, exist_ok=True)
+                        source = archive.extractfile(member)
+                        if source is None:
+                            raise ArchiveError(f"cannot read archive member {member.name!r}")
+                        with source, open(destination, "wb") as out:
+                            while chunk := source.read(1 << 20):
+                                out.write(chunk)
+        except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as err:
+            if isinstance(err, OSError) and err.errno is not None:
+                raise  # the store's disk, not the archive
+            raise ArchiveError(
+                f"the archive is truncated or corrupt ({describe(err)}): nothing was added"
+            ) from None
         return str(model.tag)
 
     def _creation_clock(self) -> Any:

@@ -1,14 +1,17 @@
-"""The registry's JSON: summarising a spec, JSON-safe values.
+"""The registry's JSON: summarising a spec, JSON-safe values, redaction for open reads.
 
 Model cards and listings are built from the documents a bundle holds (read with
 :func:`mlaas4hep.model.manifest.read_document`); non-finite numbers become ``null``
-(JSON has no NaN).
+(JSON has no NaN). A caller without the token gets them :func:`redact`-ed: where the
+data lives (bucket paths, XRootD hosts, local paths) and anything credential-like in the
+training configuration is not for everyone who can reach the service.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -58,3 +61,51 @@ def finite_or_none(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if number == number and abs(number) != float("inf") else None
+
+
+REDACTED = "<redacted>"
+#: Keys whose values are secrets whatever they hold.
+_SECRET_KEY = re.compile(
+    r"(token|secret|passw|credential|access.?key|api.?key|private|session|signature|auth"
+    r"|^key$)",
+    re.IGNORECASE,
+)
+#: Strings that say where something lives: a URL, an absolute or home path, a drive.
+_LOCATION = re.compile(r"^\s*(?:[A-Za-z][A-Za-z0-9+.-]*://|/|~|[A-Za-z]:[\\/]|\\\\)")
+
+
+def redact(value: Any) -> Any:
+    """``value`` without locations and secrets: a location keeps only its last path
+    component (``s3://bucket/ttH/a.root`` → ``<redacted>/a.root``, so a reader still sees
+    which files), a secret-like key's value becomes ``<redacted>``; dict keys that are
+    locations are redacted the same way."""
+    if isinstance(value, str):
+        return _redacted_location(value) if _LOCATION.match(value) else value
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            name = _redacted_location(key) if isinstance(key, str) and _LOCATION.match(key) else key
+            if name != key:  # two files of one name in two places stay two entries
+                name = (
+                    next(
+                        f"{name} ({i})"
+                        for i in range(1, len(out) + 2)
+                        if f"{name} ({i})" not in out
+                    )
+                    if name in out
+                    else name
+                )
+            secret = isinstance(key, str) and _SECRET_KEY.search(key)
+            out[name] = REDACTED if secret and item not in (None, False, True) else redact(item)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [redact(item) for item in value]
+    return value
+
+
+def _redacted_location(text: str) -> str:
+    path = re.sub(r"^\s*[A-Za-z][A-Za-z0-9+.-]*://[^/]*", "", text)  # never the host
+    last = re.split(r"[/\\]", path.rstrip("/\\"))[-1] if path.strip("/\\") else ""
+    return (
+        f"{REDACTED}/{last}" if last and not _LOCATION.match(last) and ":" not in last else REDACTED
+    )

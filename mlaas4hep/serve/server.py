@@ -23,29 +23,33 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from mlaas4hep.errors import BranchError, MlaasError, ReadError
+from mlaas4hep.io.columns import numpy_column
+from mlaas4hep.io.failures import describe
 from mlaas4hep.io.location import scheme
+from mlaas4hep.io.tree import RootTree, open_tree
 from mlaas4hep.serve.batching import AdaptiveBatcher, split
 from mlaas4hep.serve.config import ServeConfig
 from mlaas4hep.serve.payloads import (
     EventColumns,
     RequestError,
     batch_columns,
-    encode_scores,
     from_table,
     parse_json,
     read_table,
+    stream_scores,
 )
-from mlaas4hep.serve.predictor import Predictor, root_chunks
+from mlaas4hep.serve.predictor import Predictor
 from mlaas4hep.serve.protocol import ARROW_STREAM
 from mlaas4hep.serve.registry import Registry
 from mlaas4hep.serve.registry_errors import ModelNotFound
+from mlaas4hep.serve.sources import check_file_url
 
 log = logging.getLogger("mlaas4hep.serving")
 JsonItem = list[dict[str, Any]] | EventColumns  # a /predict body after parse_json
@@ -92,6 +96,10 @@ class ModelServer:
             except (ModelNotFound, MlaasError) as err:
                 self.error = f"cannot resolve model {self.config.model!r}: {err}"
                 return False
+            except Exception as err:  # the store or the bucket failed: keep serving
+                self.error = f"cannot resolve model {self.config.model!r}: {describe(err)}"
+                log.exception("resolving %s failed", self.config.model)
+                return False
             if self.current is not None and self.current.predictor.tag == tag:
                 self.error = None
                 return False
@@ -101,9 +109,9 @@ class ModelServer:
                 predictor = Predictor.load(
                     self.registry.path(tag), tag, trust_user_code=self.config.trust_user_code
                 )
-            except (MlaasError, OSError, ImportError) as err:  # ImportError: torch missing
+            except Exception as err:  # any failure: recorded, and the old version serves on
                 self._failed = tag
-                self.error = f"cannot load model {tag}: {err}"
+                self.error = f"cannot load model {tag}: {describe(err)}"
                 self.metrics.load_failures.inc()
                 log.error("%s; still serving %s", self.error, self.tag or "nothing")
                 return False
@@ -183,43 +191,85 @@ class ModelServer:
         loaded = self._loaded()
         predictor = loaded.predictor
         item = parse_json(body, predictor.vectorizer, self.config.limits.json_events)
+        if isinstance(item, EventColumns):  # records are bounded by the body's size
+            item.check_lists(self.config.limits.list_items, "columns.{branch}")
         scores = await loaded.batcher.submit(item, len(item))
         return json.dumps({"model": predictor.tag, "scores": scores.tolist()}).encode()
 
-    def predict_table(self, body: bytes, media_type: str, accept: str) -> tuple[bytes, str, str]:
-        """An Arrow/Parquet body → scores encoded as ``accept``; returns (body, type, tag)."""
+    def predict_table(
+        self, body: bytes | bytearray, media_type: str, accept: str
+    ) -> tuple[Iterator[bytes], str, str]:
+        """An Arrow/Parquet body → scores encoded as ``accept``, in pieces; returns
+        (pieces, media type, tag). Over-limit bodies are refused from their metadata."""
         predictor = self._loaded().predictor
-        events = from_table(read_table(body, media_type), predictor.vectorizer)
+        limits = self.config.limits
+        table = read_table(
+            body,
+            media_type,
+            max_events=limits.bulk_events,
+            max_decoded_bytes=limits.decoded_bytes,
+        )
+        events = from_table(table, predictor.vectorizer).check_lists(limits.list_items)
+        del table
         scores = predictor.score(events)
         self.metrics.events.labels("predict_arrow", predictor.tag).inc(len(events))
-        data, kind = encode_scores(scores, predictor.tag, accept or ARROW_STREAM)
-        return data, kind, predictor.tag
+        pieces, kind = stream_scores(scores, predictor.tag, accept or ARROW_STREAM)
+        return pieces, kind, predictor.tag
 
     def predict_file(
-        self, source: str | bytes, accept: str, tree: str | None = None
-    ) -> tuple[bytes, str, str]:
-        """A ROOT file (its bytes, or an ``s3://``/``root://`` URL) scored in chunks."""
-        if isinstance(source, str) and scheme(source) not in ("s3", "root"):
-            raise RequestError(
-                f"only s3:// and root:// URLs are read ({source!r}); upload a local file "
-                "as the request body instead",
-                field="url",
-            )
+        self, source: str | bytes | bytearray, accept: str, tree: str | None = None
+    ) -> tuple[Iterator[bytes], str, str]:
+        """A ROOT file (its bytes, or an ``s3://``/``root://`` URL under ``file_sources``)
+        scored in chunks of ``limits.file_step_events``; a file of more than
+        ``limits.bulk_events`` events is refused (413) before its baskets are read."""
+        field = "url" if isinstance(source, str) else "body"
+        if isinstance(source, str):
+            if scheme(source) not in ("s3", "root"):
+                raise RequestError(
+                    f"only s3:// and root:// URLs are read ({source[:200]!r}); upload a "
+                    "local file as the request body instead",
+                    field="url",
+                )
+            check_file_url(source, self.config.file_sources)
         predictor = self._loaded().predictor
+        limits = self.config.limits
         parts = []
-        step = self.config.limits.file_step_events
         try:
-            for chunk in root_chunks(source, predictor.branches, step, tree):
-                n = len(next(iter(chunk.values())))
-                if n:
-                    parts.append(predictor.score(EventColumns(chunk, n)))
+            with _open_file(source, tree) as root_tree:
+                if root_tree.num_entries > limits.bulk_events:
+                    raise RequestError(
+                        f"the file's tree holds {root_tree.num_entries} events, above the "
+                        f"limit of {limits.bulk_events} per request (limits.bulk_events): "
+                        "score it in parts, or train-and-evaluate with the job",
+                        field=field,
+                        status=413,
+                    )
+                missing = [b for b in predictor.branches if b not in root_tree.tree]
+                if missing:
+                    raise BranchError(
+                        f"{root_tree.url}: tree {root_tree.tree_name!r} lacks the "
+                        f"branch(es) {', '.join(missing)} the model needs"
+                    )
+                step = min(limits.file_step_events, limits.bulk_events)
+                blocks = predictor.vectorizer.blocks
+                for chunk in root_tree.iterate(predictor.branches, step_size=step):
+                    n = len(next(iter(chunk.values())))
+                    if n:
+                        columns = {b.name: numpy_column(chunk[b.name], b.kind) for b in blocks}
+                        events = EventColumns(columns, n).check_lists(limits.list_items)
+                        parts.append(predictor.score(events))
         except (ReadError, BranchError) as err:
-            field = "url" if isinstance(source, str) else "body"
             raise RequestError(str(err), field=field, status=422) from None
         scores = np.concatenate(parts) if parts else np.zeros(0, np.float32)
         self.metrics.events.labels("predict_file", predictor.tag).inc(len(scores))
-        data, kind = encode_scores(scores, predictor.tag, accept)
-        return data, kind, predictor.tag
+        pieces, kind = stream_scores(scores, predictor.tag, accept)
+        return pieces, kind, predictor.tag
+
+
+def _open_file(source: str | bytes | bytearray, tree: str | None) -> RootTree:
+    if isinstance(source, str):
+        return open_tree(source, tree)
+    return open_tree("the uploaded file", tree, data=source)
 
 
 class ServingMetrics:

@@ -115,6 +115,7 @@ def service(
         yaml.safe_dump(
             {
                 "poll_seconds": 0.2,
+                "file_sources": ["s3://serving-data/"],
                 "limits": {
                     "json_bytes": JSON_LIMIT,
                     "model_bytes": UPLOAD_LIMIT,

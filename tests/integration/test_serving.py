@@ -24,15 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import uproot
-from serving_fixtures import (  # noqa: F401 - fixtures used by the tests
-    JSON_LIMIT,
-    UPLOAD_LIMIT,
-    Service,
-    http_get,
-    service,
-    trained,
-    wait_until,
-)
+from serving_fixtures import JSON_LIMIT, UPLOAD_LIMIT, Service, http_get, wait_until
 
 from mlaas4hep import cli
 from mlaas4hep.model.bundle import ModelBundle
@@ -43,7 +35,7 @@ TOLERANCE = 1e-6
 
 
 @pytest.fixture(scope="module")
-def reference(service: Service, trained) -> tuple:  # noqa: F811
+def reference(service: Service, trained) -> tuple:
     """400 events of the signal file and the scores the bundle gives them in process."""
     bundle = ModelBundle.load(service.registry.path(service.tag))
     with uproot.open(trained.files[0]) as f:
@@ -52,7 +44,7 @@ def reference(service: Service, trained) -> tuple:  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def http(service: Service):  # noqa: F811
+def http(service: Service):
     with httpx.Client(base_url=service.url, trust_env=False, timeout=60) as client:
         yield client
 
@@ -70,9 +62,9 @@ def bundle_archive(directory: Path) -> bytes:
 
 
 def test_predictions_over_http_equal_in_process(
-    service: Service,  # noqa: F811
+    service: Service,
     reference: tuple,
-    trained,  # noqa: F811
+    trained,
     http: httpx.Client,
     publish_to_s3,
     tmp_path: Path,
@@ -125,7 +117,7 @@ def _arrow(events) -> bytes:
     return to_arrow_stream(events)
 
 
-def test_health_readiness_and_metrics(service: Service, http: httpx.Client, reference) -> None:  # noqa: F811
+def test_health_readiness_and_metrics(service: Service, http: httpx.Client, reference) -> None:
     events, _ = reference
     assert http.get("/healthz").status_code == 200
     assert http.get("/readyz").status_code == 200
@@ -142,7 +134,7 @@ def test_health_readiness_and_metrics(service: Service, http: httpx.Client, refe
 
 
 def test_registry_endpoints_need_the_token_to_change_anything(
-    service: Service,  # noqa: F811
+    service: Service,
     tmp_path: Path,
 ) -> None:
     client = Client(service.url, token=service.token)
@@ -204,7 +196,7 @@ def test_registry_endpoints_need_the_token_to_change_anything(
 
 
 def test_a_promotion_during_a_load_fails_no_request(
-    service: Service,  # noqa: F811
+    service: Service,
     reference: tuple,
     http: httpx.Client,
 ) -> None:
@@ -271,6 +263,7 @@ def test_a_promotion_during_a_load_fails_no_request(
         ("POST", "/predict", "too-large", 413, "body"),
         ("POST", "/predict_arrow", b"not arrow at all", 400, "body"),
         ("POST", "/predict_file", {"url": "/etc/passwd"}, 400, "url"),
+        ("POST", "/predict_file", {"url": "s3://another-bucket/ttH.root"}, 403, "url"),
         ("POST", "/predict_file", b"not a ROOT file", 422, "body"),
         ("GET", "/models/tth:doesnotexist", None, 404, "tag"),
         ("GET", "/models/nothing", None, 404, "model"),
@@ -278,7 +271,7 @@ def test_a_promotion_during_a_load_fails_no_request(
     ],
 )
 def test_bad_input_gets_a_4xx_json_error_and_the_service_keeps_serving(
-    service: Service,  # noqa: F811
+    service: Service,
     http: httpx.Client,
     reference: tuple,
     method: str,
@@ -311,8 +304,28 @@ def test_bad_input_gets_a_4xx_json_error_and_the_service_keeps_serving(
     assert ok.status_code == 200 and len(ok.json()["scores"]) == 2
 
 
+def test_cards_and_status_read_without_the_token_say_nowhere_where_data_lives(
+    service: Service,
+    http: httpx.Client,
+    trained,
+) -> None:
+    where = str(trained.files[0].parent)
+    headers = {"Authorization": f"Bearer {service.token}"}
+    for path in (f"/models/{service.tag}", "/models", "/status"):
+        open_read = http.get(path)
+        assert open_read.status_code == 200, open_read.text
+        assert where not in open_read.text and "s3://" not in open_read.text, path
+        assert http.get(path, headers=headers).status_code == 200
+    full = http.get(f"/models/{service.tag}", headers=headers).json()
+    assert where in json.dumps(full["lineage"])
+    redacted = http.get(f"/models/{service.tag}").json()
+    assert redacted["inputs"] == full["inputs"] and redacted["metrics"] == full["metrics"]
+    files = json.dumps(redacted["lineage"]["files"])
+    assert "<redacted>/ttH_signal.root" in files  # which files, not where
+
+
 def test_a_bundle_with_user_code_is_refused_and_the_service_keeps_serving(
-    service: Service,  # noqa: F811
+    service: Service,
     http: httpx.Client,
     tmp_path: Path,
 ) -> None:
