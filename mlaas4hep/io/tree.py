@@ -29,6 +29,15 @@ from mlaas4hep.io.schemes import location_of
 
 TREE_CLASSES = ("TTree", "TNtuple")
 
+#: The most entries in one step of a memory-sized iteration (``"64 MB"``), whatever the
+#: file's metadata say: one million float32 values are 4 MB a branch, steps small enough
+#: for a 2 GB function and large enough that a step's overhead does not show.
+MAX_STEP_ENTRIES = 1_000_000
+
+#: Bytes every entry of a variable-length branch takes in its basket at least: the
+#: entry's offset (a 4-byte integer ROOT stores after the basket's data).
+ENTRY_OFFSET_BYTES = 4
+
 
 class RootTree:
     """An open TTree and the file that holds it; closes the file on exit.
@@ -218,16 +227,6 @@ class RootTree:
     def _file_size(self) -> int:
         """The size of the file in bytes, as its transport knows it (not its header)."""
         return int(self._file.file.source.num_bytes)
-
-
-#: The most entries in one step of a memory-sized iteration (``"64 MB"``), whatever the
-#: file's metadata say: one million float32 values are 4 MB a branch, steps small enough
-#: for a 2 GB function and large enough that a step's overhead does not show.
-MAX_STEP_ENTRIES = 1_000_000
-
-#: Bytes every entry of a variable-length branch takes in its basket at least: the
-#: entry's offset (a 4-byte integer ROOT stores after the basket's data).
-ENTRY_OFFSET_BYTES = 4
 
 
 def _uncompressed_bytes(branch: Any) -> int:
