@@ -42,9 +42,12 @@ locals {
   )
 
   environments = {
-    # A claim on a file's spec lives as long as one invocation may (pipeline.claim_spec).
+    # A claim on a file's spec lives as long as one invocation may (pipeline.claim_spec);
+    # the last of the queue's deliveries writes a quarantine record before computing, so
+    # that a function killed for memory or time still leaves one (pipeline.spec_step).
     spec_file = merge(local.common_environment, {
       MLAAS4HEP_SPEC_LEASE_SECONDS = tostring(try(var.functions["spec_file"].timeout, 900))
+      MLAAS4HEP_MAX_RECEIVE_COUNT  = tostring(module.queues["spec_file"].max_receive_count)
     })
     merge_specs = local.common_environment
     retrain = merge(local.common_environment, {

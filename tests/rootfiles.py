@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import awkward as ak
@@ -81,4 +82,35 @@ def corrupt_entry_offsets(
     assert at > 0, f"the entry offsets of {branch} were not found in {path}"
     data[at + 4 * entry : at + 4 * entry + 4] = np.array([value + keylen], ">i4").tobytes()
     path.write_bytes(bytes(data))
+
+
+def write_stated_totals(path: Path, n: int, seed: int, stated: int | None = 1) -> Path:
+    """A file whose branches state ``stated`` uncompressed (``fTotBytes``) and compressed
+    (``fZipBytes``) bytes, patched in the bytes on disk, as a hostile file would (``None``:
+    the honest file with the same content).
+
+    ``x`` holds float64 zeros (8 bytes an entry that compress to almost nothing), ``pt``
+    random float32 lists (that barely compress) with their counter ``npt``; one basket
+    each. The tree's metadata is written uncompressed, once, so each branch's pair of
+    totals occurs exactly once in the file; the baskets are left as they are.
+    """
+    rng = np.random.default_rng(seed)
+    counts = rng.poisson(5, n)
+    pt = ak.unflatten(rng.exponential(30, counts.sum()).astype(np.float32), counts)
+    with uproot.recreate(path) as file:
+        file.mktree("Events", {"x": np.float64, "pt": pt.type}).extend({"x": np.zeros(n), "pt": pt})
+    if stated is None:
+        return path
+    raw = bytearray(path.read_bytes())
+    with uproot.open(path) as file:
+        totals = [
+            (b.member("fTotBytes"), b.member("fZipBytes"))
+            for _, b in file["Events"].iteritems(recursive=True)
+        ]
+    for pair in totals:
+        old, new = struct.pack(">qq", *pair), struct.pack(">qq", stated, stated)
+        assert raw.count(old) == 1, f"the totals {pair} of a branch are not unique in the file"
+        at = raw.index(old)
+        raw[at : at + len(old)] = new
+    path.write_bytes(bytes(raw))
     return path

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import queue
 import shutil
 import warnings
+from unittest import mock
 
 import awkward as ak
 import isal.isal_zlib
@@ -13,15 +15,17 @@ import pytest
 import uproot
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rootfiles import write_events
+from rootfiles import write_events, write_stated_totals
 
 from mlaas4hep.errors import BranchError, ColumnError, ReadError
+from mlaas4hep.io import tree as tree_module
 from mlaas4hep.io.branches import NonNumericBranchWarning
 from mlaas4hep.io.codec import use_zlib_library
 from mlaas4hep.io.columns import check_layout, check_offsets, jagged_parts
 from mlaas4hep.io.expand import expand_sources
 from mlaas4hep.io.identity import file_identity
-from mlaas4hep.io.tree import open_tree
+from mlaas4hep.io.tree import MAX_STEP_ENTRIES, RootTree, open_tree
+from mlaas4hep.io.xrootd import XRootDSource
 
 
 def test_nanoaod_branches_are_classified(shared_data):
@@ -206,6 +210,100 @@ def test_memory_step_size_reads_no_basket_headers(tmp_path, monkeypatch):
     assert reads == []
 
 
+# ------------------------------------------------------- steps of hostile metadata
+
+
+def test_a_file_stating_one_byte_a_branch_still_reads_in_bounded_steps(tmp_path):
+    # fTotBytes = fZipBytes = 1 in every branch, patched on disk: trusted, the whole tree
+    # of 200 000 entries was one step whatever the step size
+    honest = write_stated_totals(tmp_path / "honest.root", 200_000, seed=5, stated=None)
+    with open_tree(honest) as tree:
+        honest_pt = tree.step_entries(["pt"], "800 kB")
+    path = write_stated_totals(tmp_path / "lying.root", 200_000, seed=5)
+    with open_tree(path) as tree:
+        names = tree.select()
+        assert {tree.tree[name].member("fTotBytes") for name in names} == {1}
+        # float64 values take 8 bytes an entry whatever the metadata say
+        assert tree.step_entries(["x"], "800 kB") == 100_000
+        # random float32 lists barely compress: the bytes their baskets occupy on disk
+        # keep the step near the honest one (within the compression ratio)
+        assert honest_pt <= tree.step_entries(["pt"], "800 kB") < 1.25 * honest_pt
+        step = tree.step_entries(names, "800 kB")
+        chunks = list(tree.iterate(names, step_size="800 kB"))
+    sizes = [len(chunk["x"]) for chunk in chunks]
+    assert sum(sizes) == 200_000 and max(sizes) == step
+    assert step <= 800_000 // (8 + 4 + 4)  # x, npt and pt's offsets at least
+    assert max(sum(a.layout.nbytes for a in c.values()) for c in chunks) < 2 * 800_000
+
+
+def test_stated_totals_of_one_byte_are_raised_to_what_the_types_need(shared_data, monkeypatch):
+    monkeypatch.setattr(tree_module, "_uncompressed_bytes", lambda branch: 1)
+    monkeypatch.setattr(tree_module, "_compressed_bytes", lambda branch: 1)
+    with open_tree(shared_data / "uproot-HZZ.root") as tree:
+        names = ["NJet", "Jet_Px", "MET_px"]  # int32, float32 lists, float32: 12 B an entry
+        assert tree.step_entries(names, "12 kB") == 1000
+        assert [len(c["NJet"]) for c in tree.iterate(names, step_size="12 kB")] == [
+            1000,
+            1000,
+            421,
+        ]
+
+
+def test_a_memory_step_never_exceeds_the_entry_cap_but_a_count_is_the_callers(
+    shared_data, monkeypatch
+):
+    monkeypatch.setattr(tree_module, "MAX_STEP_ENTRIES", 1000)
+    with open_tree(shared_data / "uproot-HZZ.root") as tree:
+        names = ["NJet", "Jet_Px"]
+        assert tree.step_entries(names, "64 MB") == 1000
+        assert [len(c["NJet"]) for c in tree.iterate(names, step_size="64 MB")] == [
+            1000,
+            1000,
+            421,
+        ]
+        assert tree.step_entries(names, 5000) == 5000
+
+
+def test_compressed_bytes_beyond_the_stated_totals_are_bounded_by_the_file_size(
+    shared_data, monkeypatch
+):
+    # a basket table stating petabytes would otherwise make every step one entry
+    monkeypatch.setattr(tree_module, "_compressed_bytes", lambda branch: 10**15)
+    path = shared_data / "uproot-HZZ.root"
+    with open_tree(path) as tree:
+        stated = tree.tree["NJet"].member("fTotBytes")
+        expected = round(10**6 * tree.num_entries / (stated + path.stat().st_size))
+        assert tree.step_entries(["NJet"], "1 MB") == expected > 1
+
+
+@pytest.fixture(scope="module")
+def hzz_tree(shared_data):
+    with open_tree(shared_data / "uproot-HZZ.root") as tree:
+        yield tree
+
+
+STEP_BRANCHES = ("NJet", "Jet_Px", "MET_px")  # int32, float32 lists, float32: 12 B an entry
+metadata_bytes = st.lists(st.integers(0, 10**15), min_size=3, max_size=3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(metadata_bytes, metadata_bytes, st.integers(0, 10**12), st.integers(0, 10**11))
+def test_memory_steps_stay_within_the_cap_and_what_the_types_allow(
+    hzz_tree, stated, compressed, entries, target
+):
+    # whatever the file states: its entries, each branch's uncompressed and compressed bytes
+    stated_of = dict(zip(STEP_BRANCHES, stated, strict=True))
+    compressed_of = dict(zip(STEP_BRANCHES, compressed, strict=True))
+    with (
+        mock.patch.object(tree_module, "_uncompressed_bytes", lambda b: stated_of[b.name]),
+        mock.patch.object(tree_module, "_compressed_bytes", lambda b: compressed_of[b.name]),
+        mock.patch.object(RootTree, "num_entries", property(lambda self: entries)),
+    ):
+        step = hzz_tree.step_entries(list(STEP_BRANCHES), f"{target} B")
+    assert 1 <= step <= MAX_STEP_ENTRIES
+    assert step <= max(1, round(target / 12))
+
+
 def test_zlib_baskets_inflate_with_isal_to_the_same_arrays(tmp_path, monkeypatch):
     path = write_events(tmp_path / "zlib.root", 3000, seed=4, basket=700)  # ZLIB(1)
     calls = []
@@ -294,3 +392,11 @@ def test_a_scheme_whose_client_is_missing_is_a_read_error(monkeypatch):
     monkeypatch.setattr("mlaas4hep.io.xrootd._CONFIGURED", False)
     with pytest.raises(ReadError, match="root://host:1094//a.root.*not installed"):
         open_tree("root://host:1094//a.root")
+
+
+def test_an_xrootd_step_inside_baskets_already_read_sends_no_vector_read():
+    # uproot sends the server an empty vector read, which it refuses; the refusal closes
+    # the file under the next step's reads (tests/integration/test_transports.py reads a
+    # file whose baskets hold several steps over a real server)
+    source = object.__new__(XRootDSource)  # not connected: any read would raise
+    assert source.chunks([], queue.Queue()) == []

@@ -29,7 +29,12 @@ from mlaas4hep.pipeline.config import MAX_SQS_DELAY, PipelineConfig, PipelineErr
 from mlaas4hep.pipeline.merge_step import fold_file_specs, merge_into_dataset
 from mlaas4hep.pipeline.notifications import S3Notification, parse_s3_notifications
 from mlaas4hep.pipeline.retrain_step import retrain_command, retrain_datasets_of, retrain_if_quiet
-from mlaas4hep.pipeline.spec_step import claim_spec, compute_and_store_file_spec, lease_is_takeable
+from mlaas4hep.pipeline.spec_step import (
+    LAST_RECEIVE_REASON,
+    claim_spec,
+    compute_and_store_file_spec,
+    lease_is_takeable,
+)
 from mlaas4hep.pipeline.sqs import batch_response, handle_batch, queued_seconds
 from mlaas4hep.spec.compute import compute_file_spec
 from mlaas4hep.spec.documents import DatasetSpec
@@ -182,8 +187,19 @@ def test_config_from_env():
     assert config.spec_lease_seconds == 42
     assert config.lease_prefix == "leases/"
     assert config.retrain_runtime_env == {"pip": ["x"]}
+    assert config.max_receive_count == 3  # the spec_file queue's default (infra)
     with pytest.raises(PipelineError):
         PipelineConfig.from_env({"MLAAS4HEP_DATA_BUCKET": "d"})
+
+
+def test_config_reads_the_queues_max_receive_count():
+    env = {"MLAAS4HEP_DATA_BUCKET": "d", "MLAAS4HEP_SPECS_BUCKET": "s"}
+    config = PipelineConfig.from_env({**env, "MLAAS4HEP_MAX_RECEIVE_COUNT": "5"})
+    assert config.max_receive_count == 5
+    assert [config.is_last_receive(n) for n in (1, 4, 5, 6)] == [False, False, True, True]
+    for bad in ("0", "-1", "three", "2.5", ""):
+        with pytest.raises(PipelineError, match="MAX_RECEIVE_COUNT"):
+            PipelineConfig.from_env({**env, "MLAAS4HEP_MAX_RECEIVE_COUNT": bad})
 
 
 # ------------------------------------------------------------------- fold / merge
@@ -379,6 +395,103 @@ def test_an_unreadable_file_is_quarantined_and_keeps_its_claim(s3):
         data_notification(), CONFIG, s3=s3, compute=compute, owner="m2"
     )
     assert dup.status == "leased" and calls == []
+
+
+class Killed(BaseException):
+    """What a function killed for its memory or its time looks like from inside: nothing
+    after this point runs, no ``except Exception`` sees it (handle_batch reports nothing)."""
+
+
+QUARANTINED = "quarantine/ds/f.root@v1.json"
+LAST_OF_THREE = dataclasses.replace(CONFIG, max_receive_count=3)
+
+
+def watching(s3: Any, outcome: Any = None):
+    """A compute that notes whether the quarantine record exists when it starts, then
+    raises ``outcome`` (an exception) or returns a spec."""
+    compute, _ = fake_compute()
+    seen: list[bool] = []
+
+    def watched(source: str):
+        seen.append(exists(s3, "specs", QUARANTINED))
+        if outcome is not None:
+            raise outcome
+        return compute(source)
+
+    return watched, seen
+
+
+def test_a_function_killed_on_the_last_delivery_leaves_a_quarantine_record(s3):
+    compute, seen = watching(s3, Killed())
+    with pytest.raises(Killed):
+        compute_and_store_file_spec(
+            data_notification(), LAST_OF_THREE, s3=s3, compute=compute, owner="m1", receive_count=3
+        )
+    assert seen == [True]  # written before the computation started
+    record = read_json(s3, "specs", QUARANTINED)
+    assert record["last_receive"] is True and record["receive_count"] == 3
+    assert record["source"] == "s3://data/datasets/ds/f.root" and record["version"] == "v1"
+    assert record["error_type"] == "LastReceive" and record["error"] == LAST_RECEIVE_REASON
+    assert "killed (memory or time)" in record["error"]
+
+
+def test_a_successful_last_delivery_leaves_no_record(s3):
+    compute, seen = watching(s3)
+    outcome = compute_and_store_file_spec(
+        data_notification(), LAST_OF_THREE, s3=s3, compute=compute, owner="m1", receive_count=3
+    )
+    assert outcome.status == "written" and seen == [True]
+    assert exists(s3, "specs", "files/ds/f.root@v1.json")
+    assert not exists(s3, "specs", QUARANTINED)
+
+
+def test_earlier_deliveries_write_nothing_before_computing(s3):
+    for count in (1, 2):
+        compute, seen = watching(s3, Killed())
+        with pytest.raises(Killed):
+            compute_and_store_file_spec(
+                data_notification(),
+                LAST_OF_THREE,
+                s3=s3,
+                compute=compute,
+                owner="m1",
+                receive_count=count,
+            )
+        assert seen == [False]
+        assert not exists(s3, "specs", QUARANTINED)  # SQS delivers it again
+
+
+@pytest.mark.parametrize(
+    "error", [ReadError("s3://data/datasets/ds/f.root", "truncated"), MemoryError("4 GB")]
+)
+def test_an_error_on_the_last_delivery_replaces_the_record(s3, error):
+    compute, seen = watching(s3, error)
+    with pytest.raises(type(error)):
+        compute_and_store_file_spec(
+            data_notification(), LAST_OF_THREE, s3=s3, compute=compute, owner="m1", receive_count=3
+        )
+    record = read_json(s3, "specs", QUARANTINED)
+    assert seen == [True] and record["last_receive"] is True
+    assert record["error_type"] == type(error).__name__
+    assert record["error"] == str(error) != LAST_RECEIVE_REASON
+
+
+def test_an_unexpected_error_before_the_last_delivery_leaves_no_record(s3):
+    compute, _ = watching(s3, MemoryError())
+    with pytest.raises(MemoryError):
+        compute_and_store_file_spec(
+            data_notification(), LAST_OF_THREE, s3=s3, compute=compute, owner="m1", receive_count=2
+        )
+    assert not exists(s3, "specs", QUARANTINED)
+
+
+def test_a_read_error_before_the_last_delivery_says_it_is_not_the_last(s3):
+    compute, _ = watching(s3, ReadError("s3://data/datasets/ds/f.root", "truncated"))
+    with pytest.raises(ReadError):
+        compute_and_store_file_spec(
+            data_notification(), LAST_OF_THREE, s3=s3, compute=compute, owner="m1", receive_count=1
+        )
+    assert read_json(s3, "specs", QUARANTINED)["last_receive"] is False
 
 
 def test_objects_outside_the_data_prefix_are_skipped(s3):

@@ -30,6 +30,15 @@ from mlaas4hep.io.schemes import location_of
 
 TREE_CLASSES = ("TTree", "TNtuple")
 
+#: The most entries in one step of a memory-sized iteration (``"64 MB"``), whatever the
+#: file's metadata say: one million float32 values are 4 MB a branch, steps small enough
+#: for a 2 GB function and large enough that a step's overhead does not show.
+MAX_STEP_ENTRIES = 1_000_000
+
+#: Bytes every entry of a variable-length branch takes in its basket at least: the
+#: entry's offset (a 4-byte integer ROOT stores after the basket's data).
+ENTRY_OFFSET_BYTES = 4
+
 
 class RootTree:
     """An open TTree and the file that holds it; closes the file on exit.
@@ -172,15 +181,25 @@ class RootTree:
 
     def step_entries(self, branches: Sequence[str], step_size: int | str) -> int:
         """``step_size`` as a number of entries: an int as it is; a memory size such as
-        ``"64 MB"`` as the entries whose uncompressed ``branches`` fill it.
+        ``"64 MB"`` as the entries whose uncompressed ``branches`` fill it, never more
+        than :data:`MAX_STEP_ENTRIES`.
+
+        An int is the caller's own choice of entries and is not bounded: choosing the
+        entries of a step is legitimate (the predictor reads in fixed event counts).
 
         uproot's own conversion reads the key header of every basket to learn its size:
         one round trip per basket, in sequence (240 GETs before the first byte of data for
         a 90 MB paper-layout file on S3; on moto each GET even copies the whole object).
         The branches' metadata already hold that total (``fTotBytes``: every basket's
         uncompressed bytes and key header), so this reads nothing and gives uproot's
-        number for a whole-tree iteration (the whole tree's average for a part of it). A
-        branch without it (baskets embedded in the metadata) is summed as uproot does.
+        number for a whole-tree iteration (the whole tree's average for a part of it).
+
+        That total is the file's own word, though: a hostile file that states one byte
+        would make the whole tree one step and blow the memory up. So the total counts
+        at least what the branches' types need (:func:`_least_entry_bytes` per entry) and
+        at least the compressed bytes their baskets occupy (bounded by the file's size),
+        and the step never exceeds :data:`MAX_STEP_ENTRIES` whatever the metadata say.
+        Both bounds hold for honest files, which keep uproot's number.
         """
         if isinstance(step_size, int | np.integer):
             return int(step_size)
@@ -188,20 +207,84 @@ class RootTree:
             step_size, f"a number of entries or a memory size such as '64 MB', not {step_size!r}"
         )
         try:
-            total = sum(_uncompressed_bytes(self.tree[name]) for name in dict.fromkeys(branches))
+            total = self._step_bytes(list(dict.fromkeys(branches)))
         except READ_FAILURES as err:
             raise as_read_error(self.url, err) from err
         if total <= 0:
             return 1
-        return max(1, round(target * self.num_entries / total))
+        return int(min(MAX_STEP_ENTRIES, max(1, round(target * self.num_entries / total))))
+
+    def _step_bytes(self, names: Sequence[str]) -> int:
+        """The uncompressed bytes of the baskets of ``names`` that a memory step size is
+        measured against: each branch's stated total, raised to what its type needs and
+        to the compressed bytes its baskets occupy (reads no basket).
+
+        What the compressed bytes add beyond the stated totals is bounded by the size of
+        the file (a hostile basket table cannot shrink the steps to nothing); an honest
+        file adds nothing, so only a file that does is asked for its size.
+        """
+        entries = self.num_entries
+        stated = beyond = 0
+        for name in names:
+            branch = self.tree[name]
+            bound = max(_uncompressed_bytes(branch), entries * _least_entry_bytes(branch))
+            stated += bound
+            beyond += max(_compressed_bytes(branch) - bound, 0)
+        if beyond > 0:
+            beyond = min(beyond, self._file_size())
+        return stated + beyond
+
+    def _file_size(self) -> int:
+        """The size of the file in bytes, as its transport knows it (not its header)."""
+        return int(self._file.file.source.num_bytes)
 
 
 def _uncompressed_bytes(branch: Any) -> int:
-    """Uncompressed bytes of a branch's baskets (with key headers), from its metadata."""
+    """Uncompressed bytes of a branch's baskets (with key headers), as its metadata state.
+
+    A branch without ``fTotBytes`` (baskets embedded in the metadata, as a writer that
+    stopped early leaves them) sums its embedded baskets, which are in memory, and
+    counts its other baskets by their compressed bytes: their uncompressed size would
+    take reading each basket's key.
+    """
     total = int(branch.member("fTotBytes", none_if_missing=True) or 0)
     if total > 0:
         return total
-    return int(sum(branch.basket_uncompressed_bytes(i) for i in range(branch.num_baskets)))
+    embedded = branch.embedded_baskets
+    return _normal_basket_bytes(branch, len(embedded)) + sum(
+        int(basket.uncompressed_bytes) for basket in embedded
+    )
+
+
+def _compressed_bytes(branch: Any) -> int:
+    """Compressed bytes of a branch's baskets (with key headers), from the metadata that
+    locates them: a basket stated smaller than it is cannot be read."""
+    embedded = branch.embedded_baskets
+    return _normal_basket_bytes(branch, len(embedded)) + sum(
+        int(basket.compressed_bytes) for basket in embedded
+    )
+
+
+def _normal_basket_bytes(branch: Any, n_embedded: int) -> int:
+    """Sum of ``fBasketBytes`` over the branch's normal (not embedded) baskets."""
+    stated = branch.member("fBasketBytes", none_if_missing=True)
+    sizes = np.asarray(stated if stated is not None else [], dtype=np.int64)
+    return int(np.clip(sizes[: max(branch.num_baskets - n_embedded, 0)], 0, None).sum())
+
+
+def _least_entry_bytes(branch: Any) -> int:
+    """Bytes one entry of ``branch`` takes in its baskets at least, from its type alone:
+    a fixed-width value (or fixed-size array) its width, a variable-length list its
+    entry offset and list header, anything else nothing."""
+    try:
+        interp = branch.interpretation
+    except Exception:  # no interpretation: no bound from the type
+        return 0
+    if isinstance(interp, uproot.interpretation.numerical.AsDtype):
+        return int(interp.from_dtype.itemsize)
+    if isinstance(interp, uproot.interpretation.jagged.AsJagged):
+        return ENTRY_OFFSET_BYTES + int(interp.header_bytes)
+    return 0
 
 
 class MemoryFile(io.RawIOBase):

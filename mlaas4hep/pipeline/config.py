@@ -66,6 +66,9 @@ class PipelineConfig:
     retrain_state_prefix: str = "retrain/"
     lease_prefix: str = "leases/"
     spec_lease_seconds: float = 900.0
+    #: Deliveries of a spec_file message before SQS moves it to the dead-letter queue
+    #: (the queue's ``maxReceiveCount``): the last one writes a quarantine record first.
+    max_receive_count: int = 3
     ray_address: str = ""
     retrain_entrypoint: str = ""
     retrain_runtime_env: dict[str, Any] = field(default_factory=dict)
@@ -87,6 +90,16 @@ class PipelineConfig:
             parsed_env = json.loads(runtime_env)
         except json.JSONDecodeError as err:
             raise PipelineError(f"{ENV_PREFIX}RETRAIN_RUNTIME_ENV is not JSON: {err}") from err
+        receives = get("MAX_RECEIVE_COUNT", "3")
+        try:
+            max_receive_count = int(receives)
+        except ValueError:
+            max_receive_count = 0
+        if max_receive_count < 1:
+            raise PipelineError(
+                f"{ENV_PREFIX}MAX_RECEIVE_COUNT must be a whole number of at least 1, "
+                f"not {receives!r}"
+            )
         return cls(
             data_bucket=get("DATA_BUCKET"),
             specs_bucket=get("SPECS_BUCKET"),
@@ -99,12 +112,18 @@ class PipelineConfig:
             retrain_state_prefix=get("RETRAIN_STATE_PREFIX", "retrain/"),
             lease_prefix=get("LEASE_PREFIX", "leases/"),
             spec_lease_seconds=float(get("SPEC_LEASE_SECONDS", "900")),
+            max_receive_count=max_receive_count,
             ray_address=get("RAY_ADDRESS", ""),
             retrain_entrypoint=get("RETRAIN_ENTRYPOINT", ""),
             retrain_runtime_env=parsed_env if isinstance(parsed_env, dict) else {},
             retrain_debounce_seconds=float(get("RETRAIN_DEBOUNCE_SECONDS", "300")),
             retrain_queue_url=get("RETRAIN_QUEUE_URL", ""),
         )
+
+    def is_last_receive(self, receive_count: int) -> bool:
+        """Whether a delivery that SQS counts ``receive_count`` is the message's last one:
+        if it fails too (or the function is killed), the message goes to the DLQ."""
+        return receive_count >= self.max_receive_count
 
     # Key layout. A data object <data_prefix><dataset>/<path>.root has its FileSpec at
     # <file_specs_prefix><dataset>/<path>.root@<version>.json in the specs bucket, and the

@@ -1,7 +1,10 @@
 """The ``spec_file`` step: one new ROOT object → its FileSpec, once per object version.
 
 A lease (a conditional write) keeps duplicate deliveries from computing the same spec
-twice; an unreadable file leaves a quarantine record naming the error.
+twice; an unreadable file leaves a quarantine record naming the error. A message on its
+last delivery writes its record before the computation, so that a function killed on
+it (memory or time: no Python code runs) still leaves one when the message is
+dead-lettered.
 """
 
 from __future__ import annotations
@@ -23,6 +26,13 @@ from mlaas4hep.spec.compute import compute_file_spec
 from mlaas4hep.spec.documents import FileSpec
 
 log = logging.getLogger("mlaas4hep.pipeline")
+
+#: The error of the record a last delivery writes before computing (see
+#: :func:`compute_and_store_file_spec`); its ``error_type`` is ``LastReceive``.
+LAST_RECEIVE_REASON = (
+    "last delivery before the dead-letter queue; if no spec follows, the function was "
+    "killed (memory or time)"
+)
 
 
 @dataclass(frozen=True)
@@ -155,6 +165,14 @@ def compute_and_store_file_spec(
     A failed computation keeps its claim, so that duplicates do not pile up in the
     dead-letter queue while the owner's message is retried.
 
+    On the message's last delivery (``receive_count`` reaching the queue's
+    ``max_receive_count``, :meth:`PipelineConfig.is_last_receive`) a quarantine record
+    with ``last_receive: true`` (:data:`LAST_RECEIVE_REASON`) is written before the
+    computation starts: a function killed for its memory or its time runs no handler,
+    and its message would otherwise reach the dead-letter queue without a word. A
+    success clears it; a failure overwrites it with the error (any error on the last
+    delivery, not only a ReadError, since the message is dead-lettered either way).
+
     ``clock`` (seconds, default :func:`time.perf_counter`) times the outcome's
     ``seconds``, ``checks_seconds`` and ``store_seconds``.
     """
@@ -175,11 +193,24 @@ def compute_and_store_file_spec(
         done = _stored_or_taken(config, dataset, path, version, owner if leased else "", s3)
         if done is not None:
             return FileSpecOutcome(done[0], source, done[1])
+    last = config.is_last_receive(receive_count)
+    if last:
+        _write_quarantine(
+            s3, config, notification, dataset, path, None, receive_count, last_receive=True
+        )
     start = clock()
     try:
         spec = compute(source)
     except (ReadError, SpecError) as err:
-        _write_quarantine(s3, config, notification, dataset, path, err, receive_count)
+        _write_quarantine(
+            s3, config, notification, dataset, path, err, receive_count, last_receive=last
+        )
+        raise
+    except Exception as err:
+        if last:  # dead-lettered next: the record names the error, not a kill
+            _write_quarantine(
+                s3, config, notification, dataset, path, err, receive_count, last_receive=True
+            )
         raise
     computed = clock()
     spec_key, status = _store_spec(s3, config, dataset, path, version, spec)
@@ -292,17 +323,22 @@ def _write_quarantine(
     event: S3Notification,
     dataset: str,
     path: str,
-    error: BaseException,
+    error: BaseException | None,
     receive_count: int,
+    *,
+    last_receive: bool = False,
 ) -> None:
+    """Record why an object version has no spec: ``error``, or (None) the warning of a
+    last delivery written before its computation (:data:`LAST_RECEIVE_REASON`)."""
     record = {
         "source": f"s3://{event.bucket}/{event.key}",
         "dataset": dataset,
         "version": event.version,
         "size": event.size,
-        "error": str(error),
-        "error_type": type(error).__name__,
+        "error": LAST_RECEIVE_REASON if error is None else str(error),
+        "error_type": "LastReceive" if error is None else type(error).__name__,
         "receive_count": receive_count,
+        "last_receive": last_receive,
         "recorded_at": time.time(),
     }
     s3.put_object(
@@ -311,7 +347,15 @@ def _write_quarantine(
         Body=json.dumps(record, indent=1).encode(),
         ContentType=JSON,
     )
-    log.error("quarantined %s (delivery %d): %s", record["source"], receive_count, error)
+    if error is None:
+        log.warning(
+            "%s: last delivery (%d of %d), quarantine record written before computing",
+            record["source"],
+            receive_count,
+            config.max_receive_count,
+        )
+    else:
+        log.error("quarantined %s (delivery %d): %s", record["source"], receive_count, error)
 
 
 def _clear_quarantine(

@@ -149,6 +149,11 @@ def test_outputs_wire_every_function_to_its_queue(stack):
             QueueUrl=fn["queue_url"], AttributeNames=["RedrivePolicy"]
         )["Attributes"]["RedrivePolicy"]
         assert json.loads(redrive)["maxReceiveCount"] == fn["max_receive_count"]
+    # the spec function knows its last delivery: the queue's own count
+    spec_file = functions["spec_file"]
+    assert spec_file["environment"]["MLAAS4HEP_MAX_RECEIVE_COUNT"] == str(
+        spec_file["max_receive_count"]
+    )
 
 
 def test_second_plan_has_no_drift(stack):
@@ -278,6 +283,7 @@ def test_truncated_file_is_quarantined_and_dead_lettered(stack, shared_data, tmp
     records = read_quarantine(stack.config, "mixed")
     assert [r["source"] for r in records] == [bad]
     assert records[0]["error_type"] == "ReadError"
+    assert records[0]["last_receive"] is True  # written first, then given the error
     assert "truncated run.root" in records[0]["error"]
     spec, _ = read_dataset_spec(stack.config, "mixed")
     assert sorted(spec.files) == sorted(good)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from rootfiles import write_stated_totals
 
 from mlaas4hep.cli import main
 from mlaas4hep.errors import ReadError
@@ -91,3 +92,23 @@ def test_unreachable_and_missing_remote_files_name_the_url(urls, xrootd_server):
     dead = f"root://127.0.0.1:{free_port()}//data/file.root"
     with pytest.raises(ReadError, match=dead.replace(".", r"\.")):
         open_tree(dead)
+
+
+def test_a_file_stating_one_byte_a_branch_reads_in_the_same_steps_remotely(
+    tmp_path, publish_to_xrootd, publish_to_s3
+):
+    # Its stated totals (1 byte) are raised to what the types need and to the bytes the
+    # baskets occupy, which asks the transport for the file's size: the same steps
+    # whether the file is local, behind XRootD or in S3.
+    path = write_stated_totals(tmp_path / "stated-one-byte.root", 20_000, seed=7)
+    urls = {
+        "local": str(path),
+        "root": publish_to_xrootd(path),
+        "s3": publish_to_s3(path, bucket="transport-hostile"),
+    }
+    steps = {}
+    for kind, url in urls.items():
+        with open_tree(url) as tree:
+            steps[kind] = [len(c["x"]) for c in tree.iterate(tree.select(), step_size="150 kB")]
+    assert steps["local"] == steps["root"] == steps["s3"]
+    assert sum(steps["local"]) == 20_000 and len(steps["local"]) > 1
