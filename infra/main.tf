@@ -193,7 +193,7 @@ module "serving" {
   workers                           = var.serving.workers
   models_prefix                     = var.serving.models_prefix
   environment                       = var.serving.environment
-  readable_bucket_arns              = var.serving.readable_bucket_arns
+  readable_bucket_arns              = coalesce(var.serving.readable_bucket_arns, [local.data_arn])
   api_token_secret_arn              = var.serving.api_token_secret_arn
   vpc_id                            = var.serving.vpc_id
   load_balancer_subnet_ids          = var.serving.load_balancer_subnet_ids

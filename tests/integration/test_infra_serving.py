@@ -254,6 +254,8 @@ def test_with_an_image_the_service_runs_behind_the_load_balancer(stack, moto_ser
         "MLAAS4HEP_SERVE_WORKERS": "1",  # one per vCPU, at least one
         "MLAAS4HEP_MODELS_BUCKET": f"s3://{MODELS_BUCKET}/bundles/",
         "MLAAS4HEP_SERVE_PREDICT_AUTH": "1",
+        "MLAAS4HEP_SERVE_MEMORY_MIB": "1024",  # sizes the request limits
+        "MLAAS4HEP_SERVE_FILE_SOURCES": "",  # no readable_bucket_arns: uploads only
     }
     assert container["secrets"] == [
         {"name": "MLAAS4HEP_SERVE_TOKEN", "valueFrom": serving["api_token_secret_arn"]}

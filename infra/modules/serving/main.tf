@@ -26,10 +26,14 @@ locals {
   image          = "${aws_ecr_repository.this.repository_url}:${coalesce(var.image_tag, "none")}"
 
   # What the service is told (mlaas4hep.serve.config); the token comes as a secret.
+  # The task's memory sizes the request limits; /predict_file reads by URL only from the
+  # buckets the task role may read besides the models bucket.
   environment = merge({
-    MLAAS4HEP_SERVE_MODEL   = var.model
-    MLAAS4HEP_SERVE_WORKERS = tostring(coalesce(var.workers, max(1, floor(var.cpu / 1024))))
-    MLAAS4HEP_MODELS_BUCKET = "s3://${local.models_bucket}/${var.models_prefix}"
+    MLAAS4HEP_SERVE_MODEL        = var.model
+    MLAAS4HEP_SERVE_WORKERS      = tostring(coalesce(var.workers, max(1, floor(var.cpu / 1024))))
+    MLAAS4HEP_MODELS_BUCKET      = "s3://${local.models_bucket}/${var.models_prefix}"
+    MLAAS4HEP_SERVE_MEMORY_MIB   = tostring(var.memory)
+    MLAAS4HEP_SERVE_FILE_SOURCES = join(",", [for arn in var.readable_bucket_arns : "s3://${split(":::", arn)[1]}/"])
   }, var.environment)
 
   # The image has python (bentoml's base image) but not always curl.

@@ -199,7 +199,7 @@ variable "environment" {
 }
 
 variable "readable_bucket_arns" {
-  description = "Further buckets the tasks may read (GetObject, ListBucket), e.g. the data bucket for POST /predict_file with s3:// URLs; none by default: the models bucket only."
+  description = "Further buckets the tasks may read (GetObject, ListBucket), e.g. the data bucket for POST /predict_file with s3:// URLs; none by default: the models bucket only. The service is told them as MLAAS4HEP_SERVE_FILE_SOURCES: /predict_file reads URLs in these buckets only."
   type        = list(string)
   default     = []
   nullable    = false
