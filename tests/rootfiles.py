@@ -82,6 +82,7 @@ def corrupt_entry_offsets(
     assert at > 0, f"the entry offsets of {branch} were not found in {path}"
     data[at + 4 * entry : at + 4 * entry + 4] = np.array([value + keylen], ">i4").tobytes()
     path.write_bytes(bytes(data))
+    return path
 
 
 def write_stated_totals(path: Path, n: int, seed: int, stated: int | None = 1) -> Path:

@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from mlaas4hep.local.moto import MotoServer
-from mlaas4hep.local.processes import ManagedServer, ServerError, free_port, tcp_listeners
+from mlaas4hep.local.processes import (
+    ManagedServer,
+    ServerError,
+    free_port,
+    free_ports,
+    tcp_listeners,
+)
 from mlaas4hep.local.xrootd import XRootDServer
 
 pytestmark = pytest.mark.integration
@@ -82,6 +88,13 @@ def _assert_start_stop(server: ManagedServer) -> None:
     assert _pid_gone(pid) and _group_gone(pid)
     assert _port_free(port)
     server.stop()  # idempotent
+
+
+def test_free_ports_are_distinct_and_avoid_the_ones_given():
+    for _ in range(50):  # one at a time, the kernel may hand the same port back twice
+        first = free_port()
+        ports = free_ports(5, avoid=[first])
+        assert len(set(ports)) == 5 and first not in ports
 
 
 def test_free_port_is_bindable():

@@ -60,6 +60,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any, Self
 
@@ -81,6 +82,30 @@ def free_port(host: str = LOOPBACK) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def free_ports(count: int, host: str = LOOPBACK, avoid: Iterable[int] = ()) -> list[int]:
+    """``count`` distinct TCP ports free on ``host`` right now, none of them in ``avoid``.
+
+    All are bound at once before any is released: two calls of :func:`free_port` in a row
+    may get the same port back from the kernel, which a server that takes several ports
+    (Ray's head) refuses.
+    """
+    avoided = set(avoid)
+    sockets: list[socket.socket] = []
+    try:
+        ports: list[int] = []
+        while len(ports) < count:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+            if port not in avoided:
+                ports.append(port)
+        return ports
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def _tail(path: Path | None, lines: int = LOG_TAIL_LINES) -> str:

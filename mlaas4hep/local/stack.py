@@ -32,7 +32,7 @@ from typing import Any
 
 from mlaas4hep.local.bento import BentoServer
 from mlaas4hep.local.moto import MotoServer
-from mlaas4hep.local.processes import ManagedServer, ServerError, free_port
+from mlaas4hep.local.processes import ManagedServer, ServerError, free_ports
 from mlaas4hep.local.project import infra_dir, project_dir
 from mlaas4hep.local.project import state_dir as default_state_dir
 from mlaas4hep.local.terraform import Terraform
@@ -73,8 +73,13 @@ class RayHead(ManagedServer):
     def __init__(self, num_cpus: int = 1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.num_cpus = num_cpus
-        self.dashboard_port = free_port(self.host)
-        self.client_port = free_port(self.host)
+        # every port the head takes, distinct (the GCS port is the server's own)
+        self.dashboard_port, self.client_port, self.agent_port, self.workers_port = free_ports(
+            4, self.host, avoid=[self.port]
+        )
+        taken = (self.port, self.dashboard_port, self.client_port, self.agent_port)
+        if any(self.workers_port <= port <= self.workers_port + 50 for port in taken):
+            self.workers_port = max(taken) + 1  # the workers' range clear of the others
         self.temp_dir = Path(tempfile.mkdtemp(prefix="ray-"))
         self.stop_timeout = min(self.stop_timeout, 5.0)
 
@@ -85,7 +90,7 @@ class RayHead(ManagedServer):
 
     def _command(self) -> list[str]:
         ray = Path(sys.executable).parent / "ray"
-        workers = free_port(self.host)
+        workers = self.workers_port
         return [
             str(ray),
             "start",
@@ -97,7 +102,7 @@ class RayHead(ManagedServer):
             f"--dashboard-port={self.dashboard_port}",
             "--include-dashboard=true",
             f"--ray-client-server-port={self.client_port}",
-            f"--dashboard-agent-listen-port={free_port(self.host)}",
+            f"--dashboard-agent-listen-port={self.agent_port}",
             f"--min-worker-port={workers}",
             f"--max-worker-port={workers + 50}",
             f"--num-cpus={self.num_cpus}",
