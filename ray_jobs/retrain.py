@@ -14,6 +14,7 @@ the decision; a configuration or data error exits with status 2 before any train
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from mlaas4hep.pipeline.retraining import DEFAULT_MARGIN, retrain
@@ -29,10 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", help="training YAML (default: <models>/train.yaml)")
     parser.add_argument("--alias", default=DEFAULT_ALIAS, help="alias to promote to")
     parser.add_argument(
+        "--registry",
+        default=os.environ.get("MLAAS4HEP_REGISTRY_URL") or None,
+        help="s3:// prefix of the shared registry the serving replicas follow (default "
+        "$MLAAS4HEP_REGISTRY_URL; none: the local model store)",
+    )
+    parser.add_argument(
         "--margin",
         type=float,
         default=DEFAULT_MARGIN,
-        help="promote unless the validation AUC drops by more than this",
+        help="promote unless the AUC on the new model's test events drops by more than this",
     )
     args = parser.parse_args(argv)
     return report(
@@ -43,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             recipe_url=args.recipe,
             alias=args.alias,
             margin=args.margin,
+            registry_url=args.registry,
             log=lambda line: print(line, flush=True),
         )
     )

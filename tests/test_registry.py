@@ -20,7 +20,8 @@ from mlaas4hep.model.bundle import ModelBundle
 from mlaas4hep.serve.config import ServeConfig
 from mlaas4hep.serve.payloads import EventColumns
 from mlaas4hep.serve.predictor import DenseNetwork, Predictor, UnsafeBundleError
-from mlaas4hep.serve.registry import ALIASES_FILE, Registry
+from mlaas4hep.serve.registry import Registry
+from mlaas4hep.serve.registry_aliases import ALIASES_FILE
 from mlaas4hep.serve.registry_errors import (
     ArchiveError,
     ModelNotFound,
@@ -433,27 +434,105 @@ def test_a_worker_starts_whatever_fails_and_says_why(
     assert not ModelServer(ServeConfig(model="tth"), registry, watch=False).ready()
 
 
-def test_a_model_missing_here_is_pulled_from_the_models_bucket(
-    moto_server, bundles: dict[str, Path], tmp_path: Path
+@pytest.fixture
+def shared(moto_server, tmp_path: Path):
+    """``make(n)``: the n-th replica's registry, each with its own local store, all on one
+    models bucket of the moto server."""
+    import uuid
+
+    bucket = f"models-{uuid.uuid4().hex[:8]}"
+    moto_server.client("s3").create_bucket(Bucket=bucket)
+    url = f"s3://{bucket}/registry"
+
+    def make(n: int) -> Registry:
+        return Registry(tmp_path / f"replica-{n}", clock=ticking_clock(), bucket=url)
+
+    return make
+
+
+def test_replicas_share_versions_and_aliases_through_the_bucket(
+    shared, bundles: dict[str, Path]
 ) -> None:
-    s3 = moto_server.client("s3")
-    s3.create_bucket(Bucket="models")
-    for run, key in (("tth-20250101-000000-aaaaaa", "a"), ("tth-20250202-000000-bbbbbb", "b")):
-        for path in bundles[key].rglob("*"):
-            if path.is_file():
-                relative = path.relative_to(bundles[key]).as_posix()
-                s3.upload_file(str(path), "models", f"bundles/tth/{run}/{relative}")
-    registry = Registry(tmp_path / "bentoml")
-    config = ServeConfig(model="tth", models_bucket="s3://models/bundles")
-    server = ModelServer(config, registry, watch=False)
-    assert server.ready(), server.error
-    source = registry.list()[0]["labels"]["source"]
-    assert source == "s3://models/bundles/tth/tth-20250202-000000-bbbbbb"  # the newest run
-    first = registry.pull("s3://models/bundles", "tth:tth-20250101-000000-aaaaaa")
-    assert registry.pull("s3://models/bundles", "tth:tth-20250101-000000-aaaaaa") == first
-    assert len(registry.list()) == 2
-    with pytest.raises(ModelNotFound, match="no bundle"):
-        registry.pull("s3://models/bundles", "tth:nope")
+    one, two = shared(1), shared(2)
+    tag = one.upload(tar_of(bundles["a"]), name="tth")
+    assert two.resolve(tag) == tag and (two.path(tag) / "bundle.json").exists()  # fetched
+    assert (
+        two.path(tag).joinpath("model.pt").read_bytes() == (bundles["a"] / "model.pt").read_bytes()
+    )
+    assert [m["tag"] for m in two.list()] == [tag]
+    one.promote(tag, reason={"by": "test", "why": "first"})
+    assert two.resolve("tth") == tag and two.aliases() == {"tth": {"production": tag}}
+    other = two.add(bundles["b"], "tth")
+    two.promote(other)
+    assert one.resolve("tth:production") == other  # promoted through the other replica
+    (entry,) = [h for h in one.card(tag)["promotions"] if h["tag"] == tag]
+    assert entry["by"] == "test" and entry["why"] == "first"
+    with pytest.raises(RegistryConflict, match="aliased"):
+        one.delete(other)
+    two.delete(tag)
+    with pytest.raises(ModelNotFound):
+        one.promote(tag, "staging")
+    one.sync()
+    assert [m["tag"] for m in one.list()] == [other]
+    fresh = shared(3)  # a new replica: everything from the bucket alone
+    server = ModelServer(ServeConfig(model="tth"), fresh, watch=False)
+    assert server.tag == other
+
+
+def test_an_unchanged_alias_document_is_not_fetched_again(shared, bundles, monkeypatch) -> None:
+    one, two = shared(1), shared(2)
+    one.promote(one.add(bundles["a"], "tth"))
+    two.aliases()
+    calls = []
+    real = two.bucket.s3.get_object
+
+    def counting(**kwargs):
+        calls.append(kwargs.get("IfNoneMatch"))
+        return real(**kwargs)
+
+    monkeypatch.setattr(two.bucket.s3, "get_object", counting)
+    first = two.aliases()
+    assert two.aliases() is first and calls and all(calls)  # conditional reads: 304s
+    one.promote(one.add(bundles["b"], "tth"))
+    assert two.aliases() is not first and two.aliases()["tth"]["production"] != first
+
+
+@pytest.mark.parametrize("where", ["local", "bucket"])
+def test_an_older_job_finishing_last_does_not_overwrite_production(
+    where: str, shared, registry: Registry, bundles
+) -> None:
+    from mlaas4hep.serve.registry_errors import StaleCandidate
+
+    store = shared(1) if where == "bucket" else registry
+    older, newer = store.add(bundles["a"], "tth"), store.add(bundles["b"], "tth")
+    store.promote(newer, reason={"dataset_spec_version": 200.0}, unless_newer=200.0)
+    with pytest.raises(StaleCandidate, match="older than the one"):
+        store.promote(older, reason={"dataset_spec_version": 100.0}, unless_newer=100.0)
+    assert store.resolve("tth:production") == newer
+    store.promote(older, unless_newer=300.0)  # trained on newer data: promoted
+    assert store.resolve("tth:production") == older
+    store.promote(newer)  # by hand (no version given): always
+    assert store.resolve("tth:production") == newer
+
+
+def test_concurrent_promotions_through_two_replicas_lose_none(shared, bundles) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    one, two = shared(1), shared(2)
+    tags = [one.add(bundles["a" if i % 2 else "b"], "tth") for i in range(6)]
+    plan = [(one if i % 2 else two, tags[i % len(tags)], i) for i in range(40)]
+
+    def promote(step) -> None:
+        replica, tag, i = step
+        replica.promote(tag, reason={"step": i})
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(promote, plan))
+    history = [h for h in one.bucket.read_aliases()["history"] if h["alias"] == "production"]
+    assert sorted(h["step"] for h in history) == list(range(40))  # every one, none lost
+    assert one.resolve("tth:production") == history[-1]["tag"]  # the last writer won
+    for before, after in itertools.pairwise(history):
+        assert after["previous"] == before["tag"]  # each saw the one before it
 
 
 # ------------------------------------------------------------------ hostile bundles

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mlaas4hep.errors import ConfigError
-from mlaas4hep.pipeline.retraining import decide, recipe_config, val_auc_of
+from mlaas4hep.pipeline.retraining import decide, recipe_config, retrain
 from mlaas4hep.spec.compute import compute_file_spec
 from mlaas4hep.spec.documents import DatasetSpec
 
@@ -49,12 +49,6 @@ def test_promotion_is_exactly_the_margin_rule(new: float, old: float, margin: fl
     assert decide("m:2", new, "m:1", old, margin).promote == (new - old >= -margin)
 
 
-def test_val_auc_is_the_last_reported() -> None:
-    metrics = {"history": [{"val_auc": 0.6}, {"val_auc": 0.7}, {"val_loss": 1.0}]}
-    assert val_auc_of(metrics) == 0.7
-    assert val_auc_of({}) is None
-
-
 @pytest.fixture(scope="module")
 def small_spec(tmp_path_factory: pytest.TempPathFactory) -> DatasetSpec:
     from mlaas4hep.local.samples import make_tth_dataset
@@ -84,3 +78,83 @@ def test_recipe_errors_name_the_problem(small_spec: DatasetSpec) -> None:
         recipe_config(yaml.safe_dump({**RECIPE, "traning": {}}), "tth", small_spec, "u", "m")
     with pytest.raises(ConfigError, match="holds no files"):
         recipe_config(yaml.safe_dump(RECIPE), "tth", DatasetSpec(), "u", "m")
+
+
+def ht_bundle(folder, sign: float, val_auc: float):
+    """A default-architecture torch bundle scoring sigmoid(sign · 8 · HT/2000): ranking
+    events by HT (signal-like, sign +1) or against it (sign -1); ``val_auc`` is what its
+    own metrics claim, whatever it really does."""
+    import torch
+
+    from mlaas4hep.model.architectures import default_torch_model
+    from mlaas4hep.model.bundle import ModelBundle
+    from mlaas4hep.transform.vectorizer import Vectorizer
+
+    block = {"name": "HT", "kind": "flat", "dtype": "float32", "length": 1, "shift": 0.0,
+             "scale": 2000.0}  # fmt: skip
+    vectorizer = Vectorizer.from_dict(
+        {"config_version": 1, "normalization": "minmax", "pad_value": 0.0,
+         "nonfinite": "mask", "blocks": [block]}
+    )  # fmt: skip
+    model = default_torch_model(1)
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.zero_()
+                layer.bias.zero_()
+        first, second, last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        first.weight[0, 0] = 1.0
+        second.weight[0, 0] = 1.0
+        last.weight[0, 0] = 8.0 * sign
+    model.eval()
+    bundle = ModelBundle(
+        "torch", vectorizer, DatasetSpec(), model=model,
+        metrics={"test_auc": val_auc, "history": [{"unit": 0, "val_auc": val_auc}]},
+        lineage={"run_name": f"ht-{sign}-{val_auc}"},
+    )  # fmt: skip
+    return bundle.save(folder / f"ht-{sign}-{val_auc}")
+
+
+@pytest.mark.parametrize(
+    "candidate_sign, production_sign, promoted",
+    [(+1, -1, True), (-1, +1, False)],
+    ids=["better-on-shared-events-though-its-own-auc-is-lower", "the-reverse"],
+)
+def test_the_gate_compares_both_versions_on_the_same_test_events(
+    small_spec: DatasetSpec, tmp_path, monkeypatch, candidate_sign, production_sign, promoted
+) -> None:
+    from mlaas4hep.serve.registry import Registry
+
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
+    registry = Registry()
+    claims = {+1: 0.60, -1: 0.99}  # what each version's own metrics say: the opposite
+    production = registry.promote(
+        registry.add(ht_bundle(tmp_path, production_sign, claims[production_sign]), "tth")
+    )
+    candidate_bundle = ht_bundle(tmp_path, candidate_sign, claims[candidate_sign])
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "train.yaml").write_text(
+        yaml.safe_dump(  # in the order written: the first pattern that matches labels a file
+            {**RECIPE, "dataset": {**RECIPE["dataset"], "include": ["HT"]}}, sort_keys=False
+        )
+    )
+    spec_path = tmp_path / "dataset.json"
+    spec_path.write_text(small_spec.to_json())
+
+    def train(config):
+        tag = Registry().add(candidate_bundle, "tth")
+        return {"tag": tag, "val_auc": claims[candidate_sign], "run_name": config.output.run_name}
+
+    record = retrain("tth", str(spec_path), str(models), train=train, log=lambda line: None)
+    decision, comparison = record["decision"], record["comparison"]
+    assert decision["promote"] is promoted, decision["reason"]
+    assert decision["current"] == production and comparison["events"] > 0
+    assert decision["events"] == comparison["events"]
+    assert (comparison["candidate_auc"] > 0.5) is (candidate_sign > 0)
+    assert (comparison["current_auc"] > 0.5) is (production_sign > 0)
+    served = Registry().resolve("tth:production")
+    assert served == (decision["candidate"] if promoted else production)
+    if promoted:
+        (entry,) = [h for h in Registry().card(served)["promotions"] if h["tag"] == served]
+        assert entry["decision"]["events"] == comparison["events"] and "retraining" in entry["by"]

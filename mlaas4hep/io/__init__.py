@@ -8,8 +8,10 @@ content identity of a file (:mod:`.identity`), turning paths, directories, globs
 prefixes into file URLs (:mod:`.expand`), small documents (:mod:`.documents`), the
 inflate library for ZLIB baskets (:mod:`.codec`), one name-matching rule
 (:mod:`.names`), transport failures as :class:`~mlaas4hep.errors.ReadError`
-(:mod:`.failures`), and the columns of a chunk as numpy offsets and content
-(:mod:`.columns`), which specs, transforms and the service all read.
+(:mod:`.failures`), the columns of a chunk as numpy offsets and content
+(:mod:`.columns`), which specs, transforms and the service all read, and AWS clients
+with botocore's error codes read once (:mod:`.aws`), which the pipeline and the shared
+model registry both use.
 
 May import: :mod:`mlaas4hep.errors` and :mod:`mlaas4hep.extras` only.
 """

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mlaas4hep.pipeline.aws import aws_client, is_missing, is_precondition_failure
+from mlaas4hep.io.aws import aws_client, is_missing, is_precondition_failure
 from mlaas4hep.pipeline.config import PipelineConfig, PipelineError
 from mlaas4hep.pipeline.notifications import parse_s3_notifications
 from mlaas4hep.pipeline.sqs import batch_response, queued_seconds

@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mlaas4hep.io.aws import aws_client, is_missing
 from mlaas4hep.pipeline import jobs_api
-from mlaas4hep.pipeline.aws import aws_client, is_missing
 from mlaas4hep.pipeline.config import (
     MAX_SQS_DELAY,
     RECHECK_KIND,

@@ -8,9 +8,14 @@ The retrain function submits ``ray_jobs/retrain.py`` for a dataset (see
    its ``spec`` by the DatasetSpec's URL: the model is trained on exactly the files the
    pipeline has seen, and its lineage names them with their identities;
 2. the training job runs (Ray Train) and registers the bundle in the model store;
-3. the new version is promoted to the alias (``production``) unless its validation AUC
-   is worse than the current one's by more than ``margin``; the decision and its reason
-   are written next to the run (``<models_url>runs/<run>/decision.json``).
+3. the new version and the one behind the alias (``production``) are scored on the same
+   events, the new version's test split (:func:`compare_on_test`: each bundle applies
+   its own Vectorizer to the raw events, exact ROC AUC, the recipe's weights applied);
+   the new version is promoted unless its AUC there is worse by more than ``margin``. A
+   version trained on an older DatasetSpec than the one behind the alias is never
+   promoted (checked in the same conditional write as the promotion). The decision, both
+   numbers and the events used are written next to the run
+   (``<models_url>runs/<run>/decision.json``) and into the alias history.
 
 A job that fails anywhere before step 3 promotes nothing: serving keeps its model.
 """
@@ -22,10 +27,11 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
-from mlaas4hep.errors import ConfigError
+from mlaas4hep.errors import ConfigError, MlaasError
 from mlaas4hep.io.documents import read_text, write_text
 from mlaas4hep.serve.protocol import DEFAULT_ALIAS
 from mlaas4hep.spec.documents import DatasetSpec
@@ -37,15 +43,18 @@ DEFAULT_MARGIN = 0.01
 
 @dataclass(frozen=True)
 class Decision:
-    """Whether a new version replaces the one behind the alias, and why."""
+    """Whether a new version replaces the one behind the alias, and why: both AUCs are
+    measured on the same ``events`` (the candidate's test split)."""
 
     promote: bool
     reason: str
     candidate: str
-    candidate_val_auc: float | None
+    candidate_auc: float | None
     current: str | None = None
-    current_val_auc: float | None = None
+    current_auc: float | None = None
     margin: float = DEFAULT_MARGIN
+    events: int | None = None
+    weighted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,37 +62,111 @@ class Decision:
 
 def decide(
     candidate: str,
-    candidate_val_auc: float | None,
+    candidate_auc: float | None,
     current: str | None,
-    current_val_auc: float | None,
+    current_auc: float | None,
     margin: float = DEFAULT_MARGIN,
+    *,
+    events: int | None = None,
+    weighted: bool = False,
 ) -> Decision:
-    """Promote unless the candidate's validation AUC is worse by more than ``margin``.
+    """Promote unless the candidate's AUC is worse than the current one's, on the same
+    events, by more than ``margin``.
 
     No current version: promote. A candidate without a finite AUC: keep the current one
     (a model that cannot be judged does not replace one that was).
     """
-    args = (candidate, candidate_val_auc, current, current_val_auc, margin)
+    args = (candidate, candidate_auc, current, current_auc, margin, events, weighted)
     if current is None:
         return Decision(True, "no model behind the alias yet", *args)
-    if candidate_val_auc is None or not math.isfinite(candidate_val_auc):
-        return Decision(False, "the new model has no finite validation AUC", *args)
-    if current_val_auc is None or not math.isfinite(current_val_auc):
-        return Decision(True, f"the current model {current} has no validation AUC", *args)
-    delta = candidate_val_auc - current_val_auc
+    if candidate_auc is None or not math.isfinite(candidate_auc):
+        return Decision(False, "the new model has no finite AUC on the test events", *args)
+    if current_auc is None or not math.isfinite(current_auc):
+        return Decision(
+            True, f"the current model {current} cannot be scored on the test events", *args
+        )
+    on = f" on the same {events} test events" if events else ""
+    delta = candidate_auc - current_auc
     if delta < -margin:
         return Decision(
             False,
-            f"validation AUC {candidate_val_auc:.4f} is {-delta:.4f} below the current "
-            f"{current_val_auc:.4f} ({current}), more than the margin {margin}",
+            f"AUC {candidate_auc:.4f} is {-delta:.4f} below the current {current_auc:.4f} "
+            f"({current}){on}, more than the margin {margin}",
             *args,
         )
     return Decision(
         True,
-        f"validation AUC {candidate_val_auc:.4f} vs {current_val_auc:.4f} ({current}): "
-        f"{delta:+.4f}, within the margin {margin}",
+        f"AUC {candidate_auc:.4f} vs {current_auc:.4f} ({current}){on}: {delta:+.4f}, "
+        f"within the margin {margin}",
         *args,
     )
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two versions scored on the same events: their exact ROC AUCs."""
+
+    candidate_auc: float
+    current_auc: float | None
+    events: int
+    weighted: bool
+    problem: str | None = None  # why the current version could not be scored
+
+
+def compare_on_test(
+    config: Any, files: list[str], candidate: str | Path, current: str | Path
+) -> Comparison:
+    """Score the bundles ``candidate`` and ``current`` on the candidate's test split.
+
+    The split is the training job's own (same files, seeds and fractions); each bundle
+    turns the raw events into features with its own Vectorizer, so a current version
+    with other inputs or normalisation is judged fairly. The recipe's weights (if any)
+    weight the AUC. A current version whose branches the files lack is reported, not
+    scored.
+    """
+    import numpy as np
+
+    from mlaas4hep.model.bundle import ModelBundle
+    from mlaas4hep.model.metrics import auc
+    from mlaas4hep.stream.chunks import ChunkStream
+    from mlaas4hep.stream.options import Selection, Split
+
+    new, old = ModelBundle.load(candidate), ModelBundle.load(current)
+    d = config.dataset
+    wanted = sorted(set(new.vectorizer.branches) | set(old.vectorizer.branches))
+    stream = ChunkStream(
+        files,
+        branches=wanted,
+        tree=d.tree,
+        chunk_size=config.worker_chunk_size,
+        selection=Selection(
+            labels=dict(d.labels) if d.labels is not None else None,
+            label=d.label,
+            weight=d.weight,
+            cut=d.cut,
+        ),
+        seed=config.training.seed,
+        split=Split(fractions=tuple(d.fractions), seed=d.split_seed),
+    ).with_split("test")
+    labels, weights, ours, theirs = [], [], [], []
+    problem = None
+    try:
+        for chunk in stream.chunks():
+            labels.append(chunk.y)
+            if chunk.w is not None:
+                weights.append(chunk.w)
+            ours.append(new.predict(chunk.arrays))
+            if problem is None:
+                try:
+                    theirs.append(old.predict(chunk.arrays))
+                except (MlaasError, KeyError, ValueError) as err:
+                    problem = f"{type(err).__name__}: {err}"
+    finally:
+        stream.close()
+    y = np.concatenate(labels) if labels else np.zeros(0, np.float32)
+    w = np.concatenate(weights) if weights else None
+    current_auc = None if problem or not theirs else auc(y, np.concatenate(theirs), w)
+    return Comparison(auc(y, np.concatenate(ours), w), current_auc, len(y), w is not None, problem)
 
 
 def recipe_config(
@@ -139,14 +222,18 @@ def retrain(
     margin: float = DEFAULT_MARGIN,
     log: Callable[[str], None] = print,
     train: Callable[[Any], dict[str, Any]] | None = None,
+    registry_url: str | None = None,
 ) -> dict[str, Any]:
     """Train the dataset's recipe on its DatasetSpec, register, decide the promotion.
+
+    ``registry_url``: the shared registry's ``s3://`` prefix, where the promotion is
+    written for every serving replica (None: the local store's registry).
 
     (The story of one retraining in the order it happens: recipe, training, registration,
     comparison, promotion, record; each step is a call of its own.)
     """
     from mlaas4hep.serve.registry import Registry
-    from mlaas4hep.serve.registry_errors import ModelNotFound
+    from mlaas4hep.serve.registry_errors import ModelNotFound, StaleCandidate
 
     started = time.time()
     recipe_url = recipe_url or f"{models_url.rstrip('/')}/{RECIPE_NAME}"
@@ -171,18 +258,45 @@ def retrain(
     tag = summary.get("tag")
     if not tag:
         raise ConfigError("the training recipe must keep output.bentoml_store true to retrain")
-    registry = Registry()
+    registry = Registry(bucket=registry_url)
     try:
         current: str | None = registry.resolve(f"{tag.split(':')[0]}:{alias}")
     except ModelNotFound:  # no model behind the alias yet
         current = None
-    current_auc = None
-    if current is not None:  # the registry knows where a version's bundle lies
-        current_auc = val_auc_of(json.loads((registry.path(current) / "metrics.json").read_text()))
-    decision = decide(tag, summary.get("val_auc"), current, current_auc, margin)
+    comparison = None
+    if current is not None and current != tag:
+        comparison = compare_on_test(
+            config, sorted(spec.files), registry.path(tag), registry.path(current)
+        )
+        theirs = comparison.current_auc
+        log(
+            f"on {comparison.events} test events: {tag} AUC {comparison.candidate_auc:.4f}, "
+            f"{current} AUC {theirs if theirs is not None else comparison.problem}"
+        )
+    decision = decide(
+        tag,
+        comparison.candidate_auc if comparison else summary.get("test_auc"),
+        current,
+        comparison.current_auc if comparison else None,
+        margin,
+        events=comparison.events if comparison else None,
+        weighted=comparison.weighted if comparison else False,
+    )
+    spec_version = dataset_spec_version(spec_url)
     if decision.promote:
-        registry.promote(tag, alias)
-        log(f"promoted {tag} to {alias!r}: {decision.reason}")
+        reason = {
+            "by": f"retraining of {dataset} (run {run})",
+            "why": decision.reason,
+            "decision": decision.to_dict(),
+            "dataset_spec": spec_url,
+            "dataset_spec_version": spec_version,
+        }
+        try:
+            registry.promote(tag, alias, reason=reason, unless_newer=spec_version)
+            log(f"promoted {tag} to {alias!r}: {decision.reason}")
+        except StaleCandidate as err:
+            decision = replace(decision, promote=False, reason=str(err))
+            log(f"kept {current} as {alias!r}, not {tag}: {err}")
     else:
         log(f"kept {current} as {alias!r}, not {tag}: {decision.reason}")
     record = {
@@ -191,6 +305,8 @@ def retrain(
         "files": sorted(spec.files),
         "alias": alias,
         "decision": decision.to_dict(),
+        "comparison": asdict(comparison) if comparison else None,
+        "dataset_spec_version": spec_version,
         "training": summary,
         "started_at": started,
         "finished_at": time.time(),
@@ -198,3 +314,27 @@ def retrain(
     run_dir = f"{config.output.location.rstrip('/')}/{config.output.run_name}"
     write_text(f"{run_dir}/decision.json", json.dumps(record, indent=1))
     return record
+
+
+def dataset_spec_version(spec_url: str) -> float | None:
+    """When the DatasetSpec at ``spec_url`` was last merged (seconds since the epoch): the
+    ``updated-at`` the merge step stores with it in S3, else the file's modification
+    time; None when neither is known. Orders two retrainings' DatasetSpecs."""
+    if spec_url.startswith("s3://"):
+        from mlaas4hep.io.aws import aws_client
+        from mlaas4hep.io.s3 import split
+
+        bucket, key = split(spec_url)
+        try:
+            head = aws_client("s3").head_object(Bucket=bucket, Key=key)
+        except Exception:
+            return None
+        value = (head.get("Metadata") or {}).get("updated-at")
+        try:
+            return float(value) if value else head["LastModified"].timestamp()
+        except (TypeError, ValueError, KeyError):
+            return None
+    try:
+        return Path(spec_url.removeprefix("file://")).stat().st_mtime
+    except OSError:
+        return None

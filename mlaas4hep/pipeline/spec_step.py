@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlaas4hep.errors import ReadError, SpecError
-from mlaas4hep.pipeline.aws import aws_client, is_missing, is_precondition_failure, object_exists
+from mlaas4hep.io.aws import aws_client, is_missing, is_precondition_failure, object_exists
 from mlaas4hep.pipeline.config import PipelineConfig, RejectedKey
 from mlaas4hep.pipeline.notifications import S3Notification, parse_s3_notifications
 from mlaas4hep.pipeline.sqs import handle_batch, queued_seconds, receive_count

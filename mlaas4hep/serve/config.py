@@ -14,8 +14,9 @@ Read once per process by ``serving/service.py`` from an optional YAML file (its 
 ``MLAAS4HEP_SERVE_TRUST_USER_CODE`` ``1``: load bundles that hold a user ``model.py``
                                     (arbitrary code); off by default (safe mode)
 ``MLAAS4HEP_SERVE_WORKERS``         worker processes (default: 2)
-``MLAAS4HEP_MODELS_BUCKET``         ``s3://`` prefix to pull ``<name>/<run>/`` bundles from
-                                    when the served model is not in the local store
+``MLAAS4HEP_MODELS_BUCKET``         ``s3://`` prefix of the shared registry: versions and
+                                    aliases live there, every replica follows them, the
+                                    local store is a cache (none: the local store alone)
 ``MLAAS4HEP_SERVE_FILE_SOURCES``    comma-separated ``s3://bucket/prefix`` and
                                     ``root://host[:port]/path`` prefixes that
                                     ``POST /predict_file`` may read by URL (default: the

@@ -17,6 +17,10 @@ Versions are BentoML models (``name:version``) whose directory is a model bundle
   devices) before anything is written; :meth:`Registry.delete` refuses an aliased
   version.
 
+With a models bucket (``Registry(bucket="s3://…")``) the registry is shared: versions
+and aliases live in the bucket (:mod:`.registry_bucket`, conditional writes), every
+replica reads them from there, and the local store is a cache of versions.
+
 BentoML is imported when a registry is created, never at module import.
 """
 
@@ -25,17 +29,15 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import io
-import json
 import lzma
 import os
 import re
 import tarfile
-import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 from mlaas4hep import extras
 from mlaas4hep.errors import ConfigError
@@ -44,27 +46,29 @@ from mlaas4hep.model.manifest import read_document, read_manifest
 from mlaas4hep.model.store import add_to_store, new_version, store_labels
 from mlaas4hep.serve import archives
 from mlaas4hep.serve.protocol import DEFAULT_ALIAS
-from mlaas4hep.serve.registry_documents import json_safe, spec_summary
+from mlaas4hep.serve.registry_aliases import AliasFile
+from mlaas4hep.serve.registry_bucket import RegistryBucket, VersionCache
+from mlaas4hep.serve.registry_documents import (
+    OPS,
+    as_date,
+    json_safe,
+    metric_condition,
+    number_or_none,
+    spec_summary,
+    utc,
+)
 from mlaas4hep.serve.registry_errors import (
     ArchiveError,
     ModelNotFound,
     RegistryConflict,
     RegistryError,
+    StaleCandidate,
 )
 
-ALIASES_FILE = "mlaas4hep-aliases.json"
-LOCK_FILE = "mlaas4hep-aliases.lock"
-ALIASES_VERSION = 1
 HISTORY_LENGTH = 200
+DELETED_LENGTH = 1000
+T = TypeVar("T")
 _ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
-_CONDITION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|==|>|<)\s*([-+0-9.eE]+)\s*$")
-_OPS = {
-    ">=": lambda a, b: a >= b,
-    "<=": lambda a, b: a <= b,
-    ">": lambda a, b: a > b,
-    "<": lambda a, b: a < b,
-    "==": lambda a, b: a == b,
-}
 
 
 class Registry:
@@ -75,12 +79,17 @@ class Registry:
         home: str | os.PathLike[str] | None = None,
         *,
         clock: Callable[[], dt.datetime] | None = None,
+        bucket: str | RegistryBucket | None = None,
     ) -> None:
         """``home``: the BentoML home (default ``$BENTOML_HOME``, else ``~/bentoml``).
 
         ``clock``: the creation time given to each new version (an aware datetime); by
         default BentoML's own, the current UTC time. Tests inject one to order versions
         without waiting.
+
+        ``bucket``: an ``s3://`` prefix (or a :class:`RegistryBucket`) holding the shared
+        registry: versions and aliases live there, written by any replica, and the
+        local store is a cache of the versions (see :mod:`.registry_bucket`).
         """
         extras.require("bentoml")
         from bentoml._internal.models.model import ModelStore
@@ -91,17 +100,23 @@ class Registry:
         self.root = self.home / "models"
         self.root.mkdir(parents=True, exist_ok=True)
         self.store = ModelStore(self.root)
-        self._aliases_cache: tuple[tuple[int, int, int], dict[str, Any]] | None = None
         self.clock = clock
+        self.bucket = RegistryBucket(bucket) if isinstance(bucket, str) else bucket
+        #: where the alias document lives: the bucket's, else the store's own file
+        self.documents: RegistryBucket | AliasFile = self.bucket or AliasFile(self.root)
+        self.cache = (
+            VersionCache(self.store, self.root, self.home, self.bucket) if self.bucket else None
+        )
 
     # --- versions -------------------------------------------------------------------
     def _models(self, name: str | None = None) -> list[Any]:
         from bentoml.exceptions import NotFound
 
-        try:
-            return self.store.list(name) if name else self.store.list()
-        except NotFound:
-            return []
+        with self.cache.locked(exclusive=False) if self.cache else contextlib.nullcontext():
+            try:
+                return self.store.list(name) if name else self.store.list()
+            except NotFound:
+                return []
 
     def _get(self, tag: str) -> Any:
         from bentoml.exceptions import BentoMLException, NotFound
@@ -118,7 +133,21 @@ class Registry:
         return Path(self._get(self.resolve(ref)).path)
 
     def resolve(self, ref: str) -> str:
-        """The full tag ``name:version`` that ``ref`` names (see the module docstring)."""
+        """The full tag ``name:version`` that ``ref`` names (see the module docstring).
+
+        With a bucket, the aliases are the bucket's and the version is fetched into the
+        local cache if it is not there yet."""
+        if self.bucket is None:
+            return self._resolve_here(ref)
+        try:
+            tag = self._resolve_here(ref)
+        except ModelNotFound:
+            self.sync()
+            tag = self._resolve_here(ref)
+        self._cache(tag)
+        return tag
+
+    def _resolve_here(self, ref: str) -> str:
         ref = ref.strip()
         if not ref:
             raise ModelNotFound("empty model reference", field="model")
@@ -163,16 +192,16 @@ class Registry:
         metrics; ``dataset`` is a substring of one of its training files or prefixes;
         dates are ISO 8601 (``2025-01-31`` or with a time, UTC unless an offset is given).
         """
-        conditions = [_condition(text) for text in metrics]
+        conditions = [metric_condition(text) for text in metrics]
         after, before = (
-            _date(created_after, "created_after"),
-            _date(created_before, "created_before"),
+            as_date(created_after, "created_after"),
+            as_date(created_before, "created_before"),
         )
         by_tag = self._aliases_by_tag()
         out = []
         for model in self._models(name):
             tag = str(model.tag)
-            created = _utc(model.creation_time)
+            created = utc(model.creation_time)
             if (after and created < after) or (before and created > before):
                 continue
             info_labels = dict(model.info.labels)
@@ -182,8 +211,8 @@ class Registry:
                 continue
             entry = self._summary(model, by_tag.get(tag, []))
             if conditions and not all(
-                _number(entry["metrics"].get(k)) is not None
-                and _OPS[op](_number(entry["metrics"][k]), value)
+                number_or_none(entry["metrics"].get(k)) is not None
+                and OPS[op](number_or_none(entry["metrics"][k]), value)
                 for k, op, value in conditions
             ):
                 continue
@@ -203,7 +232,7 @@ class Registry:
             "tag": str(model.tag),
             "name": model.tag.name,
             "version": model.tag.version,
-            "created": _utc(model.creation_time).isoformat(),
+            "created": utc(model.creation_time).isoformat(),
             "aliases": sorted(aliases),
             "labels": dict(model.info.labels),
             "metadata": dict(model.info.metadata),
@@ -285,10 +314,21 @@ class Registry:
         )
 
     def delete(self, ref: str) -> str:
-        """Delete a version (refused while an alias points to it); returns its tag."""
-        tag = str(self._get(ref).tag) if ":" in ref else self.resolve(ref)
-        with self._locked() as document:  # the same lock as promote: no alias left dangling
-            self._get(tag)  # another delete may have gone first
+        """Delete a version (refused while an alias points to it); returns its tag.
+
+        Decided under the same write as promotions (the alias file's lock, or the
+        bucket's conditional write, where the tag is recorded as deleted first so that a
+        promotion racing with it is refused), so no alias is ever left dangling."""
+        if self.bucket is None:
+            tag = str(self._get(ref).tag) if ":" in ref else self.resolve(ref)
+        else:
+            tag = ref if ":" in ref and self.bucket.has(ref) else self.resolve(ref)
+
+        def decide(document: dict[str, Any]) -> None:
+            if self.bucket is None:
+                self._get(tag)  # another delete may have gone first
+            elif tag in document.get("deleted", []):
+                raise ModelNotFound(f"model {tag!r} is not in the registry", field="tag")
             name = tag.split(":")[0]
             held = [a for a, t in document["aliases"].get(name, {}).items() if t == tag]
             if held:
@@ -297,16 +337,38 @@ class Registry:
                     "version (or remove the alias) before deleting it",
                     field="tag",
                 )
-            self.store.delete(tag)
+            if self.bucket is None:
+                self.store.delete(tag)
+            else:
+                document["deleted"] = [*document.get("deleted", []), tag][-DELETED_LENGTH:]
+
+        self._update(decide)
+        if self.bucket is not None:
+            self.bucket.remove(tag)
+            self._forget(tag)
         return tag
 
     # --- aliases --------------------------------------------------------------------
     def aliases(self) -> dict[str, dict[str, str]]:
-        """``{name: {alias: tag}}``, re-read only when the file changed."""
+        """``{name: {alias: tag}}``, re-read only when the file (or the bucket's
+        document) changed."""
         return self._read_aliases()["aliases"]
 
-    def promote(self, ref: str, alias: str = DEFAULT_ALIAS) -> str:
-        """Point ``name:alias`` at the version ``ref`` names; returns the full tag."""
+    def promote(
+        self,
+        ref: str,
+        alias: str = DEFAULT_ALIAS,
+        *,
+        reason: Mapping[str, Any] | None = None,
+        unless_newer: float | None = None,
+    ) -> str:
+        """Point ``name:alias`` at the version ``ref`` names; returns the full tag.
+
+        ``reason`` (who or what decided, and why: a retraining's decision) is kept in the
+        alias history with the promotion. ``unless_newer`` (the candidate's DatasetSpec
+        version): refused with :class:`StaleCandidate` if the version behind the alias
+        was promoted with a newer one, decided in the same write as the promotion, so
+        that an older job finishing last never overwrites a newer one's model."""
         if not _ALIAS.match(alias) or alias == "latest":
             raise RegistryError(
                 f"alias {alias!r}: lowercase letters, digits, '-' and '_', starting with a "
@@ -317,25 +379,34 @@ class Registry:
         name = tag.split(":")[0]
         if (self.root / name / alias).is_dir():
             raise RegistryConflict(f"alias {alias!r} would hide version {name}:{alias}", "alias")
-        with self._locked() as document:
-            self._get(tag)  # still there: a delete decides under the same lock
+        self._publish(tag)
+
+        def point(document: dict[str, Any]) -> None:
+            if self.bucket is None:
+                self._get(tag)  # still there: a delete decides under the same lock
+            elif tag in document.get("deleted", []):
+                raise ModelNotFound(f"model {tag!r} was deleted", field="tag")
             previous = document["aliases"].setdefault(name, {}).get(alias)
+            if unless_newer is not None and previous is not None:
+                newest = _promoted_with(document, name, alias, previous)
+                if newest is not None and newest > unless_newer:
+                    raise StaleCandidate(
+                        f"{tag} was trained on a DatasetSpec older than the one {previous} "
+                        f"(behind {name}:{alias}) was trained on: not promoted",
+                        field="tag",
+                    )
             document["aliases"][name][alias] = tag
-            document["history"].append(
-                {
-                    "name": name,
-                    "alias": alias,
-                    "tag": tag,
-                    "previous": previous,
-                    "time": time.time(),
-                }
-            )
+            entry = {"name": name, "alias": alias, "tag": tag, "previous": previous}
+            document["history"].append({**entry, "time": time.time(), **(reason or {})})
             del document["history"][:-HISTORY_LENGTH]
+
+        self._update(point)
         return tag
 
     def remove_alias(self, name: str, alias: str) -> str:
         """Drop ``name:alias``; returns the tag it pointed to."""
-        with self._locked() as document:
+
+        def drop(document: dict[str, Any]) -> str:
             held = document["aliases"].get(name, {})
             if alias not in held:
                 raise ModelNotFound(f"model {name!r} has no alias {alias!r}", field="alias")
@@ -345,7 +416,32 @@ class Registry:
             document["history"].append(
                 {"name": name, "alias": alias, "tag": None, "previous": tag, "time": time.time()}
             )
-        return tag
+            return tag
+
+        return self._update(drop)
+
+    def _update(self, change: Callable[[dict[str, Any]], T]) -> T:
+        """One change of the alias document: under the file lock, or as a conditional
+        write to the bucket (re-applied to the latest document when another won)."""
+        return self.documents.update_aliases(change)
+
+    # --- the bucket's versions in the local cache -----------------------------------
+    def sync(self) -> None:
+        """Fetch the bucket's versions missing here; drop the ones deleted there."""
+        if self.cache is not None:
+            self.cache.sync({str(m.tag) for m in self._models()})
+
+    def _cache(self, tag: str) -> None:
+        if self.cache is not None and not self._models(tag):
+            self.cache.ensure(tag)
+
+    def _publish(self, tag: str) -> None:
+        if self.cache is not None:
+            self.cache.publish(self._get(tag))
+
+    def _forget(self, tag: str) -> None:
+        if self.cache is not None:
+            self.cache.forget(tag)
 
     def _aliases_by_tag(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
@@ -355,50 +451,7 @@ class Registry:
         return out
 
     def _read_aliases(self) -> dict[str, Any]:
-        path = self.root / ALIASES_FILE
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            return {"schema_version": ALIASES_VERSION, "aliases": {}, "history": []}
-        key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        if self._aliases_cache is not None and self._aliases_cache[0] == key:
-            return self._aliases_cache[1]
-        try:
-            document = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ConfigError(f"the alias file {path} is unreadable: {err}") from err
-        if document.get("schema_version") != ALIASES_VERSION:
-            raise ConfigError(
-                f"the alias file {path} has schema version {document.get('schema_version')!r}; "
-                f"this release reads {ALIASES_VERSION}"
-            )
-        self._aliases_cache = (key, document)
-        return document
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[dict[str, Any]]:
-        """Read-modify-write of the alias file under an exclusive lock; atomic replace."""
-        import fcntl
-
-        with open(self.root / LOCK_FILE, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                self._aliases_cache = None
-                document = json.loads(json.dumps(self._read_aliases()))
-                yield document
-                fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".aliases-", suffix=".json")
-                try:
-                    with os.fdopen(fd, "w") as fh:
-                        json.dump(document, fh, indent=1)
-                        fh.flush()
-                        os.fsync(fh.fileno())
-                    os.replace(tmp, self.root / ALIASES_FILE)
-                except BaseException:
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp)
-                    raise
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        return self.documents.read_aliases()
 
     # --- adding versions ------------------------------------------------------------
     def add(
@@ -414,47 +467,13 @@ class Registry:
         """
         tag = archives.checked_name(name)
         try:  # the manifest is read and checked once, by add_to_store
-            return add_to_store(
+            tag = add_to_store(
                 directory, tag, labels=labels, store=self.store, created=self._creation_clock()
             )
         except ConfigError as err:
             raise RegistryError(str(err)) from None
-
-    def pull(self, bucket: str, ref: str) -> str:
-        """Register a bundle from the models bucket (``<bucket>/<name>/<run>/``, as the
-        training job exports it) unless it is here already; returns its tag.
-
-        ``ref`` is ``name`` (the newest run, by run name, which starts with the date) or
-        ``name:run``.
-        """
-        import fsspec
-
-        name, _, run = ref.partition(":")
-        prefix = f"{bucket.rstrip('/')}/{archives.checked_name(name)}"
-        fs, root = fsspec.core.url_to_fs(prefix)
-        try:
-            runs = sorted(
-                PurePosixPath(p).parent.name for p in fs.glob(f"{root.rstrip('/')}/*/bundle.json")
-            )
-        except (OSError, ValueError) as err:
-            raise ModelNotFound(f"cannot list {prefix}/: {err}", field="model") from None
-        if run:
-            runs = [r for r in runs if r == run]
-        if not runs:
-            raise ModelNotFound(f"no bundle {ref!r} under {prefix}/", field="model")
-        source = f"{prefix}/{runs[-1]}"
-        for model in self._models(name):
-            if model.info.labels.get("source") == source:
-                return str(model.tag)
-        staging = Path(tempfile.mkdtemp(prefix="pull-", dir=self.home))
-        try:
-            fs.get(f"{root.rstrip('/')}/{runs[-1]}/", str(staging), recursive=True)
-            bundle = staging if (staging / "bundle.json").exists() else staging / runs[-1]
-            return self.add(bundle, name, labels={"source": source})
-        finally:
-            import shutil
-
-            shutil.rmtree(staging, ignore_errors=True)
+        self._publish(tag)
+        return tag
 
     def upload(
         self,
@@ -525,12 +544,13 @@ class Registry:
             raise ArchiveError(
                 f"the archive is truncated or corrupt ({describe(err)}): nothing was added"
             ) from None
+        self._publish(str(model.tag))
         return str(model.tag)
 
     def _creation_clock(self) -> Any:
         """The creation time of new versions (None: BentoML's own)."""
         clock = self.clock
-        return None if clock is None else (lambda: _utc(clock()))
+        return None if clock is None else (lambda: utc(clock()))
 
     def _create(self, tag: str, labels: dict[str, str], metadata: dict[str, Any]) -> Any:
         """A new version's creation context in this registry's store."""
@@ -540,37 +560,10 @@ class Registry:
 # ------------------------------------------------------------------------------ helpers
 
 
-def _condition(text: str) -> tuple[str, str, float]:
-    match = _CONDITION.match(text)
-    if not match:
-        raise RegistryError(
-            f"metric condition {text!r}: write it as <metric><op><number>, e.g. test_auc>=0.8",
-            field="metric",
-        )
-    try:
-        return match.group(1), match.group(2), float(match.group(3))
-    except ValueError:
-        raise RegistryError(f"metric condition {text!r}: not a number", field="metric") from None
-
-
-def _date(value: str | dt.datetime | None, field: str) -> dt.datetime | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        try:
-            value = dt.datetime.fromisoformat(value)
-        except ValueError:
-            raise RegistryError(
-                f"{field} {value!r}: an ISO 8601 date such as 2025-01-31 or "
-                "2025-01-31T12:00:00+00:00",
-                field=field,
-            ) from None
-    return _utc(value)
-
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+def _promoted_with(document: Mapping[str, Any], name: str, alias: str, tag: str) -> float | None:
+    """The DatasetSpec version ``tag`` was last promoted to ``name:alias`` with."""
+    for entry in reversed(document.get("history", [])):
+        if (entry.get("name"), entry.get("alias"), entry.get("tag")) == (name, alias, tag):
+            value = entry.get("dataset_spec_version")
+            return float(value) if isinstance(value, (int, float)) else None
+    return None

@@ -10,12 +10,14 @@ training configuration is not for everyone who can reach the service.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mlaas4hep.errors import MlaasError
+from mlaas4hep.serve.registry_errors import RegistryError
 
 
 def spec_summary(spec: Mapping[str, Any], branches: Sequence[str]) -> dict[str, Any]:
@@ -109,3 +111,51 @@ def _redacted_location(text: str) -> str:
     return (
         f"{REDACTED}/{last}" if last and not _LOCATION.match(last) and ":" not in last else REDACTED
     )
+
+
+# ------------------------------------------------------------ listing filters
+
+CONDITION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|==|>|<)\s*([-+0-9.eE]+)\s*$")
+OPS = {
+    ">=": lambda a, b: a >= b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    "<": lambda a, b: a < b,
+    "==": lambda a, b: a == b,
+}
+
+
+def metric_condition(text: str) -> tuple[str, str, float]:
+    match = CONDITION.match(text)
+    if not match:
+        raise RegistryError(
+            f"metric condition {text!r}: write it as <metric><op><number>, e.g. test_auc>=0.8",
+            field="metric",
+        )
+    try:
+        return match.group(1), match.group(2), float(match.group(3))
+    except ValueError:
+        raise RegistryError(f"metric condition {text!r}: not a number", field="metric") from None
+
+
+def as_date(value: str | dt.datetime | None, field: str) -> dt.datetime | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise RegistryError(
+                f"{field} {value!r}: an ISO 8601 date such as 2025-01-31 or "
+                "2025-01-31T12:00:00+00:00",
+                field=field,
+            ) from None
+    return utc(value)
+
+
+def utc(value: dt.datetime) -> dt.datetime:
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def number_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

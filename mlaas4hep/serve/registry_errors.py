@@ -32,6 +32,10 @@ class RegistryConflict(RegistryError):
     status = 409
 
 
+class StaleCandidate(RegistryConflict):
+    """A promotion of a version trained on older data than the one behind the alias."""
+
+
 class ArchiveError(RegistryError):
     """An uploaded archive is malformed, unsafe or too large."""
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +52,6 @@ from mlaas4hep.serve.sources import check_file_url
 
 log = logging.getLogger("mlaas4hep.serving")
 JsonItem = list[dict[str, Any]] | EventColumns  # a /predict body after parse_json
-PULL_RETRY_SECONDS = 30.0  # between two looks into the models bucket
 
 
 @dataclass
@@ -71,12 +69,11 @@ class ModelServer:
         self, config: ServeConfig, registry: Registry | None = None, *, watch: bool = True
     ) -> None:
         self.config = config
-        self.registry = registry or Registry()
+        self.registry = registry or Registry(bucket=config.models_bucket)
         self.metrics = ServingMetrics.get()
         self.current: Loaded | None = None
         self.error: str | None = None
         self._failed: str | None = None
-        self._next_pull = 0.0
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
         self.refresh()
@@ -125,17 +122,9 @@ class ModelServer:
             return True
 
     def _resolve(self) -> str:
-        """The tag to serve: from the store, else pulled from the models bucket (tried at
-        most every ``PULL_RETRY_SECONDS``)."""
-        try:
-            return self.registry.resolve(self.config.model)
-        except ModelNotFound:
-            if not self.config.models_bucket or time.monotonic() < self._next_pull:
-                raise
-        self._next_pull = time.monotonic() + PULL_RETRY_SECONDS
-        tag = self.registry.pull(self.config.models_bucket, self.config.model)
-        log.info("pulled %s from %s", tag, self.config.models_bucket)
-        return tag
+        """The tag to serve (with a models bucket: its aliases, fetched when they change,
+        and its version, cached in the local store on first use)."""
+        return self.registry.resolve(self.config.model)
 
     def _watch(self) -> None:
         while not self._stop.wait(self.config.poll_seconds):

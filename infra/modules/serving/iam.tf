@@ -1,7 +1,8 @@
 # Least privilege. The execution role (used by ECS to start a task) pulls this repository's
 # image, writes this service's log group and reads the token secret. The task role (used by
-# the service's code) reads the models bucket, under models_prefix, and the buckets in
-# readable_bucket_arns (none by default), nothing else.
+# the service's code) reads the models bucket under models_prefix and writes the shared
+# registry there (versions/ and aliases.json), reads the buckets in readable_bucket_arns
+# (none by default), nothing else.
 
 data "aws_iam_policy_document" "ecs_tasks_assume" {
   statement {
@@ -52,7 +53,7 @@ data "aws_iam_policy_document" "execution" {
     for_each = var.kms_key_arn == null ? [] : [var.kms_key_arn]
     content {
       sid       = "DecryptWithStackKey"
-      actions   = ["kms:Decrypt"]
+      actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
       resources = [statement.value]
     }
   }
@@ -83,6 +84,14 @@ data "aws_iam_policy_document" "task" {
     resources = ["${var.models_bucket_arn}/${var.models_prefix}*"]
   }
 
+  # The shared registry: uploads, promotions and deletions through any replica are
+  # written there (versions under versions/, the alias document aliases.json).
+  statement {
+    sid       = "WriteRegistry"
+    actions   = ["s3:PutObject", "s3:DeleteObject"]
+    resources = ["${var.models_bucket_arn}/${var.models_prefix}versions/*", "${var.models_bucket_arn}/${var.models_prefix}aliases.json"]
+  }
+
   statement {
     sid       = "ListModels"
     actions   = ["s3:ListBucket"]
@@ -111,7 +120,7 @@ data "aws_iam_policy_document" "task" {
     for_each = var.kms_key_arn == null ? [] : [var.kms_key_arn]
     content {
       sid       = "DecryptModels"
-      actions   = ["kms:Decrypt"]
+      actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
       resources = [statement.value]
     }
   }

@@ -3,7 +3,7 @@
 #   clients ──► ALB :80 (or :443 with a certificate) ──► target group (health: /readyz)
 #                                                           └─► Fargate tasks, min..max replicas
 #   ECR repository (scan on push, lifecycle) ──image──► task definition
-#   Secrets Manager / SSM ──MLAAS4HEP_SERVE_TOKEN──► container;   models bucket: read only
+#   Secrets Manager / SSM ──MLAAS4HEP_SERVE_TOKEN──► container;   models bucket: the shared registry
 #
 # Two phases, because the image cannot be pushed before its repository exists: with
 # image_tag null only the repository and the token secret are created; push the bento

@@ -7,7 +7,7 @@ import os
 import threading
 from typing import Any
 
-log = logging.getLogger("mlaas4hep.pipeline")
+log = logging.getLogger("mlaas4hep.aws")
 
 
 _clients: dict[tuple[str, int], Any] = {}
