@@ -288,12 +288,26 @@ def test_roles_have_least_privilege(stack, moto_server):
     iam = moto_server.client("iam")
     serving = stack.serving
     task = inline_policy(iam, serving["task_role_arn"])
+    by_sid = {s["Sid"]: s for s in task["Statement"]}
     actions = {a for s in task["Statement"] for a in as_list(s["Action"])}
-    assert actions == {"s3:GetObject", "s3:GetObjectVersion", "s3:ListBucket"}
+    assert actions == {
+        "s3:GetObject",
+        "s3:GetObjectVersion",
+        "s3:ListBucket",
+        "s3:PutObject",
+        "s3:DeleteObject",
+    }
     resources = {r for s in task["Statement"] for r in as_list(s["Resource"])}
     assert resources == {
         f"arn:aws:s3:::{MODELS_BUCKET}/bundles/*",
         f"arn:aws:s3:::{MODELS_BUCKET}",
+        f"arn:aws:s3:::{MODELS_BUCKET}/bundles/versions/*",
+        f"arn:aws:s3:::{MODELS_BUCKET}/bundles/aliases.json",
+    }
+    # writes only where the shared registry lives: its versions and its alias document
+    assert set(as_list(by_sid["WriteRegistry"]["Resource"])) == {
+        f"arn:aws:s3:::{MODELS_BUCKET}/bundles/versions/*",
+        f"arn:aws:s3:::{MODELS_BUCKET}/bundles/aliases.json",
     }
     execution = inline_policy(iam, serving["execution_role_arn"])
     by_sid = {s["Sid"]: s for s in execution["Statement"]}
