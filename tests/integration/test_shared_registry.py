@@ -145,3 +145,52 @@ def test_what_one_replica_is_told_both_serve_without_a_failed_request(
     assert shared.resolve("tth:staging") == history[-1]["tag"]
     for client in clients:
         client.close()
+
+
+def test_a_retraining_promotion_switches_both_replicas_and_a_keep_neither(
+    replicas: Replicas, trained: Trained, tmp_path: Path, monkeypatch
+) -> None:
+    from mlaas4hep.pipeline.retraining import retrain
+    from mlaas4hep.spec.compute import compute_file_spec
+    from mlaas4hep.spec.documents import DatasetSpec
+
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "job-store"))
+    spec = DatasetSpec([compute_file_spec(str(f)) for f in trained.files])
+    spec_path = tmp_path / "dataset.json"
+    spec_path.write_text(spec.to_json())
+    models = tmp_path / "models"
+    models.mkdir()
+    recipe = {
+        "dataset": {"files": ["replaced"], "labels": {"ttH_signal.root": 1, "*": 0},
+                    "include": INCLUDE},
+        "vectorizer": {"padding": 6},
+        "training": {"epochs": 1, "chunk_size": 3000, "batch_size": 128},
+    }  # fmt: skip
+    (models / "train.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    bundle = Registry(trained.home).path(trained.tag)
+
+    def train(config):  # the job's registration: a new version of the trained bundle
+        return {"tag": Registry(bucket=replicas.url).add(bundle, "tth"), "val_auc": 0.5}
+
+    with uproot.open(trained.files[0]) as file:
+        events = file["Events"].arrays(INCLUDE, entry_stop=1).to_list()
+
+    def served() -> set[str]:
+        tags = set()
+        for i in (0, 1):
+            with replicas.client(i) as client:
+                tags.add(client.post("/predict", json={"events": events}).json()["model"])
+        return tags
+
+    kwargs = {"train": train, "registry_url": replicas.url, "log": lambda line: None}
+    record = retrain("tth", str(spec_path), str(models), **kwargs)
+    promoted = record["decision"]
+    assert promoted["promote"] and promoted["events"] > 0, promoted
+    wait_until(lambda: served() == {promoted["candidate"]}, 30, "both replicas switching")
+
+    kept = retrain("tth", str(spec_path), str(models), margin=-1.0, **kwargs)["decision"]
+    assert not kept["promote"] and kept["current"] == promoted["candidate"], kept
+    assert served() == {promoted["candidate"]}  # a keep decision switches neither
+    history = Registry(tmp_path / "reader", bucket=replicas.url).card(promoted["candidate"])
+    (entry,) = [h for h in history["promotions"] if h["alias"] == "production"]
+    assert "retraining of tth" in entry["by"] and entry["decision"]["events"] == promoted["events"]
