@@ -12,6 +12,7 @@ and ``bentoml serve`` on a free loopback port.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import sys
 import time
@@ -132,10 +133,17 @@ def service(
         "MLAAS4HEP_SERVE_WORKERS": "2",
         **moto_server.env(),  # /predict_file reads s3:// URLs from the moto server
     }
-    server = BentoServer(env=env).start()
-    try:
-        wait_until(lambda: server.get_status("/readyz") == 200, 60, "the service's /readyz")
+    with ready_service(env, timeout=60) as server:
         yield Service(server, registry, token, trained.tag)
+
+
+@contextlib.contextmanager
+def ready_service(env: dict[str, str], timeout: float = 90, **options) -> Iterator[BentoServer]:
+    """``bentoml serve`` with ``env``, once its ``/readyz`` answers 200; stopped on exit."""
+    server = BentoServer(env=env, **options).start()
+    try:
+        wait_until(lambda: server.get_status("/readyz") == 200, timeout, "the service's /readyz")
+        yield server
     finally:
         server.stop()
 

@@ -20,9 +20,8 @@ import numpy as np
 import pytest
 import uproot
 import yaml
-from serving_fixtures import INCLUDE, PROJECT_ROOT, Trained, wait_until
+from serving_fixtures import INCLUDE, PROJECT_ROOT, Trained, ready_service
 
-from mlaas4hep.local.bento import BentoServer
 from mlaas4hep.model.bundle import ModelBundle
 from mlaas4hep.serve.registry import Registry
 
@@ -70,13 +69,8 @@ def test_the_built_bento_serves_a_trained_model(trained: Trained, tmp_path: Path
 
     empty = tmp_path / "elsewhere"  # not the project: the bento's own copy of the code
     empty.mkdir()
-    server = BentoServer(
-        target=tag,
-        working_dir=empty,
-        env={**env, "MLAAS4HEP_SERVE_MODEL": "tth", "MLAAS4HEP_SERVE_WORKERS": "1"},
-    ).start()
-    try:
-        wait_until(lambda: server.get_status("/readyz") == 200, 90, "the bento's /readyz")
+    serve_env = {**env, "MLAAS4HEP_SERVE_MODEL": "tth", "MLAAS4HEP_SERVE_WORKERS": "1"}
+    with ready_service(serve_env, target=tag, working_dir=empty) as server:
         with uproot.open(trained.files[0]) as file:
             events = file["Events"].arrays(INCLUDE, entry_stop=50)
         expected = ModelBundle.load(Registry(home).path(trained.tag)).predict(events)
@@ -85,5 +79,3 @@ def test_the_built_bento_serves_a_trained_model(trained: Trained, tmp_path: Path
         assert answer.status_code == 200, answer.text
         assert answer.json()["model"] == trained.tag
         np.testing.assert_allclose(answer.json()["scores"], expected, rtol=0, atol=1e-6)
-    finally:
-        server.stop()

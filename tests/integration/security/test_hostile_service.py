@@ -29,7 +29,7 @@ import pytest
 import uproot
 import yaml
 from rootfiles import corrupt_entry_offsets, write_uncompressed
-from serving_fixtures import Service, Trained, wait_until
+from serving_fixtures import Service, Trained, ready_service, wait_until
 
 from mlaas4hep.local.bento import BentoServer
 from mlaas4hep.serve.registry import Registry
@@ -65,12 +65,8 @@ def hostile(trained: Trained, moto_server, tmp_path_factory) -> Iterator[Service
         "MLAAS4HEP_SERVE_MEMORY_MIB": "2048",  # the deployment's default task
         **moto_server.env(),
     }
-    server = BentoServer(env=env).start()
-    try:
-        wait_until(lambda: server.get_status("/readyz") == 200, 60, "the service's /readyz")
+    with ready_service(env, timeout=60) as server:
         yield Service(server, registry, token, trained.tag)
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +151,17 @@ def huge_table(rows: int) -> pa.Table:
     return pa.table({name: zeros for name in ("nJet", "MET_pt", "HT", "a", "b", "c", "d", "e")})
 
 
+def refused_before_the_work(
+    hostile: Service, http: httpx.Client, good: list[dict], body: bytes, problem: str
+) -> None:
+    """A bulk body refused with a 413 naming ``problem``, the workers' memory bounded."""
+    workers, before = hostile.server.processes(), rss(hostile.server)
+    answer = refused(http.post("/predict_arrow", content=body), 413, "body")
+    assert problem in answer["problem"]
+    assert rss(hostile.server) - before < RSS_BOUND
+    still_serving(hostile, http, good, workers)
+
+
 @pytest.mark.parametrize(
     "case",
     ["offsets-past-content", "offsets-decreasing", "list-too-long"],
@@ -182,11 +189,7 @@ def test_a_small_compressed_body_of_50_million_events_is_refused_before_decoding
     body = parquet(table) if encoding == "parquet" else arrow_stream(table, encoding[6:])
     del table
     assert len(body) < 4 * MiB
-    workers, before = hostile.server.processes(), rss(hostile.server)
-    answer = refused(http.post("/predict_arrow", content=body), 413, "body")
-    assert "50000000 events exceed the limit" in answer["problem"]
-    assert rss(hostile.server) - before < RSS_BOUND
-    still_serving(hostile, http, good, workers)
+    refused_before_the_work(hostile, http, good, body, "50000000 events exceed the limit")
 
 
 def test_a_body_that_decodes_beyond_the_limit_is_refused(
@@ -197,11 +200,7 @@ def test_a_body_that_decodes_beyond_the_limit_is_refused(
     lists = pa.ListArray.from_arrays(pa.array(np.arange(rows + 1, dtype=np.int32) * 50), content)
     table = pa.table({"Jet_pt": lists, "Jet_eta": lists, "nJet": pa.array(np.zeros(rows))})
     body = arrow_stream(table, "zstd")
-    workers, before = hostile.server.processes(), rss(hostile.server)
-    answer = refused(http.post("/predict_arrow", content=body), 413, "body")
-    assert "limits.decoded_bytes" in answer["problem"]
-    assert rss(hostile.server) - before < RSS_BOUND
-    still_serving(hostile, http, good, workers)
+    refused_before_the_work(hostile, http, good, body, "limits.decoded_bytes")
 
 
 def test_hostile_json_bodies_get_a_400_naming_the_field(
