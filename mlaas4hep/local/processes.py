@@ -79,9 +79,7 @@ def free_port(host: str = LOOPBACK) -> int:
     take it before the caller binds it; :class:`ManagedServer` reports such a race as a
     start failure with the server's log.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    return free_ports(1, host)[0]
 
 
 def free_ports(count: int, host: str = LOOPBACK, avoid: Iterable[int] = ()) -> list[int]:

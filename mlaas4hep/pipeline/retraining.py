@@ -128,26 +128,11 @@ def compare_on_test(
 
     from mlaas4hep.model.bundle import ModelBundle
     from mlaas4hep.model.metrics import auc
-    from mlaas4hep.stream.chunks import ChunkStream
-    from mlaas4hep.stream.options import Selection, Split
+    from mlaas4hep.training.job import build_streams
 
     new, old = ModelBundle.load(candidate), ModelBundle.load(current)
-    d = config.dataset
     wanted = sorted(set(new.vectorizer.branches) | set(old.vectorizer.branches))
-    stream = ChunkStream(
-        files,
-        branches=wanted,
-        tree=d.tree,
-        chunk_size=config.worker_chunk_size,
-        selection=Selection(
-            labels=dict(d.labels) if d.labels is not None else None,
-            label=d.label,
-            weight=d.weight,
-            cut=d.cut,
-        ),
-        seed=config.training.seed,
-        split=Split(fractions=tuple(d.fractions), seed=d.split_seed),
-    ).with_split("test")
+    stream = build_streams(config, files, None, branches=wanted)["test"]
     labels, weights, ours, theirs = [], [], [], []
     problem = None
     try:

@@ -46,6 +46,7 @@ from typing import Any
 
 from mlaas4hep.errors import ConfigError
 from mlaas4hep.serve.protocol import DEFAULT_ALIAS
+from mlaas4hep.serve.sources import parse_source
 
 ENV_PREFIX = "MLAAS4HEP_SERVE_"
 MiB = 1 << 20
@@ -245,8 +246,10 @@ _SOURCE = re.compile(r"^(s3://[a-z0-9][a-z0-9.-]{1,62}/|root://[A-Za-z0-9.-]+(:[
 
 def check_source(source: str) -> str:
     """``source`` if it can be a ``file_sources`` entry: an ``s3://bucket/`` or
-    ``root://host[:port]/`` prefix (with an optional path after the slash)."""
-    if not _SOURCE.match(source) or ".." in source.split("/"):
+    ``root://host[:port]/`` prefix (with an optional path after the slash), which
+    :func:`~mlaas4hep.serve.sources.parse_source`, the rule requests are matched by,
+    accepts."""
+    if not _SOURCE.match(source) or parse_source(source) is None:
         raise ConfigError(
             f"serving config: file source {source!r}: write s3://bucket/prefix or "
             "root://host[:port]/path (with the slash after the bucket or host)"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,13 +95,16 @@ def load_or_compute_spec(config: TrainConfig, files: list[str], workers: int = 2
 def build_streams(
     config: TrainConfig,
     files: list[str],
-    vectorizer: Vectorizer,
+    vectorizer: Vectorizer | None,
     staging: StagingTable | None = None,
+    *,
+    branches: Sequence[str] | None = None,
 ) -> dict[str, ChunkStream]:
     """The train/validation/test streams (same files, seed and split hash).
 
     With ``staging``, the streams read each staged file from its cached copy, keyed by
-    its original URL all the same.
+    its original URL all the same. ``branches`` (with no ``vectorizer``): the streams
+    give those branches raw, for scoring other bundles on the job's own splits.
     """
     d = config.dataset
     labels = None
@@ -117,6 +120,7 @@ def build_streams(
         files,
         **extra,
         vectorizer=vectorizer,
+        branches=branches,
         tree=d.tree,
         chunk_size=config.worker_chunk_size,
         selection=Selection(labels=labels, label=d.label, weight=d.weight, cut=d.cut),
