@@ -479,6 +479,59 @@ def test_replicas_share_versions_and_aliases_through_the_bucket(
     assert server.tag == other
 
 
+def test_versions_are_manifests_over_content_addressed_blobs(shared, bundles) -> None:
+    from mlaas4hep.serve.registry_bucket import file_digest
+
+    one, two = shared(1), shared(2)
+    first = one.add(bundles["a"], "tth")
+    again = one.add(bundles["a"], "tth")  # the same bundle as a second version
+    s3, bucket = one.bucket.s3, one.bucket.bucket
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    blobs = {k for k in keys if k.startswith("registry/blobs/sha256/")}
+    manifests = {k for k in keys if k.startswith("registry/versions/")}
+    assert keys == blobs | manifests
+    assert manifests == {
+        f"registry/versions/tth/{t.split(':')[1]}/registry.json" for t in (first, again)
+    }
+    record = one.bucket.record(first)
+    files = sorted(p for p in bundles["a"].rglob("*") if p.is_file())
+    assert {f"registry/blobs/sha256/{file_digest(p)[0]}" for p in files} == blobs  # stored once
+    assert record["files"]["bundle.json"]["size"] == (bundles["a"] / "bundle.json").stat().st_size
+    assert record["digest"] == one.bucket.record(again)["digest"]
+    assert (
+        two.path(first).joinpath("bundle.json").read_bytes()
+        == (bundles["a"] / "bundle.json").read_bytes()
+    )
+
+
+def test_a_blob_changed_after_the_push_is_refused_by_name(shared, bundles) -> None:
+    from mlaas4hep.serve.registry_errors import RegistryError
+
+    one, two = shared(1), shared(2)
+    tag = one.add(bundles["a"], "tth")
+    digest = one.bucket.record(tag)["files"]["bundle.json"]["sha256"]
+    one.bucket.s3.put_object(
+        Bucket=one.bucket.bucket, Key=f"registry/blobs/sha256/{digest}", Body=b'{"x": 1}'
+    )
+    with pytest.raises(RegistryError, match=r"bundle\.json does not match the manifest"):
+        two.resolve(tag)
+    assert two.list() == []  # nothing half checked reached the cache
+
+
+def test_deleting_a_version_collects_only_the_blobs_no_other_names(shared, bundles) -> None:
+    one = shared(1)
+    a, b = one.add(bundles["a"], "tth"), one.add(bundles["b"], "tth")
+    named_a = {e["sha256"] for e in one.bucket.record(a)["files"].values()}
+    named_b = {e["sha256"] for e in one.bucket.record(b)["files"].values()}
+    one.delete(a)
+    assert one.bucket.collect_blobs() == []  # within the grace period: kept
+    assert sorted(one.bucket.collect_blobs(grace_seconds=-60)) == sorted(named_a - named_b)
+    one.bucket.s3.head_object(  # a blob both held stays for b
+        Bucket=one.bucket.bucket, Key=f"registry/blobs/sha256/{next(iter(named_b))}"
+    )
+    assert shared(2).path(b).joinpath("bundle.json").exists()
+
+
 def test_an_unchanged_alias_document_is_not_fetched_again(shared, bundles, monkeypatch) -> None:
     one, two = shared(1), shared(2)
     one.promote(one.add(bundles["a"], "tth"))

@@ -36,6 +36,7 @@ class BentoServer(ManagedServer):
         target: str = SERVICE,
         env: Mapping[str, str] | None = None,
         working_dir: str | os.PathLike[str] | None = None,
+        python: str | os.PathLike[str] | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("start_timeout", 120.0)
@@ -43,13 +44,14 @@ class BentoServer(ManagedServer):
         self.target = target
         self.env = dict(env or {})
         self.working_dir = Path(working_dir if working_dir is not None else project_dir()).resolve()
+        self.python = Path(python or sys.executable)  # whose environment's bentoml serves
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     def _command(self) -> list[str]:
-        bentoml = Path(sys.executable).parent / "bentoml"
+        bentoml = self.python.parent / "bentoml"
         return [
             str(bentoml), "serve", self.target, "--host", self.host, "--port", str(self.port),
             "--working-dir", str(self.working_dir),

@@ -6,10 +6,16 @@ local BentoML store: an upload or a promotion must reach all of them. So with a 
 bucket configured, the :class:`~mlaas4hep.serve.registry.Registry` keeps its versions and
 its aliases here, and its local store is only a cache keyed by version:
 
-``<prefix>/versions/<name>/<version>/``
-    one version: the bundle's files, then ``registry.json`` (tag, creation time, labels)
-    written last with ``If-None-Match: *``, which marks the version complete and makes it
-    immutable (a second push of one tag is refused by the bucket itself).
+``<prefix>/blobs/sha256/<digest>``
+    the bundles' files, content-addressed: each stored once under the SHA-256 of its
+    bytes, whichever versions hold it, and never rewritten.
+``<prefix>/versions/<name>/<version>/registry.json``
+    one version's manifest: tag, creation time, labels, and every file of the bundle
+    with its SHA-256 and size (``files``), summed up in one ``digest``. It is written
+    after the blobs, with ``If-None-Match: *``: that marks the version complete and
+    makes it immutable (a second push of one tag is refused by the bucket itself). A
+    replica checks every file it fetches against the manifest, so a blob that was
+    overwritten or damaged is refused by name instead of being served.
 ``<prefix>/aliases.json``
     the alias document (``{"aliases": {name: {alias: tag}}, "history": [...],
     "deleted": [...]}``), the same shape as the local alias file. Every change is a
@@ -19,16 +25,22 @@ its aliases here, and its local store is only a cache keyed by version:
     so no promotion is lost and the history keeps every one in the order they won.
 
 Reads are cheap: the document is fetched with ``If-None-Match`` on the ETag last seen, so
-a replica that polls every second gets a 304 until something changes.
+a replica that polls every second gets a 304 until something changes. Deleting a version
+deletes its manifest, then the blobs no manifest names any more (only those older than
+:data:`BLOB_GRACE_SECONDS`, so a push in flight, whose manifest is not written yet, keeps
+its blobs).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
+import hashlib
 import json
 import logging
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -48,6 +60,21 @@ VERSION_RECORD = "registry.json"
 CACHE_LOCK_FILE = "mlaas4hep-cache.lock"
 SCHEMA_VERSION = 1
 WRITE_ATTEMPTS = 25
+#: Unreferenced blobs younger than this are kept: they may belong to a push in flight.
+BLOB_GRACE_SECONDS = 3600
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    """(SHA-256 hex digest, size in bytes) of a file, read in blocks."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest(), path.stat().st_size
+
+
+def manifest_digest(files: dict[str, dict[str, Any]]) -> str:
+    """One digest of a whole bundle: of its sorted (path, SHA-256, size) entries."""
+    entries = [[path, files[path]["sha256"], files[path]["size"]] for path in sorted(files)]
+    return "sha256:" + hashlib.sha256(json.dumps(entries).encode()).hexdigest()
 
 
 def empty_document() -> dict[str, Any]:
@@ -164,20 +191,44 @@ class RegistryBucket:
                     found.append(f"{parts[1]}:{parts[2]}")
         return sorted(found)
 
+    def _blob_key(self, digest: str) -> str:
+        return self._key("blobs", "sha256", digest)
+
+    def _has_blob(self, digest: str) -> bool:
+        try:
+            self.s3.head_object(Bucket=self.bucket, Key=self._blob_key(digest))
+        except Exception as err:
+            if is_missing(err):
+                return False
+            raise
+        return True
+
     def push(self, tag: str, directory: Path, created: str, labels: dict[str, str]) -> bool:
-        """Upload a version's bundle; False if the bucket holds that version already."""
+        """Upload a version's bundle (its blobs the bucket lacks, then its manifest);
+        False if the bucket holds that version already."""
         if self.has(tag):
             return False
+        files: dict[str, dict[str, Any]] = {}
         for path in sorted(directory.rglob("*")):
             relative = path.relative_to(directory).as_posix()
             if path.is_file() and not path.is_symlink() and relative != "model.yaml":
-                self.s3.upload_file(str(path), self.bucket, self._version_key(tag, relative))
-        record = {"tag": tag, "created": created, "labels": labels}
+                digest, size = file_digest(path)
+                files[relative] = {"sha256": digest, "size": size}
+                if not self._has_blob(digest):
+                    self.s3.upload_file(str(path), self.bucket, self._blob_key(digest))
+        record = {
+            "tag": tag,
+            "created": created,
+            "labels": labels,
+            "digest": manifest_digest(files),
+            "files": files,
+        }
         try:
             self.s3.put_object(
                 Bucket=self.bucket,
                 Key=self._version_key(tag, VERSION_RECORD),
                 Body=json.dumps(record).encode(),
+                ContentType="application/json",
                 IfNoneMatch="*",
             )
         except Exception as err:
@@ -187,37 +238,83 @@ class RegistryBucket:
         return True
 
     def fetch(self, tag: str, into: Path) -> dict[str, Any]:
-        """Download a version's files into ``into``; returns its record."""
+        """Download a version's files into ``into``, each checked against the manifest;
+        returns the manifest."""
         record = self.record(tag)
-        for key, relative in self._files(tag):
+        for relative, entry in _manifest_files(record, tag):
             target = into.joinpath(*PurePosixPath(relative).parts)
             target.parent.mkdir(parents=True, exist_ok=True)
-            self.s3.download_file(self.bucket, key, str(target))
+            try:
+                self.s3.download_file(self.bucket, self._blob_key(entry["sha256"]), str(target))
+            except Exception as err:
+                if is_missing(err) or http_status(err) == 404:
+                    raise ConfigError(
+                        f"{relative} (blob {entry['sha256'][:12]}) is missing"
+                    ) from None
+                raise
+            if file_digest(target) != (entry["sha256"], entry["size"]):
+                raise ConfigError(
+                    f"{relative} does not match the manifest (SHA-256 or size differ): "
+                    "the blob was changed after the version was pushed"
+                )
         return record
 
     def remove(self, tag: str) -> None:
-        """Delete a version's objects, its record first (it stops being complete)."""
+        """Delete a version's manifest (it stops being complete), then the blobs no
+        other version names."""
         self.s3.delete_object(Bucket=self.bucket, Key=self._version_key(tag, VERSION_RECORD))
-        keys = [key for key, _ in self._files(tag)]
-        for start in range(0, len(keys), 1000):
-            self.s3.delete_objects(
-                Bucket=self.bucket,
-                Delete={"Objects": [{"Key": k} for k in keys[start : start + 1000]]},
-            )
+        self.collect_blobs()
 
-    def _files(self, tag: str) -> Iterator[tuple[str, str]]:
-        """(key, relative path) of a version's bundle files, each path checked."""
-        base = self._version_key(tag, "")
+    def collect_blobs(self, grace_seconds: float = BLOB_GRACE_SECONDS) -> list[str]:
+        """Delete the blobs no manifest names that are older than ``grace_seconds``;
+        returns their digests."""
+        named = set()
+        for tag in self.tags():
+            with contextlib.suppress(ModelNotFound, ConfigError):
+                named |= {e["sha256"] for _, e in _manifest_files(self.record(tag), tag)}
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=grace_seconds)
+        base = self._key("blobs", "sha256", "")
+        unnamed = []
         paginator = self.s3.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=base):
             for item in page.get("Contents", []):
-                relative = item["Key"][len(base) :]
-                path = PurePosixPath(relative)
-                if relative == VERSION_RECORD:
-                    continue
-                if not relative or path.is_absolute() or ".." in path.parts or "\\" in relative:
-                    raise ConfigError(f"unsafe key {item['Key']!r} in the models bucket")
-                yield item["Key"], relative
+                digest = item["Key"][len(base) :]
+                if digest not in named and item["LastModified"] <= cutoff:
+                    unnamed.append(digest)
+        for start in range(0, len(unnamed), 1000):
+            self.s3.delete_objects(
+                Bucket=self.bucket,
+                Delete={
+                    "Objects": [{"Key": self._blob_key(d)} for d in unnamed[start : start + 1000]]
+                },
+            )
+        return unnamed
+
+
+def _manifest_files(record: dict[str, Any], tag: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(relative path, entry) of a manifest's files, each path and entry checked."""
+    files = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(files, dict) or not files:
+        raise ConfigError(f"the manifest of {tag} lists no files")
+    for relative, entry in sorted(files.items()):
+        path = PurePosixPath(relative)
+        if (
+            not relative
+            or path.is_absolute()
+            or ".." in path.parts
+            or "\\" in relative
+            or relative == VERSION_RECORD
+        ):
+            raise ConfigError(f"unsafe path {relative!r} in the manifest of {tag}")
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("sha256"), str)
+            or not _SHA256.fullmatch(entry["sha256"])
+            or not isinstance(entry.get("size"), int)
+            or entry["size"] < 0
+        ):
+            raise ConfigError(f"the manifest entry of {relative!r} in {tag} is malformed")
+        yield relative, entry
 
 
 class VersionCache:

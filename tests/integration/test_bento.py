@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import uproot
 import yaml
-from serving_fixtures import INCLUDE, PROJECT_ROOT, Trained, ready_service
+from serving_fixtures import INCLUDE, PROJECT_ROOT, Trained, ready_service, wait_until
 
 from mlaas4hep.model.bundle import ModelBundle
 from mlaas4hep.serve.registry import Registry
@@ -45,10 +45,95 @@ def test_the_bentofile_declares_what_serving_needs_in_the_projects_own_ranges() 
     assert wanted <= packages, f"missing from serving/bentofile.yaml: {sorted(wanted - packages)}"
 
 
-def test_the_built_bento_serves_a_trained_model(trained: Trained, tmp_path: Path) -> None:
+def pinned_closure(requirements: list[str]) -> list[str]:
+    """``name==version`` of the requirements and everything they need in turn, as
+    installed here: what the bento's own requirements resolve to, without a resolver."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, str] = {}
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    todo = [Requirement(r) for r in requirements]
+    while todo:
+        requirement = todo.pop()
+        key = (canonicalize_name(requirement.name), tuple(sorted(requirement.extras)))
+        if key in seen:
+            continue
+        seen.add(key)
+        dist = metadata.distribution(requirement.name)
+        assert requirement.specifier.contains(dist.version, prereleases=True), (
+            f"{requirement} is not what the project installs ({dist.version})"
+        )
+        pins[key[0]] = dist.version
+        environments = [{"extra": e} for e in sorted(requirement.extras) or [""]]
+        for text in dist.requires or []:
+            needed = Requirement(text)
+            if needed.marker is None or any(needed.marker.evaluate(e) for e in environments):
+                todo.append(needed)
+    return [f"{name}=={version}" for name, version in sorted(pins.items())]
+
+
+def fresh_virtualenv(where: Path, requirements: list[str]) -> Path:
+    """A new virtualenv holding the requirements' closure and nothing else; its python."""
+    subprocess.run([sys.executable, "-m", "venv", str(where)], check=True, timeout=120)
+    pins = where / "requirements.txt"
+    pins.write_text("\n".join(pinned_closure(requirements)) + "\n")
+    python = where / "bin" / "python"
+    installed = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", "-r", str(pins)],
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    return python
+
+
+def train_torch_version(home: Path, files: list[str], out: Path) -> str:
+    """A torch-trained version of ``tth`` registered in ``home`` (trained in one process)."""
+    from mlaas4hep.training.result import job_result
+
+    config = {
+        "dataset": {
+            "files": [str(f) for f in files],
+            "labels": {"ttH_signal.root": 1, "*": 0},
+            "include": INCLUDE,
+        },
+        "vectorizer": {"padding": 6},
+        "framework": "torch",
+        "training": {"epochs": 1, "chunk_size": 3000, "batch_size": 256},
+        "output": {"location": str(out), "name": "tth"},
+    }
+    recipe = out / "train.yaml"
+    out.mkdir(parents=True, exist_ok=True)
+    recipe.write_text(yaml.safe_dump(config))
+    job = subprocess.run(
+        [sys.executable, "-m", "mlaas4hep.training.local", "--config", str(recipe)],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    result = job_result(job.stdout)
+    assert job.returncode == 0 and result and result["framework"] == "torch", job.stderr[-3000:]
+    return result["tag"]
+
+
+def test_the_built_bento_serves_keras_and_torch_models_from_its_own_requirements(
+    trained: Trained, tmp_path: Path
+) -> None:
+    """``bentoml build``, then ``bentoml serve <bento>`` from a new virtualenv that holds
+    only what the bento's requirements.txt names (and what those need), in an empty
+    directory: a Keras-trained and a torch-trained version are scored as the project
+    scores them."""
     home = tmp_path / "bentoml"
     shutil.copytree(trained.home, home)
-    Registry(home).promote(trained.tag)
+    torch_tag = train_torch_version(home, trained.files, tmp_path / "torch-run")
+    registry = Registry(home)
+    registry.promote(trained.tag)
     env = {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
     bentoml = Path(sys.executable).parent / "bentoml"
     built = subprocess.run(
@@ -62,20 +147,37 @@ def test_the_built_bento_serves_a_trained_model(trained: Trained, tmp_path: Path
     assert built.returncode == 0, built.stderr[-3000:]
     tag = built.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
     bento = home / "bentos" / Path(*tag.split(":"))
-    requirements = (bento / "env" / "python" / "requirements.txt").read_text()
+    lines = (bento / "env" / "python" / "requirements.txt").read_text().splitlines()
+    requirements = [line.strip() for line in lines if line.strip()[:1] not in ("", "#", "-")]
     for package in ("torch", "xrootd", "s3fs", "bentoml", "uproot"):
-        assert package in requirements, package
+        assert any(r.startswith(package) for r in requirements), package
     assert (bento / "src" / "mlaas4hep" / "serve" / "server.py").exists()
+    python = fresh_virtualenv(tmp_path / "venv", requirements)
+    alone = subprocess.run(
+        [str(python), "-c", "import mlaas4hep"], cwd=tmp_path, capture_output=True
+    )
+    assert alone.returncode != 0  # the project is not installed there: the bento brings it
 
     empty = tmp_path / "elsewhere"  # not the project: the bento's own copy of the code
     empty.mkdir()
     serve_env = {**env, "MLAAS4HEP_SERVE_MODEL": "tth", "MLAAS4HEP_SERVE_WORKERS": "1"}
-    with ready_service(serve_env, target=tag, working_dir=empty) as server:
-        with uproot.open(trained.files[0]) as file:
-            events = file["Events"].arrays(INCLUDE, entry_stop=50)
-        expected = ModelBundle.load(Registry(home).path(trained.tag)).predict(events)
-        with httpx.Client(base_url=server.url, trust_env=False, timeout=60) as client:
+    with uproot.open(trained.files[0]) as file:
+        events = file["Events"].arrays(INCLUDE, entry_stop=50)
+    options = {"target": tag, "working_dir": empty, "python": python}
+    with (
+        ready_service(serve_env, **options) as server,
+        httpx.Client(base_url=server.url, trust_env=False, timeout=60) as client,
+    ):
+        one = {"events": events[:1].to_list()}
+        for version in (trained.tag, torch_tag):
+            registry.promote(version)
+            wait_until(
+                lambda v=version: client.post("/predict", json=one).json().get("model") == v,
+                timeout=30,
+                what=f"the bento serving {version}",
+            )
+            expected = ModelBundle.load(registry.path(version)).predict(events)
             answer = client.post("/predict", json={"events": events.to_list()})
-        assert answer.status_code == 200, answer.text
-        assert answer.json()["model"] == trained.tag
-        np.testing.assert_allclose(answer.json()["scores"], expected, rtol=0, atol=1e-6)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["model"] == version
+            np.testing.assert_allclose(answer.json()["scores"], expected, rtol=0, atol=1e-6)

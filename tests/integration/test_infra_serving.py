@@ -301,11 +301,13 @@ def test_roles_have_least_privilege(stack, moto_server):
     assert resources == {
         f"arn:aws:s3:::{MODELS_BUCKET}/bundles/*",
         f"arn:aws:s3:::{MODELS_BUCKET}",
+        f"arn:aws:s3:::{MODELS_BUCKET}/bundles/blobs/*",
         f"arn:aws:s3:::{MODELS_BUCKET}/bundles/versions/*",
         f"arn:aws:s3:::{MODELS_BUCKET}/bundles/aliases.json",
     }
-    # writes only where the shared registry lives: its versions and its alias document
+    # writes only where the shared registry lives: its blobs, manifests and alias document
     assert set(as_list(by_sid["WriteRegistry"]["Resource"])) == {
+        f"arn:aws:s3:::{MODELS_BUCKET}/bundles/blobs/*",
         f"arn:aws:s3:::{MODELS_BUCKET}/bundles/versions/*",
         f"arn:aws:s3:::{MODELS_BUCKET}/bundles/aliases.json",
     }

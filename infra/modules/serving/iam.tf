@@ -1,7 +1,7 @@
 # Least privilege. The execution role (used by ECS to start a task) pulls this repository's
 # image, writes this service's log group and reads the token secret. The task role (used by
 # the service's code) reads the models bucket under models_prefix and writes the shared
-# registry there (versions/ and aliases.json), reads the buckets in readable_bucket_arns
+# registry there (blobs/, versions/ and aliases.json), reads the buckets in readable_bucket_arns
 # (none by default), nothing else.
 
 data "aws_iam_policy_document" "ecs_tasks_assume" {
@@ -85,11 +85,12 @@ data "aws_iam_policy_document" "task" {
   }
 
   # The shared registry: uploads, promotions and deletions through any replica are
-  # written there (versions under versions/, the alias document aliases.json).
+  # written there (content-addressed files under blobs/, version manifests under
+  # versions/, the alias document aliases.json).
   statement {
     sid       = "WriteRegistry"
     actions   = ["s3:PutObject", "s3:DeleteObject"]
-    resources = ["${var.models_bucket_arn}/${var.models_prefix}versions/*", "${var.models_bucket_arn}/${var.models_prefix}aliases.json"]
+    resources = ["${var.models_bucket_arn}/${var.models_prefix}blobs/*", "${var.models_bucket_arn}/${var.models_prefix}versions/*", "${var.models_bucket_arn}/${var.models_prefix}aliases.json"]
   }
 
   statement {
