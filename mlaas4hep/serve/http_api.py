@@ -34,8 +34,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from mlaas4hep import __version__
 from mlaas4hep.errors import BranchError, ConfigError, MlaasError, ReadError
 from mlaas4hep.serve.config import ServeConfig
+from mlaas4hep.serve.open_inference import HEADER_LENGTH
 from mlaas4hep.serve.payloads import RequestError, negotiate
 from mlaas4hep.serve.predictor import UnsafeBundleError
 from mlaas4hep.serve.protocol import ARROW_STREAM, DEFAULT_ALIAS, JSON
@@ -48,7 +50,9 @@ DRAIN_BYTES = 64 << 20  # read (and drop) this much of a refused body so the cli
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 REGISTRY_PREFIXES = ("/models", "/aliases")
 #: What a load balancer and Prometheus read: never behind the token.
-OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})
+OPEN_PATHS = frozenset(
+    {"/healthz", "/livez", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"}
+)
 
 
 def error_response(err: BaseException) -> JSONResponse:
@@ -237,6 +241,44 @@ async def remove_alias(request: Request, server: ModelServer) -> Response:
     return JSONResponse({"removed": f"{name}:{alias}", "was": tag})
 
 
+# ------------------------------------------------- Open Inference Protocol (KServe v2)
+
+
+async def v2_server(request: Request, server: ModelServer) -> Response:
+    extensions = ["binary_tensor_data"]
+    return JSONResponse({"name": "mlaas4hep", "version": __version__, "extensions": extensions})
+
+
+async def v2_live(request: Request, server: ModelServer) -> Response:
+    return Response(status_code=200)
+
+
+async def v2_ready(request: Request, server: ModelServer) -> Response:
+    return Response(status_code=200 if server.ready() else 503)
+
+
+async def v2_model(request: Request, server: ModelServer) -> Response:
+    params = request.path_params
+    document = server.model_metadata(params["name"], params.get("version"))
+    return JSONResponse(document)
+
+
+async def v2_model_ready(request: Request, server: ModelServer) -> Response:
+    server.model_metadata(request.path_params["name"], request.path_params.get("version"))
+    return Response(status_code=200)  # a 503 (nothing loaded) or a 404 (another model) else
+
+
+async def v2_infer(request: Request, server: ModelServer) -> Response:
+    body = await read_body(request)
+    params = request.path_params
+    length = request.headers.get(HEADER_LENGTH)
+    content, headers, kind = await run_in_threadpool(
+        server.infer, body, length, params["name"], params.get("version")
+    )
+    del body
+    return Response(content, media_type=kind, headers=headers)
+
+
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
@@ -265,6 +307,18 @@ def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
             route("/models/{ref}/promote", promote, "POST"),
             route("/aliases", aliases, "GET"),
             route("/aliases/{name}/{alias}", remove_alias, "DELETE"),
+            route("/v2", v2_server, "GET"),
+            route("/v2/health/live", v2_live, "GET"),
+            route("/v2/health/ready", v2_ready, "GET"),
+            *[
+                route(f"/v2/models/{{name}}{version}{leaf}", handler, method)
+                for version in ("", "/versions/{version}")
+                for leaf, handler, method in (
+                    ("", v2_model, "GET"),
+                    ("/ready", v2_model_ready, "GET"),
+                    ("/infer", v2_infer, "POST"),
+                )
+            ],
         ]
     )
 
@@ -290,6 +344,8 @@ class GuardMiddleware:
             return limits.bulk_bytes, not open_reads
         if path == "/predict_file":
             return limits.file_bytes, not open_reads
+        if path.startswith("/v2/models/") and path.endswith("/infer"):
+            return limits.bulk_bytes, not open_reads
         if path.startswith(REGISTRY_PREFIXES):
             if method in MUTATING:
                 return limits.model_bytes, True

@@ -298,6 +298,25 @@ def _cast(block: FeatureBlock, array: np.ndarray, where: Any) -> np.ndarray:
         return array.astype(target)
 
 
+def typed_column(
+    block: FeatureBlock, values: np.ndarray, offsets: np.ndarray | None, field: str
+) -> Column:
+    """``values`` of ``block``'s branch in its dtype (whole numbers for an integer branch),
+    as a jagged column when ``offsets`` are given (checked against the values)."""
+    if offsets is None:
+        return _cast(block, values, lambda i: f"{field}[{i}]")
+    try:
+        check_offsets(offsets, len(values), block.name)
+    except ColumnError as err:
+        raise RequestError(err.problem, field=field) from None
+
+    def where(i: int) -> str:  # the event and the position in its list
+        event = int(np.searchsorted(offsets, i, side="right") - 1)
+        return f"{field}[{event}][{i - int(offsets[event])}]"
+
+    return JaggedView(offsets, _cast(block, values, where))
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not (
         isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63
@@ -412,7 +431,7 @@ def from_table(table: Any, vectorizer: Vectorizer) -> EventColumns:
             if not _arrow_number(pa, kind):
                 raise RequestError(f"expected numbers, got Arrow type {kind}", field=block.name)
             values = array.to_numpy(zero_copy_only=False)
-            columns[block.name] = _cast(block, values, None)
+            columns[block.name] = typed_column(block, values, None, block.name)
             continue
         if pa.types.is_fixed_size_list(kind):
             array = pa.ListArray.from_arrays(
@@ -430,11 +449,7 @@ def from_table(table: Any, vectorizer: Vectorizer) -> EventColumns:
             raise RequestError("holds null values inside its lists", field=block.name)
         offsets = np.asarray(array.offsets, dtype=np.int64)
         content = array.values.to_numpy(zero_copy_only=False)
-        try:
-            check_offsets(offsets, len(content), block.name)
-        except ColumnError as err:
-            raise RequestError(err.problem, field=block.name) from None
-        columns[block.name] = JaggedView(offsets, _cast(block, content, None))
+        columns[block.name] = typed_column(block, content, offsets, block.name)
     return EventColumns(columns, table.num_rows)
 
 

@@ -228,6 +228,14 @@ class Predictor:
             out[start:stop] = self._score({k: c[start:stop] for k, c in events.columns.items()})
         return out
 
+    def score_features(self, X: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """One probability per row of already vectorised features (and their mask)."""
+        out = np.empty(len(X), dtype=np.float32)
+        for start in range(0, len(X), SCORE_ROWS):
+            stop = min(start + SCORE_ROWS, len(X))
+            out[start:stop] = self.forward(X[start:stop], mask[start:stop])
+        return out
+
     def _score(self, columns: Mapping[str, Any]) -> np.ndarray:
         out = self.vectorizer.transform(columns)
         return np.asarray(self.forward(out.X, out.mask), dtype=np.float32)

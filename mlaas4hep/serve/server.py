@@ -33,6 +33,7 @@ from mlaas4hep.io.columns import numpy_column
 from mlaas4hep.io.failures import describe
 from mlaas4hep.io.location import scheme
 from mlaas4hep.io.tree import RootTree, open_tree
+from mlaas4hep.serve import open_inference
 from mlaas4hep.serve.batching import AdaptiveBatcher, split
 from mlaas4hep.serve.config import ServeConfig
 from mlaas4hep.serve.payloads import (
@@ -253,6 +254,34 @@ class ModelServer:
         self.metrics.events.labels("predict_file", predictor.tag).inc(len(scores))
         pieces, kind = stream_scores(scores, predictor.tag, accept)
         return pieces, kind, predictor.tag
+
+    def infer(
+        self, body: bytes | bytearray, header_length: str | None, name: str, version: str | None
+    ) -> tuple[bytes, dict[str, str], str]:
+        """An Open Inference Protocol (v2) request → (body, headers, media type)."""
+        predictor = self._loaded().predictor
+        open_inference.check_served(predictor.tag, name, version)
+        limits = self.config.limits
+        request = open_inference.parse_request(
+            body, header_length, max_elements=limits.bulk_events * max(1, limits.list_items)
+        )
+        tensors = request.tensors
+        if open_inference.FEATURES in tensors:
+            X, mask = open_inference.features_of(
+                tensors, predictor.vectorizer.n_features, limits.bulk_events
+            )
+            scores = predictor.score_features(X, mask)
+        else:
+            events = open_inference.events_of(tensors, predictor.vectorizer, limits.bulk_events)
+            scores = predictor.score(events.check_lists(limits.list_items, "inputs.{branch}"))
+        self.metrics.events.labels("infer", predictor.tag).inc(len(scores))
+        return open_inference.encode_response(scores, predictor.tag, request)
+
+    def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
+        """The v2 metadata of the served version (a 404 for another name or version)."""
+        predictor = self._loaded().predictor
+        open_inference.check_served(predictor.tag, name, version)
+        return open_inference.model_metadata(predictor.tag, predictor.vectorizer)
 
 
 def _open_file(source: str | bytes | bytearray, tree: str | None) -> RootTree:
