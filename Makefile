@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 comma := ,
-EXTRAS ?= dev,s3,xrootd,plots,torch,tf
+EXTRAS ?= dev,s3,xrootd,plots,torch,tf,onnx
 # The CPU build of PyTorch, pinned exactly: a range would pull several GB of CUDA wheels.
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)-$(subst $(comma),_,$(EXTRAS))

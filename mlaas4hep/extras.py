@@ -22,6 +22,9 @@ _HINTS = {
     "XRootD": "xrootd",
     "matplotlib": "plots",
     "pyarrow": "serve",
+    "onnx": "onnx",
+    "onnxruntime": "onnx",
+    "tf2onnx": "onnx",
 }
 
 

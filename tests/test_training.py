@@ -317,3 +317,10 @@ def test_local_run_writes_a_bundle_that_predicts_the_same(tth: Path, tmp_path: P
     bundle = ModelBundle.load(summary["bundle"]["output"])
     scores = bundle.predict_vectorized(bundle.reference["X"], bundle.reference["mask"])
     np.testing.assert_allclose(scores, bundle.reference["scores"], rtol=1e-6)
+    # the job exported the model to ONNX and checked it on held-out events
+    assert bundle.onnx["file"] == "model.onnx" and bundle.onnx["max_abs_diff"] <= 1e-5
+    assert bundle.onnx["checked_rows"] > len(bundle.reference["X"])
+    from mlaas4hep.serve.predictor import Predictor
+
+    served = Predictor.load(summary["bundle"]["output"], "local:1")
+    assert served.mode == "onnx"

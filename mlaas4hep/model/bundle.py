@@ -7,6 +7,8 @@ A bundle is a directory:
                        whether the model takes the mask, the model's file names
 ``model.weights.h5``   Keras weights, or ``model.pt`` (a PyTorch state dict)
 ``model.py``           the user's ``build_model(n_features)`` (absent: the default model)
+``model.onnx``         the model as an ONNX graph (:mod:`~mlaas4hep.model.onnx_graph`),
+                       checked against the framework on held-out rows; what serving runs
 ``vectorizer.json``    :meth:`Vectorizer.to_dict` — the exact preprocessing of training
 ``dataset_spec.json``  the DatasetSpec it was trained with
 ``metrics.json``       per-unit history, test AUC/loss, timings
@@ -70,6 +72,9 @@ class ModelBundle:
     lineage: dict[str, Any] = field(default_factory=dict)
     model: Any = None
     reference: dict[str, np.ndarray] = field(default_factory=dict)
+    #: Held-out rows (X, mask) to export the model to ONNX and check it on when saved.
+    onnx_check: tuple[np.ndarray, np.ndarray] | None = None
+    onnx: dict[str, Any] | None = None
 
     # --- prediction ---------------------------------------------------------------
     @property
@@ -95,6 +100,11 @@ class ModelBundle:
         weights = save_weights(self.model, self.framework, path)
         if self.model_code is not None:
             (path / "model.py").write_text(self.model_code)
+        if self.onnx_check is not None:
+            from mlaas4hep.model.onnx_graph import export_model
+
+            X, mask = self.onnx_check
+            self.onnx = export_model(self.model, self.framework, self.with_mask, path, X, mask)
         manifest = {
             "bundle_version": BUNDLE_VERSION,
             "framework": self.framework,
@@ -105,6 +115,8 @@ class ModelBundle:
             "weights": weights,
             "model": "model.py" if self.model_code is not None else DEFAULT_MODEL,
         }
+        if self.onnx is not None:
+            manifest["onnx"] = self.onnx
         _write_json(path / MANIFEST, manifest)
         _write_json(path / "vectorizer.json", self.vectorizer.to_dict())
         (path / "dataset_spec.json").write_text(self.spec.to_json())
@@ -144,6 +156,7 @@ class ModelBundle:
             lineage=json.loads((path / "lineage.json").read_text()),
             model=model,
             reference=reference,
+            onnx=manifest.get("onnx"),
         )
 
     # --- BentoML store and buckets ------------------------------------------------

@@ -44,6 +44,13 @@ def check_manifest(manifest: Mapping[str, Any], where: str) -> dict[str, Any]:
         value = manifest.get(key)
         if value is not None and (not isinstance(value, str) or not _FILE_NAME.fullmatch(value)):
             raise ConfigError(f"{where}: {key} must name a file inside the bundle, not {value!r}")
+    onnx = manifest.get("onnx")
+    if onnx is not None and (
+        not isinstance(onnx, Mapping)
+        or not isinstance(onnx.get("file"), str)
+        or not _FILE_NAME.fullmatch(onnx["file"])
+    ):
+        raise ConfigError(f"{where}: onnx.file must name a file inside the bundle, not {onnx!r}")
     return dict(manifest)
 
 

@@ -10,7 +10,13 @@ only what cannot run code:
   evaluated with numpy (float32 ``matmul``), which costs microseconds per batch where a
   framework call costs milliseconds, and is checked at load time against the scores the
   training job recorded in ``reference.npz``;
-* a bundle with user code only when the service is configured to trust it
+* any architecture, the user's included, from the bundle's ``model.onnx`` (every model
+  the training job trains is exported and checked,
+  :mod:`~mlaas4hep.model.onnx_graph`), scored by ONNX Runtime: the graph is data, checked
+  before it is loaded (standard operators only, no tensor outside the file), so no user
+  code runs. This is the path every bundle the job writes takes; the numpy one stays for
+  bundles from before ONNX, or a server without onnxruntime;
+* a bundle with user code and no graph only when the service is configured to trust it
   (``trust_user_code``); otherwise :class:`UnsafeBundleError` says how to allow it.
 
 :class:`Predictor` holds the Vectorizer and the forward pass of one model version; it
@@ -19,6 +25,7 @@ turns event columns (from :mod:`mlaas4hep.serve.payloads`) into one probability 
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import time
@@ -141,7 +148,7 @@ class Predictor:
     tag: str
     vectorizer: Vectorizer
     forward: Forward
-    mode: str  # "numpy" (the default model, no code) or "framework" (trusted user code)
+    mode: str  # "onnx" (the graph), "numpy" (the default model's weights), "framework"
     manifest: dict[str, Any] = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
 
@@ -160,19 +167,36 @@ class Predictor:
             ) from err
         except json.JSONDecodeError as err:
             raise ConfigError(f"model {tag}: malformed vectorizer.json: {err}") from err
-        if is_default_model(manifest):
+        graph = manifest.get("onnx")
+        if graph is not None and _has_onnxruntime():
+            from mlaas4hep.model.onnx_graph import OnnxForward
+
+            try:
+                data = (path / graph["file"]).read_bytes()
+            except OSError as err:
+                raise ConfigError(f"model {tag}: {graph['file']} unreadable ({err})") from None
+            forward: Forward = OnnxForward(
+                data,
+                vectorizer.n_features,
+                bool(manifest.get("with_mask", False)),
+                where=f"model {tag}: {graph['file']}",
+            )
+            mode = "onnx"
+        elif is_default_model(manifest):
             n = vectorizer.n_features
             if manifest.get("framework") == "torch":
                 layers = torch_dense_layers(path / weights_of(manifest), n)
             else:
                 layers = keras_dense_layers(path / weights_of(manifest), n)
-            forward: Forward = DenseNetwork(layers, bool(manifest.get("with_mask", False)))
+            forward = DenseNetwork(layers, bool(manifest.get("with_mask", False)))
             mode = "numpy"
         elif not trust_user_code:
             raise UnsafeBundleError(
-                f"model {tag} holds user code (model.py); loading it would run arbitrary "
-                "code on the server, so safe mode refuses it. Serve it only if you trust "
-                "its author: set MLAAS4HEP_SERVE_TRUST_USER_CODE=1 (trust_user_code: true)"
+                f"model {tag} holds user code (model.py) and no ONNX graph; loading it "
+                "would run arbitrary code on the server, so safe mode refuses it. Train it "
+                "again (the job exports model.onnx, which is served safely), or, only if "
+                "you trust its author, set MLAAS4HEP_SERVE_TRUST_USER_CODE=1 "
+                "(trust_user_code: true)"
             )
         else:
             from mlaas4hep.model.bundle import ModelBundle
@@ -249,6 +273,10 @@ class Predictor:
             "n_features": self.vectorizer.n_features,
             "loaded_at": self.loaded_at,
         }
+
+
+def _has_onnxruntime() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
 def _empty_event(vectorizer: Vectorizer, writeable: bool) -> dict[str, Any]:

@@ -103,6 +103,9 @@ class OutputConfig:
     run_name: str | None = None
     models_bucket: str | None = None
     bentoml_store: bool = True
+    #: Export the model to ``model.onnx`` (checked against the framework): what serving
+    #: runs, for any architecture, without the model's code.
+    onnx: bool = True
 
 
 @dataclass

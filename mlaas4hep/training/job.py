@@ -44,6 +44,9 @@ from mlaas4hep.training.config import TrainConfig
 from mlaas4hep.training.plan import StepPlan, make_plan
 from mlaas4hep.transform.vectorizer import Vectorizer
 
+#: Held-out rows the ONNX export is checked on against the framework's own outputs.
+ONNX_CHECK_ROWS = 2048
+
 if TYPE_CHECKING:
     from mlaas4hep.io.staging import StagingRun, StagingTable
 
@@ -379,12 +382,11 @@ def bundle_from_training(
         model=model,
     )
     with job.streams["test"].with_split("test") as test:
-        batch = next(test.batches(REFERENCE_ROWS))
-    bundle.reference = {
-        "X": batch.X.copy(),
-        "mask": batch.mask.copy(),
-        "scores": bundle.predict_vectorized(batch.X, batch.mask),
-    }
+        batch = next(test.batches(ONNX_CHECK_ROWS))
+    X, mask = batch.X[:REFERENCE_ROWS].copy(), batch.mask[:REFERENCE_ROWS].copy()
+    bundle.reference = {"X": X, "mask": mask, "scores": bundle.predict_vectorized(X, mask)}
+    if job.config.output.onnx:
+        bundle.onnx_check = (batch.X.copy(), batch.mask.copy())
     return bundle
 
 

@@ -126,8 +126,9 @@ def test_tensorflow_two_workers_from_s3_to_bundle(
     assert lineage["git_revision"] and "tensorflow" in lineage["libraries"]
     keys = {o["Key"] for o in moto_server.client("s3").list_objects_v2(Bucket="models")["Contents"]}
     run = result["run_name"]
-    for name in ("bundle.json", "model.weights.h5", "plots/roc.png", "plots/features.png"):
+    for name in ("bundle.json", "model.weights.h5", "model.onnx", "plots/roc.png"):
         assert f"bundles/tth-test/{run}/{name}" in keys
+    assert bundle.onnx["converter"].startswith("tf2onnx") and bundle.onnx["max_abs_diff"] <= 1e-5
     assert any(k.startswith(f"runs/checkpoints/{run}/unit-00001/") for k in keys)
     # raw events in, the same numbers as the job's own transform
     import uproot
@@ -198,6 +199,15 @@ def test_xrootd_source_with_torch_in_per_chunk_mode(
     assert bundle.lineage["files"] and all(k.startswith("root://") for k in bundle.lineage["files"])
     scores = bundle.predict_vectorized(bundle.reference["X"], bundle.reference["mask"])
     np.testing.assert_allclose(scores, bundle.reference["scores"], rtol=1e-5, atol=1e-6)
+    # the user's architecture is served from its ONNX graph: no user code in the server
+    import bentoml
+
+    from mlaas4hep.serve.predictor import Predictor
+
+    served = Predictor.load(bentoml.models.get(result["tag"]).path, result["tag"])
+    assert served.mode == "onnx"
+    X, mask = bundle.reference["X"], bundle.reference["mask"]
+    np.testing.assert_allclose(served.forward(X, mask), scores, rtol=0, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,219 @@
+"""ONNX graphs of trained models: export (Keras, PyTorch), checks, and a scoring session.
+
+Every model the training job trains is exported to ``model.onnx`` with one fixed
+signature: input ``features`` (float32 ``[n, F]``) and, for a model that takes the
+padding mask, ``mask`` (bool ``[n, F]``); one output, the probability of each event
+(``[n]`` or ``[n, 1]``). Keras models go through tf2onnx, PyTorch ones through
+``torch.onnx`` (its TorchScript exporter). The graph is then scored with ONNX Runtime on
+held-out rows and compared with the framework's own outputs (:func:`export_model`): an
+export that fails, or differs by more than :data:`TOLERANCE`, fails the job with one line.
+
+Serving scores the graph with :class:`OnnxForward`, so any architecture is served
+without running its author's code. What it loads is checked first
+(:func:`check_graph`): standard operator domains only (no custom-op libraries), no tensor
+stored outside the file (an external-data path could name any file of the server), and
+the inputs of the signature above, with the bundle's feature count.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlaas4hep import extras
+from mlaas4hep.errors import ConfigError
+from mlaas4hep.model.frameworks import predict_arrays
+from mlaas4hep.stream.batches import FEATURES, MASK, model_inputs
+
+ONNX_FILE = "model.onnx"
+OPSET = 17
+#: Largest difference allowed between the framework's and ONNX Runtime's probabilities.
+TOLERANCE = 1e-5
+STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
+
+
+class ExportError(ConfigError):
+    """A trained model that cannot be exported to ONNX, or whose export disagrees."""
+
+
+def export_model(
+    model: Any,
+    framework: str,
+    with_mask: bool,
+    directory: Path,
+    X: np.ndarray,
+    mask: np.ndarray,
+) -> dict[str, Any]:
+    """Write ``directory/model.onnx``, check it on the held-out rows ``X``/``mask``
+    against the framework's outputs, and return what the manifest records of it."""
+    path = Path(directory) / ONNX_FILE
+    n_features = X.shape[1]
+    try:
+        if framework == "torch":
+            converter = _export_torch(model, with_mask, n_features, path)
+        else:
+            converter = _export_keras(model, with_mask, n_features, path)
+    except ExportError:
+        raise
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise ExportError(
+            f"the {framework} model could not be exported to ONNX: {type(err).__name__}: {first}"
+        ) from None
+    try:
+        forward = OnnxForward(path.read_bytes(), n_features, with_mask, where=ONNX_FILE)
+    except ConfigError as err:  # e.g. a model traced into constants: no inputs left
+        raise ExportError(
+            f"the ONNX export of the {framework} model is not usable: {err}"
+        ) from None
+    got = forward(X, mask)
+    expected = predict_arrays(model, framework, X, mask, with_mask)
+    worst = float(np.max(np.abs(got - expected))) if len(X) else 0.0
+    if not worst <= TOLERANCE:
+        raise ExportError(
+            f"the ONNX export of the {framework} model disagrees with it by {worst:.3g} on "
+            f"{len(X)} held-out events (more than {TOLERANCE:g})"
+        )
+    ort = extras.require("onnxruntime")
+    onnx = extras.require("onnx")
+    return {
+        "file": ONNX_FILE,
+        "opset": OPSET,
+        "inputs": [FEATURES, MASK] if with_mask else [FEATURES],
+        "converter": converter,
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+        "checked_rows": len(X),
+        "max_abs_diff": worst,
+    }
+
+
+def _export_torch(model: Any, with_mask: bool, n_features: int, path: Path) -> str:
+    import warnings
+
+    torch = extras.torch()
+
+    class Signature(torch.nn.Module):
+        """(features[, mask]) → one probability per event, whatever the model takes."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, features: Any, mask: Any = None) -> Any:
+            return self.model(model_inputs(features, mask, with_mask)).reshape(-1)
+
+    example: tuple[Any, ...] = (torch.zeros(2, n_features),)
+    names = [FEATURES]
+    if with_mask:
+        example += (torch.ones(2, n_features, dtype=torch.bool),)
+        names.append(MASK)
+    axes = {name: {0: "n"} for name in [*names, "scores"]}
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation notes
+        torch.onnx.export(
+            Signature().eval(), example, str(path), input_names=names, output_names=["scores"],
+            dynamic_axes=axes, opset_version=OPSET, dynamo=False,
+        )  # fmt: skip
+    return f"torch.onnx {torch.__version__}"
+
+
+def _export_keras(model: Any, with_mask: bool, n_features: int, path: Path) -> str:
+    tf = extras.tensorflow()
+    tf2onnx = extras.require("tf2onnx")
+    signature = [tf.TensorSpec((None, n_features), tf.float32, name=FEATURES)]
+    if with_mask:
+        signature.append(tf.TensorSpec((None, n_features), tf.bool, name=MASK))
+    tf2onnx.convert.from_keras(model, input_signature=signature, opset=OPSET, output_path=str(path))
+    return f"tf2onnx {tf2onnx.__version__}"
+
+
+# ---------------------------------------------------------------------------- serving
+
+
+def check_graph(data: bytes, n_features: int, with_mask: bool, where: str) -> None:
+    """Refuse a graph serving must not load: custom-op domains, tensors stored outside
+    the file, or inputs other than the bundle's signature."""
+    onnx = extras.require("onnx")
+    try:
+        graph_model = onnx.load_from_string(data)
+    except Exception as err:
+        raise ConfigError(f"{where} is not an ONNX model ({type(err).__name__})") from None
+    domains = {o.domain for o in graph_model.opset_import} | {
+        n.domain for n in graph_model.graph.node
+    }
+    foreign = sorted(domains - STANDARD_DOMAINS)
+    if foreign or graph_model.functions:
+        raise ConfigError(
+            f"{where} uses operators outside the standard ONNX domains "
+            f"({', '.join(foreign) or 'model-local functions'}): refused"
+        )
+    for tensor in _tensors(graph_model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
+            raise ConfigError(f"{where} stores tensor {tensor.name!r} outside the file: refused")
+    expected = {FEATURES: onnx.TensorProto.FLOAT}
+    if with_mask:
+        expected[MASK] = onnx.TensorProto.BOOL
+    initializers = {t.name for t in graph_model.graph.initializer}
+    inputs = {i.name: i for i in graph_model.graph.input if i.name not in initializers}
+    if set(inputs) != set(expected):
+        raise ConfigError(
+            f"{where} takes inputs {sorted(inputs)}, not {sorted(expected)} as the bundle says"
+        )
+    for name, kind in expected.items():
+        tensor_type = inputs[name].type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+        if tensor_type.elem_type != kind or len(dims) != 2 or dims[1] != n_features:
+            raise ConfigError(
+                f"{where}: input {name!r} is not [n, {n_features}] of the expected type"
+            )
+
+
+def _tensors(graph: Any) -> list[Any]:
+    """Every tensor a graph holds: initializers and node attributes, subgraphs included."""
+    found = list(graph.initializer)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                found.append(attribute.t)
+            found.extend(attribute.tensors)
+            subgraphs = [attribute.g] if attribute.HasField("g") else []
+            for sub in [*subgraphs, *attribute.graphs]:
+                found.extend(_tensors(sub))
+    return found
+
+
+class OnnxForward:
+    """The forward pass of a checked ONNX graph in ONNX Runtime: ``(X, mask) → scores``.
+
+    One intra-op thread by default (a serving worker is one core, as for BLAS); the CUDA
+    execution provider when ``onnxruntime-gpu`` sees a GPU, else the CPU.
+    """
+
+    def __init__(
+        self, data: bytes, n_features: int, with_mask: bool, where: str, threads: int = 1
+    ) -> None:
+        check_graph(data, n_features, with_mask, where)
+        ort = extras.require("onnxruntime")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        available = ort.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider",) if p in available]
+        self.session = ort.InferenceSession(
+            data, sess_options=options, providers=[*providers, "CPUExecutionProvider"]
+        )
+        self.with_mask = with_mask
+        self.providers = self.session.get_providers()
+
+    def __call__(self, X: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        if len(X) == 0:
+            return np.zeros(0, dtype=np.float32)
+        feeds = {FEATURES: np.ascontiguousarray(X, dtype=np.float32)}
+        if self.with_mask:
+            feeds[MASK] = np.ascontiguousarray(mask, dtype=bool)
+        return np.asarray(self.session.run(None, feeds)[0], dtype=np.float32).reshape(-1)
