@@ -223,3 +223,61 @@ def test_the_generator_writes_either_format_with_the_same_events(tmp_path):
         with open_tree(b.path) as tree:
             bounds = tree.cluster_boundaries(tree.select())
         assert list(bounds) == [*range(0, b.events, 700), b.events]
+
+
+def test_served_scores_of_the_same_events_are_identical(tmp_path):
+    # /predict_file on the uploaded bytes of each format, one in-process server
+    pytest.importorskip("torch")
+    pytest.importorskip("bentoml")
+    from test_registry import make_bundle, ticking_clock
+
+    from mlaas4hep.serve.config import ServeConfig
+    from mlaas4hep.serve.protocol import JSON
+    from mlaas4hep.serve.registry import Registry
+    from mlaas4hep.serve.server import ModelServer
+
+    registry = Registry(tmp_path / "bentoml", clock=ticking_clock())
+    registry.promote(registry.add(make_bundle(tmp_path, 1), "tth"))
+    server = ModelServer(ServeConfig(model="tth"), registry, watch=False)
+    kwargs = {"n_events": 1800, "seed": 3, "block_size": 500}
+    answers = []
+    for fmt in ("ttree", "rntuple"):
+        files = make_tth_dataset(tmp_path / fmt, file_format=fmt, **kwargs)
+        pieces, _, _ = server.predict_file(files[1].path.read_bytes(), JSON)
+        answers.append(json.loads(b"".join(pieces)))
+    assert answers[0] == answers[1]
+    assert len(answers[0]["scores"]) == files[1].events
+
+
+def test_a_mixed_dataset_trains(tmp_path):
+    # the signal file as an RNTuple, the backgrounds as TTrees, one training config
+    pytest.importorskip("torch")
+    import shutil
+
+    import yaml
+
+    from mlaas4hep.model.bundle import ModelBundle
+    from mlaas4hep.training.local import main
+
+    kwargs = {"n_events": 4000, "seed": 3, "block_size": 1000}
+    data = tmp_path / "data"
+    make_tth_dataset(data, **kwargs)
+    stored = make_tth_dataset(tmp_path / "rntuple", file_format="rntuple", **kwargs)
+    shutil.copy(stored[0].path, data / stored[0].path.name)  # ttH_signal.root
+    config = {
+        "dataset": {
+            "files": [str(data)],
+            "labels": {"ttH_signal.root": 1, "*": 0},
+            "include": ["Jet_pt", "Jet_btagDeepB", "nJet", "HT"],
+        },
+        "vectorizer": {"padding": 6},
+        "training": {"epochs": 1, "chunk_size": 1000, "batch_size": 64},
+        "framework": "torch",
+        "output": {"location": str(tmp_path / "out"), "name": "mixed", "bentoml_store": False},
+    }
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["--config", str(path), "--device", "cpu", "--run-name", "mixed-1"]) == 0
+    summary = json.loads((tmp_path / "out" / "mixed-1" / "summary.json").read_text())
+    bundle = ModelBundle.load(summary["bundle"]["output"])
+    assert bundle.spec.entries == 4000 and bundle.spec.problems() == []
