@@ -281,3 +281,15 @@ def test_a_mixed_dataset_trains(tmp_path):
     summary = json.loads((tmp_path / "out" / "mixed-1" / "summary.json").read_text())
     bundle = ModelBundle.load(summary["bundle"]["output"])
     assert bundle.spec.entries == 4000 and bundle.spec.problems() == []
+
+
+def test_inspect_names_the_format(shared_data, capsys):
+    from mlaas4hep.cli import main
+
+    args = ["inspect", str(shared_data / NANO_RNTUPLE), "--include", "Jet_pt", "nJet"]
+    assert main([*args, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["format"], info["tree"], info["entries"]) == ("RNTuple", "Events", 10)
+    assert info["branches"]["Jet_pt"] == {"kind": "jagged", "dtype": "float32", "counter": "nJet"}
+    assert main(args) == 0
+    assert "RNTuple Events, 10 entries" in capsys.readouterr().out
