@@ -87,8 +87,8 @@ def test_cli_specs_over_s3_prefix_and_xrootd(urls, tmp_path):
         == 0
     )
     spec = DatasetSpec.from_json(output.read_text())
-    assert len(spec.files) == 4  # three files in the bucket plus one over XRootD
-    assert len(expand_sources(["s3://transport-data/"])) == 3
+    assert len(spec.files) == 5  # four files in the bucket (one RNTuple) plus one over XRootD
+    assert len(expand_sources(["s3://transport-data/"])) == 4
 
 
 def test_unreachable_and_missing_remote_files_name_the_url(urls, xrootd_server):
