@@ -164,6 +164,7 @@ def _inspect(args: argparse.Namespace) -> int:
         info = {
             "file": root_tree.url,
             "tree": root_tree.tree_name,
+            "format": root_tree.format,
             "entries": root_tree.num_entries,
             "branches": {
                 n: {
@@ -178,7 +179,10 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.json:
         out.print_json(json.dumps(info))
         return 0
-    out.print(f"[bold]{info['file']}[/]  tree [cyan]{info['tree']}[/], {info['entries']} entries")
+    out.print(
+        f"[bold]{info['file']}[/]  {info['format']} [cyan]{info['tree']}[/], "
+        f"{info['entries']} entries"
+    )
     table = Table("branch", "kind", "dtype", "counter")
     for name, branch in info["branches"].items():
         table.add_row(name, branch["kind"], branch["dtype"], branch.get("counter", ""))

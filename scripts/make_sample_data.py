@@ -5,6 +5,7 @@ Examples::
     python scripts/make_sample_data.py --preset tth --out data/tth --events 100000
     python scripts/make_sample_data.py --preset paper --out data/paper --events 1000000 \\
         --files 4 --compression zstd --level 5
+    python scripts/make_sample_data.py --preset tth --out data/tth-rntuple --format rntuple
 
 It shows a progress bar while writing, then prints each file with its events, size and
 bytes per event, and writes ``labels.json`` (file name → label) next to the files.
@@ -35,6 +36,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--compression", choices=samples.COMPRESSIONS, default="zlib")
     parser.add_argument("--level", type=int, default=None, help="compression level")
+    parser.add_argument(
+        "--format",
+        dest="file_format",
+        choices=samples.FILE_FORMATS,
+        default="ttree",
+        help="store the events as a TTree or an RNTuple",
+    )
     parser.add_argument("--files", type=int, default=4, help="number of files (paper preset)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser.parse_args(argv)
@@ -47,6 +55,7 @@ def generate(args: argparse.Namespace) -> list[samples.SampleFile]:
         "compression": args.compression,
         "level": args.level,
         "show_progress": not args.no_progress,
+        "file_format": args.file_format,
     }
     if args.preset == "tth":
         return samples.make_tth_dataset(args.out, args.events, **common)

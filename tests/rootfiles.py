@@ -23,10 +23,13 @@ def write_events(
     basket: int | None = None,
     extra: dict | None = None,
     tree: str = "Events",
+    file_format: str = "ttree",
 ) -> Path:
     """A NanoAOD-like file: nJet/Jet_pt/Jet_eta jagged, MET_pt/nPV/event flat.
 
-    ``basket`` writes the tree in several extend() calls (several clusters).
+    ``basket`` writes the tree in several extend() calls (several baskets, or clusters);
+    ``file_format="rntuple"`` writes the same events as an RNTuple (``Jet`` one field of
+    records, which the library reads as ``nJet``/``Jet_pt``/``Jet_eta``).
     """
     rng = np.random.default_rng(seed)
     counts = rng.poisson(4, n)
@@ -48,7 +51,9 @@ def write_events(
     with uproot.recreate(path) as file:
         for start in range(0, n, step):
             part = {k: v[start : start + step] for k, v in data.items()}
-            if start == 0:
+            if start == 0 and file_format == "rntuple":
+                ttree = file.mkrntuple(tree, {k: _entry_type(v) for k, v in part.items()})
+            elif start == 0:
                 # mktree: assigning a dict would write an RNTuple with recent uproot.
                 ttree = file.mktree(tree, {k: _type(v) for k, v in part.items()})
             ttree.extend(part)
@@ -57,6 +62,10 @@ def write_events(
 
 def _type(array):
     return array.dtype if isinstance(array, np.ndarray) else array.type
+
+
+def _entry_type(array):
+    return array.dtype if isinstance(array, np.ndarray) else array.type.content
 
 
 def write_uncompressed(path: Path, data: dict, tree: str = "Events") -> Path:

@@ -19,6 +19,7 @@ from rootfiles import write_events, write_stated_totals
 
 from mlaas4hep.errors import BranchError, ColumnError, ReadError
 from mlaas4hep.io import tree as tree_module
+from mlaas4hep.io import ttree as ttree_module
 from mlaas4hep.io.branches import NonNumericBranchWarning
 from mlaas4hep.io.codec import use_zlib_library
 from mlaas4hep.io.columns import check_layout, check_offsets, jagged_parts
@@ -142,7 +143,7 @@ def test_tree_detection(tmp_path):
         open_tree(path)
     with open_tree(path, "b") as tree:
         assert tree.num_entries == 3
-    with pytest.raises(ReadError, match="no TTree named 'c'"):
+    with pytest.raises(ReadError, match="no TTree or RNTuple named 'c'"):
         open_tree(path, "c")
     empty = tmp_path / "empty.root"
     with uproot.recreate(empty) as file:
@@ -237,8 +238,8 @@ def test_a_file_stating_one_byte_a_branch_still_reads_in_bounded_steps(tmp_path)
 
 
 def test_stated_totals_of_one_byte_are_raised_to_what_the_types_need(shared_data, monkeypatch):
-    monkeypatch.setattr(tree_module, "_uncompressed_bytes", lambda branch: 1)
-    monkeypatch.setattr(tree_module, "_compressed_bytes", lambda branch: 1)
+    monkeypatch.setattr(ttree_module, "_uncompressed_bytes", lambda branch: 1)
+    monkeypatch.setattr(ttree_module, "_compressed_bytes", lambda branch: 1)
     with open_tree(shared_data / "uproot-HZZ.root") as tree:
         names = ["NJet", "Jet_Px", "MET_px"]  # int32, float32 lists, float32: 12 B an entry
         assert tree.step_entries(names, "12 kB") == 1000
@@ -268,7 +269,7 @@ def test_compressed_bytes_beyond_the_stated_totals_are_bounded_by_the_file_size(
     shared_data, monkeypatch
 ):
     # a basket table stating petabytes would otherwise make every step one entry
-    monkeypatch.setattr(tree_module, "_compressed_bytes", lambda branch: 10**15)
+    monkeypatch.setattr(ttree_module, "_compressed_bytes", lambda branch: 10**15)
     path = shared_data / "uproot-HZZ.root"
     with open_tree(path) as tree:
         stated = tree.tree["NJet"].member("fTotBytes")
@@ -295,8 +296,8 @@ def test_memory_steps_stay_within_the_cap_and_what_the_types_allow(
     stated_of = dict(zip(STEP_BRANCHES, stated, strict=True))
     compressed_of = dict(zip(STEP_BRANCHES, compressed, strict=True))
     with (
-        mock.patch.object(tree_module, "_uncompressed_bytes", lambda b: stated_of[b.name]),
-        mock.patch.object(tree_module, "_compressed_bytes", lambda b: compressed_of[b.name]),
+        mock.patch.object(ttree_module, "_uncompressed_bytes", lambda b: stated_of[b.name]),
+        mock.patch.object(ttree_module, "_compressed_bytes", lambda b: compressed_of[b.name]),
         mock.patch.object(RootTree, "num_entries", property(lambda self: entries)),
     ):
         step = hzz_tree.step_entries(list(STEP_BRANCHES), f"{target} B")

@@ -3,7 +3,9 @@
 One module per location scheme behind one small interface, as uproot's ``source/*.py``
 (:mod:`.location` defines :class:`~.location.Location` and picks one by URL;
 :mod:`.local`, :mod:`.s3`, :mod:`.xrootd`, :mod:`.https` implement it). On top of them:
-opening a tree and classifying its branches (:mod:`.tree`, :mod:`.branches`), the
+opening the TTree or RNTuple of a file and classifying its branches (:mod:`.tree`
+behind one :class:`~.event_source.EventSource`, :mod:`.ttree`, :mod:`.rntuple`,
+:mod:`.branches`), the
 content identity of a file (:mod:`.identity`), turning paths, directories, globs and
 prefixes into file URLs (:mod:`.expand`), small documents (:mod:`.documents`), the
 inflate library for ZLIB baskets (:mod:`.codec`), one name-matching rule

@@ -1,12 +1,12 @@
-"""Opening the tree of a ROOT file, wherever it lives, and reading chunks of branches.
+"""Opening the events of a ROOT file, wherever it lives, and reading chunks of branches.
 
 One entry point, :func:`open_tree`, takes a local path or a URL of any
 :class:`~mlaas4hep.io.location.Location` (``root://``, ``s3://``, ``https://``). It finds
-the tree when the file holds exactly one, classifies branches into numeric
-``flat``/``jagged`` ones and skipped non-numeric ones, and maps every transport or
-decoding failure to :class:`~mlaas4hep.errors.ReadError` naming the file, so that one
-bad file in a dataset gives one clear line instead of a traceback from deep inside
-uproot.
+the TTree or RNTuple when the file holds exactly one, reads it through one
+:class:`~mlaas4hep.io.event_source.EventSource` (:mod:`.ttree`, :mod:`.rntuple`: the same
+branch-like names and kinds for both formats), and maps every transport or decoding
+failure to :class:`~mlaas4hep.errors.ReadError` naming the file, so that one bad file in
+a dataset gives one clear line instead of a traceback from deep inside uproot.
 """
 
 from __future__ import annotations
@@ -21,30 +21,32 @@ import numpy as np
 import uproot
 
 from mlaas4hep.errors import ColumnError, ReadError
-from mlaas4hep.io.branches import classify_branches, select_branches
+from mlaas4hep.io.branches import select_branches
 from mlaas4hep.io.codec import ensure_inflate_library
 from mlaas4hep.io.columns import check_layout
+from mlaas4hep.io.event_source import EventSource
 from mlaas4hep.io.failures import READ_FAILURES, as_read_error
 from mlaas4hep.io.location import normalize_url
+from mlaas4hep.io.rntuple import RNTUPLE_CLASSES, RNTupleEvents
 from mlaas4hep.io.schemes import location_of
-
-TREE_CLASSES = ("TTree", "TNtuple")
+from mlaas4hep.io.ttree import TREE_CLASSES, TTreeEvents
 
 #: The most entries in one step of a memory-sized iteration (``"64 MB"``), whatever the
 #: file's metadata say: one million float32 values are 4 MB a branch, steps small enough
 #: for a 2 GB function and large enough that a step's overhead does not show.
 MAX_STEP_ENTRIES = 1_000_000
 
-#: Bytes every entry of a variable-length branch takes in its basket at least: the
-#: entry's offset (a 4-byte integer ROOT stores after the basket's data).
-ENTRY_OFFSET_BYTES = 4
+#: What each class of stored events is called in messages.
+_FORMATS = {**dict.fromkeys(TREE_CLASSES, "TTree"), **dict.fromkeys(RNTUPLE_CLASSES, "RNTuple")}
 
 
 class RootTree:
-    """An open TTree and the file that holds it; closes the file on exit.
+    """The events of a ROOT file (a TTree or an RNTuple) and the file that holds them;
+    closes the file on exit.
 
-    ``branches`` lists the numeric branches (name → :class:`BranchInfo`) in tree order,
-    ``skipped`` the non-numeric ones with the reason.
+    ``branches`` lists the numeric branches (name → :class:`BranchInfo`) in the file's
+    order, ``skipped`` the non-numeric ones with the reason, ``format`` says ``"TTree"``
+    or ``"RNTuple"`` and ``tree`` is uproot's object.
     """
 
     def __init__(
@@ -71,19 +73,28 @@ class RootTree:
             try:
                 self.tree = self._file[self.tree_name]
             except uproot.KeyInFileError as err:
-                raise ReadError(self.url, f"no TTree named {self.tree_name!r}") from err
+                raise ReadError(self.url, f"no TTree or RNTuple named {self.tree_name!r}") from err
             except READ_FAILURES as err:
                 raise as_read_error(self.url, err) from err
-            if not isinstance(self.tree, uproot.behaviors.TTree.TTree):
-                raise ReadError(self.url, f"{self.tree_name!r} is not a TTree")
-            self.branches, self.skipped = classify_branches(self.tree)
+            try:
+                self.events = _events_of(self.tree, self.url, self.tree_name)
+            except ReadError:
+                raise
+            except READ_FAILURES as err:
+                raise as_read_error(self.url, err) from err
+            self.branches, self.skipped = self.events.branches, self.events.skipped
         except BaseException:
             self.close()
             raise
 
     @property
+    def format(self) -> str:
+        """``"TTree"`` or ``"RNTuple"``."""
+        return self.events.format
+
+    @property
     def num_entries(self) -> int:
-        return int(self.tree.num_entries)
+        return self.events.num_entries
 
     def close(self) -> None:
         self._file.close()
@@ -93,6 +104,10 @@ class RootTree:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __contains__(self, name: object) -> bool:
+        """True when the file holds a branch of that name, numeric or not."""
+        return name in self.events
 
     def select(
         self,
@@ -107,12 +122,12 @@ class RootTree:
         )
 
     def cluster_boundaries(self, branches: Sequence[str]) -> np.ndarray:
-        """Entry numbers where every given branch starts a new basket (cheap read units)."""
+        """Entry numbers where every given branch starts a new basket or cluster (cheap
+        read units), from 0 to the number of entries."""
         try:
-            offsets = self.tree.common_entry_offsets(filter_name=list(branches))
-        except READ_FAILURES:  # pragma: no cover - defensive, uproot is permissive here
-            offsets = [0, self.num_entries]
-        return np.asarray(offsets, dtype=np.int64)
+            return self.events.cluster_boundaries(branches)
+        except READ_FAILURES as err:
+            raise as_read_error(self.url, err) from err
 
     def arrays(
         self,
@@ -126,16 +141,8 @@ class RootTree:
 
         ``executor`` (a ``concurrent.futures`` executor) decompresses baskets in parallel.
         """
-        options = {"decompression_executor": executor} if executor is not None else {}
         try:
-            out = self.tree.arrays(
-                list(branches),
-                entry_start=entry_start,
-                entry_stop=entry_stop,
-                library="ak",
-                how=dict,
-                **options,
-            )
+            out = self.events.arrays(branches, entry_start, entry_stop, executor)
         except READ_FAILURES as err:
             raise as_read_error(self.url, err) from err
         return self._checked(out)
@@ -162,14 +169,11 @@ class RootTree:
         ``step_size`` is a number of events or a memory size such as ``"64 MB"``; memory
         stays bounded whatever the size of the file.
         """
-        iterator = self.tree.iterate(
-            list(branches),
-            step_size=self.step_entries(branches, step_size),
-            entry_start=entry_start,
-            entry_stop=entry_stop,
-            library="ak",
-            how=dict,
-        )
+        step = self.step_entries(branches, step_size)
+        try:
+            iterator = self.events.iterate(branches, step, entry_start, entry_stop)
+        except READ_FAILURES as err:
+            raise as_read_error(self.url, err) from err
         while True:
             try:
                 chunk = next(iterator)
@@ -181,25 +185,12 @@ class RootTree:
 
     def step_entries(self, branches: Sequence[str], step_size: int | str) -> int:
         """``step_size`` as a number of entries: an int as it is; a memory size such as
-        ``"64 MB"`` as the entries whose uncompressed ``branches`` fill it, never more
-        than :data:`MAX_STEP_ENTRIES`.
+        ``"64 MB"`` as the entries whose uncompressed ``branches`` fill it (from the
+        metadata, reading no basket or page: see the formats' ``step_entries``), never
+        more than :data:`MAX_STEP_ENTRIES` whatever the metadata say.
 
         An int is the caller's own choice of entries and is not bounded: choosing the
         entries of a step is legitimate (the predictor reads in fixed event counts).
-
-        uproot's own conversion reads the key header of every basket to learn its size:
-        one round trip per basket, in sequence (240 GETs before the first byte of data for
-        a 90 MB paper-layout file on S3; on moto each GET even copies the whole object).
-        The branches' metadata already hold that total (``fTotBytes``: every basket's
-        uncompressed bytes and key header), so this reads nothing and gives uproot's
-        number for a whole-tree iteration (the whole tree's average for a part of it).
-
-        That total is the file's own word, though: a hostile file that states one byte
-        would make the whole tree one step and blow the memory up. So the total counts
-        at least what the branches' types need (:func:`_least_entry_bytes` per entry) and
-        at least the compressed bytes their baskets occupy (bounded by the file's size),
-        and the step never exceeds :data:`MAX_STEP_ENTRIES` whatever the metadata say.
-        Both bounds hold for honest files, which keep uproot's number.
         """
         if isinstance(step_size, int | np.integer):
             return int(step_size)
@@ -207,84 +198,19 @@ class RootTree:
             step_size, f"a number of entries or a memory size such as '64 MB', not {step_size!r}"
         )
         try:
-            total = self._step_bytes(list(dict.fromkeys(branches)))
+            entries = self.events.step_entries(list(branches), int(target), self.num_entries)
         except READ_FAILURES as err:
             raise as_read_error(self.url, err) from err
-        if total <= 0:
-            return 1
-        return int(min(MAX_STEP_ENTRIES, max(1, round(target * self.num_entries / total))))
-
-    def _step_bytes(self, names: Sequence[str]) -> int:
-        """The uncompressed bytes of the baskets of ``names`` that a memory step size is
-        measured against: each branch's stated total, raised to what its type needs and
-        to the compressed bytes its baskets occupy (reads no basket).
-
-        What the compressed bytes add beyond the stated totals is bounded by the size of
-        the file (a hostile basket table cannot shrink the steps to nothing); an honest
-        file adds nothing, so only a file that does is asked for its size.
-        """
-        entries = self.num_entries
-        stated = beyond = 0
-        for name in names:
-            branch = self.tree[name]
-            bound = max(_uncompressed_bytes(branch), entries * _least_entry_bytes(branch))
-            stated += bound
-            beyond += max(_compressed_bytes(branch) - bound, 0)
-        if beyond > 0:
-            beyond = min(beyond, self._file_size())
-        return stated + beyond
-
-    def _file_size(self) -> int:
-        """The size of the file in bytes, as its transport knows it (not its header)."""
-        return int(self._file.file.source.num_bytes)
+        return int(min(MAX_STEP_ENTRIES, max(1, entries)))
 
 
-def _uncompressed_bytes(branch: Any) -> int:
-    """Uncompressed bytes of a branch's baskets (with key headers), as its metadata state.
-
-    A branch without ``fTotBytes`` (baskets embedded in the metadata, as a writer that
-    stopped early leaves them) sums its embedded baskets, which are in memory, and
-    counts its other baskets by their compressed bytes: their uncompressed size would
-    take reading each basket's key.
-    """
-    total = int(branch.member("fTotBytes", none_if_missing=True) or 0)
-    if total > 0:
-        return total
-    embedded = branch.embedded_baskets
-    return _normal_basket_bytes(branch, len(embedded)) + sum(
-        int(basket.uncompressed_bytes) for basket in embedded
-    )
-
-
-def _compressed_bytes(branch: Any) -> int:
-    """Compressed bytes of a branch's baskets (with key headers), from the metadata that
-    locates them: a basket stated smaller than it is cannot be read."""
-    embedded = branch.embedded_baskets
-    return _normal_basket_bytes(branch, len(embedded)) + sum(
-        int(basket.compressed_bytes) for basket in embedded
-    )
-
-
-def _normal_basket_bytes(branch: Any, n_embedded: int) -> int:
-    """Sum of ``fBasketBytes`` over the branch's normal (not embedded) baskets."""
-    stated = branch.member("fBasketBytes", none_if_missing=True)
-    sizes = np.asarray(stated if stated is not None else [], dtype=np.int64)
-    return int(np.clip(sizes[: max(branch.num_baskets - n_embedded, 0)], 0, None).sum())
-
-
-def _least_entry_bytes(branch: Any) -> int:
-    """Bytes one entry of ``branch`` takes in its baskets at least, from its type alone:
-    a fixed-width value (or fixed-size array) its width, a variable-length list its
-    entry offset and list header, anything else nothing."""
-    try:
-        interp = branch.interpretation
-    except Exception:  # no interpretation: no bound from the type
-        return 0
-    if isinstance(interp, uproot.interpretation.numerical.AsDtype):
-        return int(interp.from_dtype.itemsize)
-    if isinstance(interp, uproot.interpretation.jagged.AsJagged):
-        return ENTRY_OFFSET_BYTES + int(interp.header_bytes)
-    return 0
+def _events_of(tree: Any, url: str, name: str) -> EventSource:
+    """The event source of uproot's object ``tree`` (a ReadError for anything else)."""
+    if isinstance(tree, uproot.behaviors.TTree.TTree):
+        return TTreeEvents(tree)
+    if isinstance(tree, uproot.behaviors.RNTuple.RNTuple):
+        return RNTupleEvents(tree)
+    raise ReadError(url, f"{name!r} is not a TTree or an RNTuple")
 
 
 class MemoryFile(io.RawIOBase):
@@ -330,14 +256,20 @@ def open_tree(
 
 
 def only_tree(file: Any, url: str) -> str:
-    """The name of the one tree an open file holds (a ReadError for none or several)."""
+    """The name of the one TTree or RNTuple an open file holds (a ReadError for none or
+    several, naming them: the ``tree`` option chooses one)."""
     try:
         classnames = file.classnames()
     except READ_FAILURES as err:
         raise as_read_error(url, err) from err
-    trees = sorted({key.split(";")[0] for key, cls in classnames.items() if cls in TREE_CLASSES})
-    if not trees:
-        raise ReadError(url, "the file holds no TTree")
-    if len(trees) > 1:
-        raise ReadError(url, f"the file holds several TTrees ({', '.join(trees)}); choose one")
-    return trees[0]
+    found = {key.split(";")[0]: _FORMATS[cls] for key, cls in classnames.items() if cls in _FORMATS}
+    if not found:
+        raise ReadError(url, "the file holds no TTree or RNTuple")
+    if len(found) > 1:
+        single = len(set(found.values())) == 1
+        kinds = f"{next(iter(found.values()))}s" if single else "TTrees and RNTuples"
+        listed = ", ".join(
+            name if single else f"{name} ({kind})" for name, kind in sorted(found.items())
+        )
+        raise ReadError(url, f"the file holds several {kinds} ({listed}); choose one")
+    return next(iter(found))

@@ -32,6 +32,11 @@ of records zipped per collection (``ak.zip({"pt": ..., "eta": ...})``), which up
 turns into an ``int32`` counter ``nJet`` and jagged branches ``Jet_pt``, ``Jet_eta``, …
 Jagged collections are sorted by pt, descending, within each event. The tree is called
 ``Events``.
+
+``file_format`` chooses how the events are stored: ``"ttree"`` (the default) or
+``"rntuple"``, where the collection ``Jet`` is one field of records, which the library
+reads under the same names (``Jet_pt``, ``nJet``: see :mod:`mlaas4hep.io.rntuple`).
+Each block is one basket per branch, or one cluster.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import awkward as ak
 import numpy as np
@@ -67,6 +73,9 @@ DEFAULT_LEVELS = {"zlib": 1, "lz4": 4, "zstd": 5}
 
 #: Compression names accepted by the generators and the CLI.
 COMPRESSIONS = ("zlib", "lz4", "zstd", "none")
+
+#: How the events of a file can be stored: a TTree (``mktree``) or an RNTuple.
+FILE_FORMATS = ("ttree", "rntuple")
 
 
 @dataclass(frozen=True)
@@ -132,6 +141,7 @@ def make_tth_dataset(
     show_progress: bool = False,
     *,
     block_size: int = DEFAULT_BLOCK_EVENTS,
+    file_format: str = "ttree",
 ) -> list[SampleFile]:
     """Write the ttH(H→bb)-like data set: ``ttH_signal.root`` and eight background files.
 
@@ -156,7 +166,9 @@ def make_tth_dataset(
         )
         for p, size in zip(TTH_PROCESSES, sizes, strict=True)
     ]
-    return _write_dataset(out_dir, plan, seed, compression, level, show_progress, block_size)
+    return _write_dataset(
+        out_dir, plan, seed, compression, level, show_progress, block_size, file_format
+    )
 
 
 def make_paper_dataset(
@@ -169,6 +181,7 @@ def make_paper_dataset(
     show_progress: bool = False,
     *,
     block_size: int = DEFAULT_BLOCK_EVENTS,
+    file_format: str = "ttree",
 ) -> list[SampleFile]:
     """Write the MLaaS4HEP paper benchmark layout: ``paper_0.root`` … ``paper_{n-1}.root``.
 
@@ -186,7 +199,9 @@ def make_paper_dataset(
         signal = i % 2 == 0
         process = "signal" if signal else "background"
         plan.append((f"paper_{i}.root", process, int(signal), size, paper_block(signal)))
-    return _write_dataset(out_dir, plan, seed, compression, level, show_progress, block_size)
+    return _write_dataset(
+        out_dir, plan, seed, compression, level, show_progress, block_size, file_format
+    )
 
 
 # ----------------------------------------------------------------------------- writing
@@ -228,6 +243,12 @@ def _branch_types(block: Block) -> dict[str, object]:
     return {k: v.type if isinstance(v, ak.Array) else v.dtype for k, v in block.items()}
 
 
+def _field_types(block: Block) -> dict[str, object]:
+    """The ``mkrntuple`` type of every entry of a block (dtype, or awkward type of an
+    entry)."""
+    return {k: v.type.content if isinstance(v, ak.Array) else v.dtype for k, v in block.items()}
+
+
 def _write_file(
     path: Path,
     generate: BlockGenerator,
@@ -237,21 +258,25 @@ def _write_file(
     compression: uproot.compression.Compression | None,
     block_size: int,
     advance: Callable[[str, int], None],
+    file_format: str = "ttree",
 ) -> None:
-    """Generate ``n_events`` in blocks and append them to a new ``Events`` tree.
+    """Generate ``n_events`` in blocks and append them to a new ``Events`` TTree (or
+    RNTuple, for ``file_format="rntuple"``).
 
     Block ``b`` draws from ``default_rng([*seed_key, b])``, so that files and blocks have
     independent, reproducible streams; ``event`` numbers run on from ``first_event``.
     """
     with uproot.recreate(path, compression=compression) as file:
-        tree = None
+        tree: Any = None
         for b, start in enumerate(range(0, n_events, block_size)):
             n = min(block_size, n_events - start)
             block = generate(np.random.default_rng([*seed_key, b]), n)
             block["event"] = np.arange(
                 first_event + start, first_event + start + n, dtype=np.uint64
             )
-            if tree is None:
+            if tree is None and file_format == "rntuple":
+                tree = file.mkrntuple(TREE_NAME, _field_types(block))
+            elif tree is None:
                 tree = file.mktree(
                     TREE_NAME,
                     _branch_types(block),
@@ -270,8 +295,13 @@ def _write_dataset(
     level: int | None,
     show_progress: bool,
     block_size: int,
+    file_format: str = "ttree",
 ) -> list[SampleFile]:
     """Write every ``(file name, process, label, events, generator)`` of ``plan``."""
+    if file_format not in FILE_FORMATS:
+        raise ConfigError(
+            f"file_format must be one of {', '.join(FILE_FORMATS)}, not {file_format!r}"
+        )
     if block_size < 1:
         raise ConfigError(f"block_size must be at least 1, got {block_size}")
     if seed < 0:
@@ -284,7 +314,17 @@ def _write_dataset(
     with _progress(sum(p[3] for p in plan), show_progress) as advance:
         for i, (name, process, label, n, generate) in enumerate(plan):
             path = out / name
-            _write_file(path, generate, n, (seed, i), int(firsts[i]), codec, block_size, advance)
+            _write_file(
+                path,
+                generate,
+                n,
+                (seed, i),
+                int(firsts[i]),
+                codec,
+                block_size,
+                advance,
+                file_format,
+            )
             written.append(SampleFile(path=path, events=n, label=label, process=process))
     return written
 

@@ -234,7 +234,7 @@ class ModelServer:
                         field=field,
                         status=413,
                     )
-                missing = [b for b in predictor.branches if b not in root_tree.tree]
+                missing = [b for b in predictor.branches if b not in root_tree]
                 if missing:
                     raise BranchError(
                         f"{root_tree.url}: tree {root_tree.tree_name!r} lacks the "

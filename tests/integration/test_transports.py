@@ -18,7 +18,12 @@ from mlaas4hep.transform.vectorizer import Vectorizer
 
 pytestmark = pytest.mark.integration
 
-FILES = ["uproot-HZZ.root", "uproot-HZZ-lz4.root", "nanoAOD_2015_CMS_Open_Data_ttbar.root"]
+FILES = [
+    "uproot-HZZ.root",
+    "uproot-HZZ-lz4.root",
+    "nanoAOD_2015_CMS_Open_Data_ttbar.root",
+    "cmsopendata2015_ttbar_19980_NANOAOD_RNTupleImporter_rntuple_v1-0-0-1.root",  # RNTuple
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +49,17 @@ def test_specs_are_identical_across_transports(urls, name):
     assert "etag" in specs["s3"].identity and "adler32" in specs["root"].identity
 
 
-def test_chunk_streams_are_identical_across_transports(urls):
-    names = FILES[:2]
+@pytest.mark.parametrize(
+    ("names", "include"),
+    [
+        (FILES[:2], ["Jet_*", "Muon_*", "MET_*"]),
+        (FILES[2:], ["Jet_pt", "Jet_eta", "nMuon", "MET_pt"]),  # a TTree and an RNTuple
+    ],
+    ids=["ttrees", "ttree+rntuple"],
+)
+def test_chunk_streams_are_identical_across_transports(urls, names, include):
     spec = DatasetSpec([compute_file_spec(urls[n]["local"]) for n in names])
-    vectorizer = Vectorizer(spec, ["Jet_*", "Muon_*", "MET_*"])
+    vectorizer = Vectorizer(spec, include)
     results = {}
     for kind in ("local", "root", "s3"):
         stream = ChunkStream([urls[n][kind] for n in names], vectorizer=vectorizer, chunk_size=1000)
@@ -75,8 +87,8 @@ def test_cli_specs_over_s3_prefix_and_xrootd(urls, tmp_path):
         == 0
     )
     spec = DatasetSpec.from_json(output.read_text())
-    assert len(spec.files) == 4  # three files in the bucket plus one over XRootD
-    assert len(expand_sources(["s3://transport-data/"])) == 3
+    assert len(spec.files) == 5  # four files in the bucket (one RNTuple) plus one over XRootD
+    assert len(expand_sources(["s3://transport-data/"])) == 4
 
 
 def test_unreachable_and_missing_remote_files_name_the_url(urls, xrootd_server):
