@@ -24,6 +24,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -31,11 +32,12 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from mlaas4hep import __version__
 from mlaas4hep.errors import BranchError, ConfigError, MlaasError, ReadError
+from mlaas4hep.serve import registry_page
 from mlaas4hep.serve.config import ServeConfig
 from mlaas4hep.serve.open_inference import HEADER_LENGTH
 from mlaas4hep.serve.payloads import RequestError, negotiate
@@ -279,6 +281,39 @@ async def v2_infer(request: Request, server: ModelServer) -> Response:
     return Response(content, media_type=kind, headers=headers)
 
 
+# ---------------------------------------------------------------------- registry page
+
+
+async def ui_index(request: Request, server: ModelServer) -> Response:
+    def render() -> str:
+        models = _for_caller(request, server.registry.list())
+        return registry_page.index_page(models, server.registry.aliases(), server.tag)
+
+    return HTMLResponse(await run_in_threadpool(render))
+
+
+async def ui_card(request: Request, server: ModelServer) -> Response:
+    document = await run_in_threadpool(server.registry.card, request.path_params["ref"])
+    return HTMLResponse(registry_page.card_page(_for_caller(request, document)))
+
+
+async def ui_plot(request: Request, server: ModelServer) -> Response:
+    name = request.path_params["name"]
+
+    def read() -> bytes:
+        tag = server.registry.resolve(request.path_params["ref"])
+        folder = server.registry.path(tag) / "plots"
+        path = folder / name
+        if not _PLOT.fullmatch(name) or path.is_symlink() or not path.is_file():
+            raise RequestError(f"model {tag} has no plot {name[:80]!r}", field="name", status=404)
+        return path.read_bytes()
+
+    return Response(await run_in_threadpool(read), media_type="image/png")
+
+
+_PLOT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,100}\.png")
+
+
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
@@ -307,6 +342,9 @@ def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
             route("/models/{ref}/promote", promote, "POST"),
             route("/aliases", aliases, "GET"),
             route("/aliases/{name}/{alias}", remove_alias, "DELETE"),
+            route("/ui", ui_index, "GET"),
+            route("/ui/models/{ref}", ui_card, "GET"),
+            route("/ui/models/{ref}/plots/{name}", ui_plot, "GET"),
             route("/v2", v2_server, "GET"),
             route("/v2/health/live", v2_live, "GET"),
             route("/v2/health/ready", v2_ready, "GET"),

@@ -274,7 +274,10 @@ class Registry:
                 "model": {
                     "architecture": "default (dense 128 → 64 → 1)"
                     if manifest.get("model") == "default"
+                    else "user code (model.py), served from its ONNX graph"
+                    if manifest.get("onnx")
                     else "user code (model.py): served only when trust_user_code is on",
+                    "onnx": manifest.get("onnx"),
                     "framework": manifest.get("framework"),
                     "with_mask": manifest.get("with_mask"),
                     "n_features": manifest.get("n_features"),
