@@ -129,7 +129,7 @@ def test_health_readiness_and_metrics(service: Service, http: httpx.Client, refe
     assert 'mlaas4hep_events_scored_total{endpoint="predict"' in metrics
     assert 'endpoint="/predict"' in metrics and "bentoml_service_request_duration" in metrics
     status = http.get("/status").json()
-    assert status["model"]["tag"] == service.tag and status["model"]["mode"] == "numpy"
+    assert status["model"]["tag"] == service.tag and status["model"]["mode"] == "onnx"
     assert service.token not in json.dumps(status)
 
 
@@ -324,24 +324,32 @@ def test_cards_and_status_read_without_the_token_say_nowhere_where_data_lives(
     assert "<redacted>/ttH_signal.root" in files  # which files, not where
 
 
-def test_a_bundle_with_user_code_is_refused_and_the_service_keeps_serving(
+def test_user_code_is_never_run_refused_without_a_graph_and_served_from_one(
     service: Service,
     http: httpx.Client,
     tmp_path: Path,
 ) -> None:
+    """A bundle whose model is user code: without ``model.onnx`` safe mode refuses it and
+    the service keeps serving; with its graph it is served, and its code never runs."""
     marker = tmp_path / "user-code-ran"
     copy = tmp_path / "bundle"
     shutil.copytree(service.registry.path(service.tag), copy)
     (copy / "model.yaml").unlink(missing_ok=True)
     manifest = json.loads((copy / "bundle.json").read_text())
-    (copy / "bundle.json").write_text(json.dumps({**manifest, "model": "model.py"}))
     (copy / "model.py").write_text(
         f"open({str(marker)!r}, 'w').write('ran')\n"
         "def build_model(n_features):\n    raise RuntimeError('never')\n"
     )
+    graph = (copy / "model.onnx").read_bytes()
+    (copy / "model.onnx").unlink()
+    without = {k: v for k, v in manifest.items() if k != "onnx"}
+    (copy / "bundle.json").write_text(json.dumps({**without, "model": "model.py"}))
     client = Client(service.url, token=service.token)
     unsafe = client.upload(bundle_archive(copy), name="tth")
     assert client.card(unsafe)["model"]["architecture"].startswith("user code")
+    events = [{"nJet": 1, "Jet_pt": [40.0], "Jet_eta": [0.3], "Jet_btagDeepB": [0.5],
+               "MET_pt": 20.0, "HT": 40.0}]  # fmt: skip
+    expected = http.post("/predict", json={"events": events}).json()["scores"]
     try:
         client.promote(unsafe)
         wait_until(
@@ -353,6 +361,22 @@ def test_a_bundle_with_user_code_is_refused_and_the_service_keeps_serving(
             answer = http.post("/predict", json={"events": [{}]})
             assert answer.status_code == 400 and "missing branch" in answer.json()["problem"]
         assert http.get("/status").json()["model"]["tag"] == service.tag
+
+        (copy / "model.onnx").write_bytes(graph)
+        (copy / "bundle.json").write_text(json.dumps({**manifest, "model": "model.py"}))
+        served = client.upload(bundle_archive(copy), name="tth")
+        client.promote(served)
+        wait_until(
+            lambda: all(
+                http.post("/predict", json={"events": events}).json()["model"] == served
+                for _ in range(6)
+            ),
+            20,
+            "both workers serving the user model from its graph",
+        )
+        answer = http.post("/predict", json={"events": events}).json()
+        np.testing.assert_allclose(answer["scores"], expected, rtol=0, atol=1e-6)
+        assert http.get("/status").json()["model"]["mode"] == "onnx"
     finally:
         service.registry.promote(service.tag)
     assert not marker.exists()
