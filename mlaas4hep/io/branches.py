@@ -95,7 +95,7 @@ def classify_branches(
             # a collection's count, read from its first member
             add(BranchInfo(counter, "flat", COUNTER_DTYPE.name), count_leaf)
         kind: Kind = "jagged" if jagged else "flat"
-        for element, index in element_names(name, inner) if inner else [(name, ())]:
+        for element, index in element_names(name, inner):  # a plain value: (name, ())
             add(BranchInfo(element, kind, dtype.name, counter), Leaf(path, index))
     return numeric, skipped, leaves
 

@@ -49,7 +49,8 @@ def member_name(path: Sequence[str]) -> str:
 
 def element_names(name: str, shape: Sequence[int]) -> list[tuple[str, tuple[int, ...]]]:
     """``(column name, index)`` for every element of a fixed-size array of ``shape``, in
-    C order: ``x_0``, ``x_1`` … for ``(k,)``, ``x_0_0``, ``x_0_1`` … for ``(n, m)``."""
+    C order: ``x_0``, ``x_1`` … for ``(k,)``, ``x_0_0``, ``x_0_1`` … for ``(n, m)``;
+    a plain value (shape ``()``) is the one element ``(name, ())``."""
     return [
         ("_".join([name, *map(str, index)]), index)
         for index in itertools.product(*(range(int(size)) for size in shape))
