@@ -150,19 +150,20 @@ def test_rntuple_fields_map_to_branch_like_names(tmp_path):
     with uproot.recreate(path) as file:
         file["Events"] = data
     with open_tree(path) as tree:
-        kinds = {n: (b.kind, b.fixed_length) for n, b in tree.branches.items()}
+        kinds = {n: (b.kind, b.counter) for n, b in tree.branches.items()}
         assert kinds == {
             "MET_phi": ("flat", None),
             "MET_pt": ("flat", None),
             "nMuon": ("flat", None),
-            "Muon_pt": ("jagged", None),
-            "pair": ("jagged", 2),
+            "Muon_pt": ("jagged", "nMuon"),
+            "pair_0": ("flat", None),  # a fixed-size array: one flat column per element
+            "pair_1": ("flat", None),
         }
         assert set(tree.skipped) == {"Muon_hits", "name"}
         assert "list of lists" in tree.skipped["Muon_hits"]
         arrays = tree.arrays(list(tree.branches))
         assert arrays["nMuon"].tolist() == [1, 0] and arrays["Muon_pt"].tolist() == [[3.0], []]
-        assert arrays["pair"].tolist() == [[1.0, 2.0], [3.0, 4.0]]
+        assert arrays["pair_0"].tolist() == [1.0, 3.0] and arrays["pair_1"].tolist() == [2.0, 4.0]
 
 
 def test_real_nanoaod_rntuple_has_the_branches_of_its_ttree(shared_data):

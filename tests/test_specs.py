@@ -84,7 +84,7 @@ def test_nan_and_inf_are_counted(tmp_path):
 def test_string_branch_listed_as_skipped(shared_data):
     with pytest.warns(UserWarning, match="Type"):
         spec = compute_file_spec(shared_data / "uproot-Zmumu.root")
-    assert spec.skipped == {"Type": "AsStrings"}
+    assert spec.skipped == {"Type": "char* (a string)"}
     assert len(spec.branches) == 19
 
 

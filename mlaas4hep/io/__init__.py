@@ -5,7 +5,8 @@ One module per location scheme behind one small interface, as uproot's ``source/
 :mod:`.local`, :mod:`.s3`, :mod:`.xrootd`, :mod:`.https` implement it). On top of them:
 opening the TTree or RNTuple of a file and classifying its branches (:mod:`.tree`
 behind one :class:`~.event_source.EventSource`, :mod:`.ttree`, :mod:`.rntuple`,
-:mod:`.branches`), the
+:mod:`.branches`, and :mod:`.leaves`: the one rule that names and reads fixed-size
+arrays and members as flat and jagged columns), the
 content identity of a file (:mod:`.identity`), turning paths, directories, globs and
 prefixes into file URLs (:mod:`.expand`), small documents (:mod:`.documents`), the
 inflate library for ZLIB baskets (:mod:`.codec`), one name-matching rule

@@ -33,14 +33,11 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
-from mlaas4hep.io.branches import BranchInfo
+from mlaas4hep.io.branches import COUNTER_DTYPE, BranchInfo
+from mlaas4hep.io.leaves import element_names, list_counts, member_name, take_element
 
 #: uproot class names of the objects read as an RNTuple.
 RNTUPLE_CLASSES = ("ROOT::RNTuple",)
-
-#: The dtype of a counter this module adds for a collection, as uproot's TTree writer
-#: writes it.
-COUNTER_DTYPE = np.dtype(np.int32)
 
 #: Bytes every entry of a list takes in its pages at least: its offset (an index column
 #: of 32 bits at least, before compression).
@@ -53,14 +50,17 @@ _CARDINALITY = re.compile(r"RNTupleCardinality<(?:std::)?(u?int(?:8|16|32|64))(?
 class _Column:
     """How one branch-like name is read: ``path`` is the record fields from a top-level
     field down, ``field`` the uproot field path to request (a leaf), ``counter`` whether
-    the values are the lengths of the list at ``path``, ``dtype`` the values' type and
-    ``least_bytes`` what an entry takes in the pages at least."""
+    the values are the lengths of the list at ``path``, ``dtype`` the values' type,
+    ``least_bytes`` what an entry takes in the pages at least, ``index`` the element of
+    a fixed-size array and ``jagged`` whether the values sit in a list."""
 
     path: tuple[str, ...]
     field: str
     dtype: np.dtype
     least_bytes: int
     counter: bool = False
+    index: tuple[int, ...] = ()
+    jagged: bool = False
 
 
 class RNTupleEvents:
@@ -136,7 +136,8 @@ def _extract(raw: dict[str, ak.Array], column: _Column) -> ak.Array:
     for name in column.path[1:]:
         array = array[name]
     if column.counter:
-        return ak.values_astype(ak.num(array, axis=1), column.dtype)
+        return list_counts(array, column.dtype)
+    array = take_element(array, column.index, jagged=column.jagged)
     if column.dtype != _leaf_dtype(array):
         return ak.values_astype(array, column.dtype)
     return array
@@ -189,8 +190,7 @@ def classify_fields(
                 (top,), leaf.field, COUNTER_DTYPE, LIST_OFFSET_BYTES, counter=True
             )
         for info, column in found:
-            listed = top in walk.lists and counter is not None and info.kind == "jagged"
-            if listed and info.fixed_length is None:
+            if top in walk.lists and counter is not None and info.kind == "jagged":
                 info = BranchInfo(info.name, info.kind, info.dtype, counter=counter)
             branches[info.name] = info
             columns[info.name] = column
@@ -217,7 +217,7 @@ class _Walk:
         dotted = ".".join(path)
         if dotted in self.hidden:
             return
-        name = "_".join(path)
+        name = member_name(path)
         kind = form.parameters.get("__array__")
         if isinstance(form, ak.forms.RecordForm):
             for member, content in zip(form.fields, form.contents, strict=True):
@@ -232,15 +232,20 @@ class _Walk:
                 if len(path) == 1:
                     self.lists.add(path[0])
                 self.field(form.content, path, lists + 1)
-        elif isinstance(form, ak.forms.RegularForm) and not lists and _numeric(form.content):
-            dtype = _dtype_of(form.content, self.typenames.get(dotted, ""))
-            info = BranchInfo(name, "jagged", dtype.name, fixed_length=int(form.size))
-            self._add(info, _Column(path, dotted, dtype, dtype.itemsize * int(form.size)))
+        elif isinstance(form, ak.forms.RegularForm) and _numeric(_fixed_leaf(form)[1]):
+            shape, leaf = _fixed_leaf(form)
+            dtype = _dtype_of(leaf, self.typenames.get(dotted, ""))
+            kind = "jagged" if lists else "flat"
+            for i, (element, index) in enumerate(element_names(name, shape)):
+                # the list's offsets are stored once for all its elements
+                least = (LIST_OFFSET_BYTES if i == 0 else 0) if lists else dtype.itemsize
+                column = _Column(path, dotted, dtype, least, index=index, jagged=bool(lists))
+                self._add(BranchInfo(element, kind, dtype.name), column)
         elif _numeric(form):
             dtype = _dtype_of(form, self.typenames.get(dotted, ""))
             info = BranchInfo(name, "jagged" if lists else "flat", dtype.name)
             least = LIST_OFFSET_BYTES if lists else dtype.itemsize
-            self._add(info, _Column(path, dotted, dtype, least))
+            self._add(info, _Column(path, dotted, dtype, least, jagged=bool(lists)))
         else:
             self._skip(name, dotted, "not numeric")
 
@@ -254,6 +259,16 @@ class _Walk:
     def _skip(self, name: str, dotted: str, why: str) -> None:
         typename = self.typenames.get(dotted) or "a record"
         self.skipped[name] = f"{typename} ({why})"
+
+
+def _fixed_leaf(form: Any) -> tuple[tuple[int, ...], Any]:
+    """The shape of nested fixed-size arrays (``std::array<std::array<…>>``) and the
+    form of their values."""
+    shape: list[int] = []
+    while isinstance(form, ak.forms.RegularForm):
+        shape.append(int(form.size))
+        form = form.content
+    return tuple(shape), form
 
 
 def _numeric(form: Any) -> bool:

@@ -2,7 +2,9 @@
 ROOT's classic format.
 
 Branches are classified by their uproot interpretation
-(:func:`~mlaas4hep.io.branches.classify_branches`), read units are baskets, and a memory
+(:func:`~mlaas4hep.io.branches.classify_branches`) into flat and jagged columns, which
+this reader returns under their expanded names (fixed-size arrays element by element,
+members by their member path: :mod:`~mlaas4hep.io.leaves`); read units are baskets, and a memory
 step size is turned into entries from the branches' metadata without reading a basket
 (see :meth:`TTreeEvents.step_entries`).
 """
@@ -16,8 +18,9 @@ import awkward as ak
 import numpy as np
 import uproot
 
-from mlaas4hep.io.branches import classify_branches
+from mlaas4hep.io.branches import COUNTER_DTYPE, classify_branches
 from mlaas4hep.io.failures import READ_FAILURES
+from mlaas4hep.io.leaves import Leaf, list_counts, take_element
 
 #: uproot class names of the objects read as a TTree.
 TREE_CLASSES = ("TTree", "TNtuple")
@@ -34,19 +37,41 @@ class TTreeEvents:
 
     def __init__(self, tree: Any) -> None:
         self.tree = tree
-        self.branches, self.skipped = classify_branches(tree)
+        self.branches, self.skipped, self._leaves = classify_branches(tree)
 
     @property
     def num_entries(self) -> int:
         return int(self.tree.num_entries)
 
     def __contains__(self, name: object) -> bool:
-        return name in self.tree
+        return name in self.branches or name in self.skipped or name in self.tree
+
+    def _sources(self, names: Sequence[str]) -> list[str]:
+        """The tree's branches that ``names`` are read from, each once."""
+        return list(dict.fromkeys(self._leaf(name).source for name in names))
+
+    def _leaf(self, name: str) -> Leaf:
+        """Where column ``name`` is read from (a name that is no column: the branch of
+        that name, so that uproot says it is missing)."""
+        return self._leaves.get(name) or Leaf(name)
+
+    def _expand(self, names: Sequence[str], raw: dict[str, ak.Array]) -> dict[str, ak.Array]:
+        """The columns ``names`` out of the branches uproot read (see :mod:`.leaves`)."""
+        out = {}
+        for name in dict.fromkeys(names):
+            leaf = self._leaf(name)
+            array = raw[leaf.source]
+            if leaf.counts:
+                out[name] = list_counts(array, COUNTER_DTYPE)
+            else:
+                jagged = leaf.index and self.branches[name].kind == "jagged"
+                out[name] = take_element(array, leaf.index, jagged=bool(jagged))
+        return out
 
     def cluster_boundaries(self, names: Sequence[str]) -> np.ndarray:
         """Entry numbers where every given branch starts a new basket."""
         try:
-            offsets = self.tree.common_entry_offsets(filter_name=list(names))
+            offsets = self.tree.common_entry_offsets(filter_name=self._sources(names))
         except READ_FAILURES:  # pragma: no cover - defensive, uproot is permissive here
             offsets = [0, self.num_entries]
         return np.asarray(offsets, dtype=np.int64)
@@ -57,27 +82,29 @@ class TTreeEvents:
         """``names`` for entries ``[entry_start, entry_stop)``; ``executor`` (if any)
         decompresses baskets in parallel."""
         options = {"decompression_executor": executor} if executor is not None else {}
-        return self.tree.arrays(
-            list(names),
+        raw = self.tree.arrays(
+            self._sources(names),
             entry_start=entry_start,
             entry_stop=entry_stop,
             library="ak",
             how=dict,
             **options,
         )
+        return self._expand(names, raw)
 
     def iterate(
         self, names: Sequence[str], step: int, entry_start: int, entry_stop: int | None
     ) -> Iterator[dict[str, ak.Array]]:
         """``names`` in steps of ``step`` entries (uproot keeps baskets across steps)."""
-        return self.tree.iterate(
-            list(names),
+        chunks = self.tree.iterate(
+            self._sources(names),
             step_size=step,
             entry_start=entry_start,
             entry_stop=entry_stop,
             library="ak",
             how=dict,
         )
+        return (self._expand(names, raw) for raw in chunks)
 
     def step_entries(self, names: Sequence[str], target_bytes: int, entries: int) -> int:
         """The entries whose uncompressed ``names`` fill ``target_bytes``.
@@ -95,7 +122,7 @@ class TTreeEvents:
         at least the compressed bytes their baskets occupy (bounded by the file's size).
         Both bounds hold for honest files, which keep uproot's number.
         """
-        total = self._step_bytes(list(dict.fromkeys(names)), entries)
+        total = self._step_bytes(self._sources(names), entries)
         if total <= 0:
             return 1
         return round(target_bytes * entries / total)
