@@ -2,6 +2,7 @@
 #
 #   data bucket (*.root under prefixes.data)   -> spec_file queue   -> spec_file
 #   specs bucket (*.json under file_specs)     -> merge_specs queue -> merge_specs
+#   (created and removed objects both: a removed file leaves the dataset spec)
 #   specs bucket (dataset.json, dataset_specs) -> retrain queue     -> retrain -> Ray Jobs API
 #
 # The local runtime (functions/local_runtime.py) reads the `functions` output to know
@@ -66,11 +67,17 @@ locals {
       { sid = "WriteFileSpecs", actions = ["s3:GetObject", "s3:PutObject"], resources = ["${local.specs_arn}/${var.prefixes.file_specs}*"] },
       { sid = "WriteQuarantine", actions = ["s3:PutObject", "s3:DeleteObject"], resources = ["${local.specs_arn}/${var.prefixes.quarantine}*"] },
       { sid = "ClaimFileSpecs", actions = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], resources = ["${local.specs_arn}/${var.prefixes.leases}*"] },
+      # A removed data object: its FileSpecs are listed and deleted (pipeline.remove_file_specs);
+      # listing the data prefix makes a HEAD of a removed object a 404, not a 403.
+      { sid = "DeleteFileSpecs", actions = ["s3:DeleteObject"], resources = ["${local.specs_arn}/${var.prefixes.file_specs}*"] },
+      { sid = "ListFileSpecs", actions = ["s3:ListBucket"], resources = [local.specs_arn], list_prefixes = [var.prefixes.file_specs, var.prefixes.quarantine] },
+      { sid = "ListData", actions = ["s3:ListBucket"], resources = [local.data_arn], list_prefixes = [var.prefixes.data] },
     ]
     merge_specs = [
       { sid = "ReadFileSpecs", actions = ["s3:GetObject", "s3:GetObjectVersion"], resources = ["${local.specs_arn}/${var.prefixes.file_specs}*"] },
       { sid = "WriteDatasetSpecs", actions = ["s3:GetObject", "s3:PutObject"], resources = ["${local.specs_arn}/${var.prefixes.dataset_specs}*"] },
       { sid = "CheckDataVersions", actions = ["s3:GetObject"], resources = ["${local.data_arn}/${var.prefixes.data}*"] },
+      { sid = "ListData", actions = ["s3:ListBucket"], resources = [local.data_arn], list_prefixes = [var.prefixes.data] },
     ]
     retrain = [
       { sid = "ReadDatasetSpecs", actions = ["s3:GetObject"], resources = ["${local.specs_arn}/${var.prefixes.dataset_specs}*"] },
@@ -136,7 +143,7 @@ resource "aws_s3_bucket_notification" "data" {
   queue {
     id            = "new-root-files"
     queue_arn     = module.queues["spec_file"].arn
-    events        = ["s3:ObjectCreated:*"]
+    events        = ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]
     filter_prefix = var.prefixes.data
     filter_suffix = ".root"
   }
@@ -150,7 +157,7 @@ resource "aws_s3_bucket_notification" "specs" {
   queue {
     id            = "new-file-specs"
     queue_arn     = module.queues["merge_specs"].arn
-    events        = ["s3:ObjectCreated:*"]
+    events        = ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]
     filter_prefix = var.prefixes.file_specs
     filter_suffix = ".json"
   }

@@ -141,6 +141,15 @@ class PipelineConfig:
     def file_spec_key(self, dataset: str, path: str, version: str) -> str:
         return f"{self.file_specs_prefix}{dataset}/{path}@{safe_name(version)}.json"
 
+    def source_of_file_spec(self, spec_key: str) -> str:
+        """The ``s3://`` URL of the data object a FileSpec key was computed from."""
+        dataset = self.dataset_of_file_spec(spec_key)
+        rest = spec_key[len(self.file_specs_prefix) + len(dataset) + 1 :]
+        path, sep, _ = rest.rpartition("@")
+        if not sep or not path:
+            raise ValueError(f"{spec_key!r} is not <file specs prefix><dataset>/<file>@<version>")
+        return f"s3://{self.data_bucket}/{self.data_prefix}{dataset}/{path}"
+
     def quarantine_key(self, dataset: str, path: str, version: str) -> str:
         return f"{self.quarantine_prefix}{dataset}/{path}@{safe_name(version)}.json"
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mlaas4hep.io.aws import aws_client, is_missing, is_precondition_failure
+from mlaas4hep.io.aws import aws_client, is_missing, is_precondition_failure, object_exists
 from mlaas4hep.pipeline.config import PipelineConfig, PipelineError
 from mlaas4hep.pipeline.notifications import parse_s3_notifications
 from mlaas4hep.pipeline.sqs import batch_response, queued_seconds
@@ -52,14 +52,19 @@ def fold_file_specs(
     dataset: DatasetSpec,
     specs: Iterable[FileSpec],
     current_identity: Callable[[str], dict[str, Any] | None] | None = None,
+    removed: Iterable[str] = (),
 ) -> DatasetSpec:
-    """``dataset`` with ``specs`` added; a file already counted is left as it is.
+    """``dataset`` less the ``removed`` sources, with ``specs`` added; a file already
+    counted is left as it is.
 
     When a spec's file is known with another identity (the object was overwritten),
     the spec whose identity matches the object as it is now wins, so that late events
     about an old version never replace the new one; ``current_identity(source)`` gives
     that identity (None when unknown, in which case the incoming spec wins).
     """
+    gone = [source for source in removed if source in dataset.files]
+    if gone:
+        dataset = dataset.without(*gone)
     for spec in specs:
         if dataset.contains(spec):
             continue
@@ -91,6 +96,7 @@ def merge_into_dataset(
     s3: Any = None,
     max_attempts: int = 40,
     current_identity: Callable[[str], dict[str, Any] | None] | None = None,
+    removed: Iterable[str] = (),
 ) -> MergeOutcome:
     """Fold FileSpecs into the dataset's stored DatasetSpec, safely under concurrency.
 
@@ -100,11 +106,11 @@ def merge_into_dataset(
     backoff. Nothing is written when every spec is already counted.
     """
     s3 = s3 or aws_client("s3")
-    specs = list(specs)
+    specs, removed = list(specs), list(removed)
     key = config.dataset_spec_key(dataset)
     for attempt in range(1, max_attempts + 1):
         current, etag = read_dataset_spec(config, dataset, s3=s3)
-        merged = fold_file_specs(current, specs, current_identity)
+        merged = fold_file_specs(current, specs, current_identity, removed)
         if _versions(merged) == _versions(current):
             return MergeOutcome(False, attempt, len(current.files), current.entries, etag or "")
         condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
@@ -161,19 +167,30 @@ def merge_batch(event: Mapping[str, Any], config: PipelineConfig, *, s3: Any = N
     """The ``merge_specs`` step for one SQS batch: one conditional merge per dataset.
 
     Grouping the batch's FileSpecs by dataset makes one write per dataset instead of one
-    per file (fewer conflicts); a dataset whose merge fails reports all its messages.
+    per file (fewer conflicts); a dataset whose merge fails reports all its messages. A
+    deleted FileSpec (its data object was removed) takes its file out of the DatasetSpec,
+    and a FileSpec whose data object is gone by now is not added: a file that left is
+    never trained on, whatever order the notifications arrive in.
     """
     s3 = s3 or aws_client("s3")
     began = time.perf_counter()
     failed: list[str] = []
-    by_dataset: dict[str, list[tuple[str, FileSpec]]] = {}
+    by_dataset: dict[str, list[tuple[str, FileSpec | str]]] = {}
     queued = {r.get("messageId"): queued_seconds(r) for r in event.get("Records", [])}
     for record in event.get("Records", []):
         try:
             for item in parse_s3_notifications(record["body"]):
                 dataset = config.dataset_of_file_spec(item.key)
-                spec = load_file_spec(item.bucket, item.key, item.version_id, s3=s3)
-                by_dataset.setdefault(dataset, []).append((record["messageId"], spec))
+                if item.event_name.startswith("ObjectRemoved"):
+                    change: FileSpec | str = config.source_of_file_spec(item.key)
+                    if _data_object_exists(s3, change):
+                        continue  # the key holds an object again: its own spec follows
+                else:
+                    change = load_file_spec(item.bucket, item.key, item.version_id, s3=s3)
+                    if not _data_object_exists(s3, change.key):
+                        log.info("not adding %s: the object is gone", change.key)
+                        change = change.key
+                by_dataset.setdefault(dataset, []).append((record["messageId"], change))
         except Exception as err:  # reported to SQS
             log.error("message %s: cannot load its file spec: %s", record.get("messageId"), err)
             failed.append(record["messageId"])
@@ -182,9 +199,10 @@ def merge_batch(event: Mapping[str, Any], config: PipelineConfig, *, s3: Any = N
             outcome = merge_into_dataset(
                 config,
                 dataset,
-                [spec for _, spec in items],
+                [c for _, c in items if isinstance(c, FileSpec)],
                 s3=s3,
                 current_identity=s3_object_identity(s3),
+                removed=[c for _, c in items if isinstance(c, str)],
             )
             log.info(
                 "dataset %s: %s after %d attempt(s), %d files, %d entries "
@@ -201,3 +219,11 @@ def merge_batch(event: Mapping[str, Any], config: PipelineConfig, *, s3: Any = N
             log.error("dataset %s: merge failed: %s", dataset, err)
             failed += [message_id for message_id, _ in items]
     return batch_response(failed)
+
+
+def _data_object_exists(s3: Any, source: str) -> bool:
+    """Whether an ``s3://`` data object exists (other sources: assumed to)."""
+    if not source.startswith("s3://"):
+        return True
+    bucket, _, key = source[len("s3://") :].partition("/")
+    return object_exists(s3, bucket, key)

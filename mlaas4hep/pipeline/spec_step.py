@@ -40,9 +40,11 @@ class FileSpecOutcome:
     """What :func:`compute_and_store_file_spec` did.
 
     ``status`` is ``written``, ``exists``, ``skipped`` or ``leased`` (another delivery of
-    the same object version is computing its spec right now). ``seconds`` is the time
-    spent computing the spec, ``checks_seconds`` the S3 round trips before it (version,
-    existing spec, claim) and ``store_seconds`` those after it (write, release).
+    the same object version is computing its spec right now); for a removed object,
+    ``removed`` (its FileSpecs deleted) or ``superseded`` (the key holds an object
+    again). ``seconds`` is the time spent computing the spec, ``checks_seconds`` the S3
+    round trips before it (version, existing spec, claim) and ``store_seconds`` those
+    after it (write, release).
     """
 
     status: str
@@ -372,6 +374,48 @@ def _clear_quarantine(
         log.warning("could not clear the quarantine record of %s: %s", path, err)
 
 
+def remove_file_specs(
+    notification: S3Notification, config: PipelineConfig, *, s3: Any = None
+) -> FileSpecOutcome:
+    """A data object was removed: delete the FileSpecs of every version of its key (and
+    its quarantine records), so that the merge step, told of each deletion, takes the
+    file out of the DatasetSpec and the retraining that follows never reads it.
+
+    Nothing is deleted when the key holds an object again (removed, then uploaded anew,
+    the notifications delivered out of order): that upload's own notification brings
+    its spec, which replaces the old one.
+    """
+    s3 = s3 or aws_client("s3")
+    source = f"s3://{notification.bucket}/{notification.key}"
+    try:
+        dataset, path = config.locate(notification.key)
+    except ValueError as err:
+        log.warning("ignoring the removal of %s: %s", source, err)
+        return FileSpecOutcome("skipped", source)
+    if object_exists(s3, notification.bucket, notification.key):
+        return FileSpecOutcome("superseded", source)
+    keys = []
+    paginator = s3.get_paginator("list_objects_v2")
+    for prefix in (
+        config.file_spec_key(dataset, path, ""),
+        config.quarantine_key(dataset, path, ""),
+    ):
+        stem = prefix.removesuffix(".json")  # <prefix><dataset>/<path>@
+        for page in paginator.paginate(Bucket=config.specs_bucket, Prefix=stem):
+            keys += [
+                item["Key"]
+                for item in page.get("Contents", [])
+                # this file's (a version name holds neither), not "<path>@x.root"'s
+                if not {"/", "@"} & set(item["Key"][len(stem) :])
+            ]
+    for start in range(0, len(keys), 1000):
+        s3.delete_objects(
+            Bucket=config.specs_bucket,
+            Delete={"Objects": [{"Key": k} for k in keys[start : start + 1000]]},
+        )
+    return FileSpecOutcome("removed", source, ", ".join(keys))
+
+
 def read_quarantine(config: PipelineConfig, dataset: str, *, s3: Any = None) -> list[dict]:
     """The quarantine records of a dataset (one per unreadable file version)."""
     s3 = s3 or aws_client("s3")
@@ -386,12 +430,17 @@ def read_quarantine(config: PipelineConfig, dataset: str, *, s3: Any = None) -> 
 
 
 def spec_batch(event: Mapping[str, Any], config: PipelineConfig, *, s3: Any = None) -> dict:
-    """The ``spec_file`` step for one SQS batch: a FileSpec per new ROOT object."""
+    """The ``spec_file`` step for one SQS batch: a FileSpec per new ROOT object, and the
+    FileSpecs of a removed one deleted."""
     s3 = s3 or aws_client("s3")
 
     def process(record: Mapping[str, Any]) -> None:
         waited = queued_seconds(record)
         for item in parse_s3_notifications(record["body"]):
+            if item.event_name.startswith("ObjectRemoved"):
+                removed = remove_file_specs(item, config, s3=s3)
+                log.info("%s: %s (%s)", removed.source, removed.status, item.event_name)
+                continue
             outcome = compute_and_store_file_spec(
                 item,
                 config,

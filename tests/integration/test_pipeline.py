@@ -172,6 +172,42 @@ def test_uploads_yield_the_dataset_spec_of_the_files(stack, shared_data, tmp_pat
     assert through_events == DatasetSpec.empty().merge(*map(compute_file_spec, urls))
 
 
+def test_a_file_that_leaves_or_changes_leaves_or_changes_the_dataset_spec(
+    stack, shared_data, tmp_path
+):
+    """Delete one of three landed files and land a fourth: three are counted, not the
+    deleted one, and its FileSpecs are gone. Overwrite a file: its spec is replaced,
+    counted once."""
+    keys = [f"datasets/leaving/{name}" for name in GOOD_FILES]
+    for name, key in zip(GOOD_FILES, keys, strict=True):
+        upload(stack, shared_data / name, key)
+    wait_for(lambda: dataset_files(stack, "leaving") == 3, 60, what="3 files in the spec")
+    stack.s3.delete_object(Bucket=stack.config.data_bucket, Key=keys[1])
+    fourth = write_events(tmp_path / "fourth.root", 700, seed=4)
+    upload(stack, fourth, "datasets/leaving/fourth.root")
+    gone = f"s3://{stack.config.data_bucket}/{keys[1]}"
+
+    def settled() -> bool:
+        files = read_dataset_spec(stack.config, "leaving")[0].files
+        return len(files) == 3 and gone not in files
+
+    wait_for(settled, 60, what="the deleted file out of the spec, the fourth in")
+    prefix = f"{stack.config.file_specs_prefix}leaving/{GOOD_FILES[1]}@"
+    listed = stack.s3.list_objects_v2(Bucket=stack.config.specs_bucket, Prefix=prefix)
+    assert listed.get("KeyCount", 0) == 0  # its FileSpecs were deleted too
+
+    replaced = write_events(tmp_path / "replaced.root", 900, seed=5)
+    upload(stack, replaced, "datasets/leaving/fourth.root")  # same key, new content
+
+    def counted_once() -> bool:
+        spec = read_dataset_spec(stack.config, "leaving")[0]
+        ours = spec.files.get(f"s3://{stack.config.data_bucket}/datasets/leaving/fourth.root")
+        return len(spec.files) == 3 and ours is not None and ours.entries == 900
+
+    wait_for(counted_once, 60, what="the overwritten file counted once, with its new events")
+    wait_for(lambda: pipeline_idle(stack), 60, what="the pipeline idle")
+
+
 def test_a_file_with_many_baskets_is_read_in_a_few_requests(stack, moto_server, tmp_path):
     # Each GET is a round trip on S3, and on moto a copy of the whole object: a spec must
     # not cost one per basket (uproot's "64 MB" step reads every basket's header), nor

@@ -59,6 +59,15 @@ data "aws_iam_policy_document" "this" {
       sid       = statement.value.sid
       actions   = statement.value.actions
       resources = statement.value.resources
+
+      dynamic "condition" {
+        for_each = length(statement.value.list_prefixes) > 0 ? [statement.value.list_prefixes] : []
+        content {
+          test     = "StringLike"
+          variable = "s3:prefix"
+          values   = [for p in condition.value : "${p}*"]
+        }
+      }
     }
   }
 }

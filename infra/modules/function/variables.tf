@@ -134,11 +134,12 @@ variable "event_source_mapping_enabled" {
 }
 
 variable "policy_statements" {
-  description = "IAM statements the function needs beyond logging and consuming its queue (least privilege: name exact prefixes)."
+  description = "IAM statements the function needs beyond logging and consuming its queue (least privilege: name exact prefixes; list_prefixes limits an s3:ListBucket statement to keys under those prefixes)."
   type = list(object({
-    sid       = string
-    actions   = list(string)
-    resources = list(string)
+    sid           = string
+    actions       = list(string)
+    resources     = list(string)
+    list_prefixes = optional(list(string), [])
   }))
   default = []
 
