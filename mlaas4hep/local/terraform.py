@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -215,6 +216,25 @@ class Terraform:
                 f"terraform plan failed:\n{(result.stdout + result.stderr)[-4000:]}"
             )
         return result.returncode, result.stdout
+
+    def plan_json(
+        self, var_files: Sequence[str | Path] = (), variables: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The plan of an apply with these variables, as ``terraform show -json`` reads it
+        (``resource_changes`` with each resource's planned values): what a change of a
+        variable would do, checked without applying it."""
+        with tempfile.TemporaryDirectory(prefix="tfplan-") as tmp:
+            plan = Path(tmp) / "plan"
+            self.run(
+                "plan",
+                "-input=false",
+                "-no-color",
+                "-parallelism=20",
+                f"-out={plan}",
+                *self._state_args(),
+                *self._var_args(var_files, variables or {}),
+            )
+            return json.loads(self.run("show", "-json", "-no-color", str(plan)).stdout)
 
     def destroy(
         self, var_files: Sequence[str | Path] = (), variables: Mapping[str, Any] | None = None
