@@ -54,7 +54,7 @@ locals {
     retrain = merge(local.common_environment, {
       MLAAS4HEP_RAY_ADDRESS              = var.ray_address == null ? "" : var.ray_address
       MLAAS4HEP_RETRAIN_ENTRYPOINT       = var.retrain_entrypoint
-      MLAAS4HEP_RETRAIN_RUNTIME_ENV      = jsonencode(var.retrain_runtime_env)
+      MLAAS4HEP_RETRAIN_RUNTIME_ENV      = jsonencode(local.retrain_runtime_env)
       MLAAS4HEP_RETRAIN_DEBOUNCE_SECONDS = tostring(var.retrain_debounce_seconds)
       MLAAS4HEP_RETRAIN_QUEUE_URL        = module.queues["retrain"].url
     })
@@ -87,6 +87,16 @@ locals {
   }
 
   tags = merge({ Project = var.project, Environment = var.environment }, var.tags)
+
+  # Retraining writes where the replicas read: with the serving deployment, every job is
+  # told the registry the tasks follow (MLAAS4HEP_REGISTRY_URL, read by ray_jobs/retrain.py,
+  # the very URL the tasks get as MLAAS4HEP_MODELS_BUCKET). The user's own runtime_env is
+  # kept, and an MLAAS4HEP_REGISTRY_URL in its env_vars wins over this one.
+  registry_url = var.serving_enabled ? module.serving[0].models_url : null
+  registry_env = var.serving_enabled ? tomap({ MLAAS4HEP_REGISTRY_URL = local.registry_url }) : tomap({})
+  retrain_runtime_env = merge(var.retrain_runtime_env, {
+    env_vars = merge(local.registry_env, try(var.retrain_runtime_env.env_vars, {}))
+  })
 }
 
 module "buckets" {

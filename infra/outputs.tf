@@ -32,6 +32,11 @@ output "prefixes" {
   value       = var.prefixes
 }
 
+output "registry_url" {
+  description = "The s3:// prefix of the shared model registry (null when serving_enabled is false): the serving tasks follow it (MLAAS4HEP_MODELS_BUCKET) and the retraining jobs write and promote there (MLAAS4HEP_REGISTRY_URL in their runtime_env)."
+  value       = local.registry_url
+}
+
 output "region" {
   description = "AWS region of the stack."
   value       = var.region
@@ -46,6 +51,7 @@ output "serving" {
   description = "The serving deployment (null when serving_enabled is false): repository_url to push the bento image to, url of the service, api_token_secret_arn, cluster/service names, roles, log group and the autoscaling settings."
   value = var.serving_enabled ? {
     repository_url         = module.serving[0].repository_url
+    models_url             = module.serving[0].models_url
     repository_name        = module.serving[0].repository_name
     api_token_secret_arn   = module.serving[0].api_token_secret_arn
     deployed               = module.serving[0].deployed

@@ -163,7 +163,7 @@ variable "retrain_entrypoint" {
 }
 
 variable "retrain_runtime_env" {
-  description = "Ray runtime_env of the retraining job: on a cluster, working_dir as an uploaded package URI (s3://bucket/mlaas4hep.zip), pip, env_vars (BENTOML_HOME, ...)."
+  description = "Ray runtime_env of the retraining job: on a cluster, working_dir as an uploaded package URI (s3://bucket/mlaas4hep.zip), pip, env_vars (BENTOML_HOME, ...). With serving_enabled, env_vars also gets MLAAS4HEP_REGISTRY_URL, the registry the serving tasks follow (output registry_url), unless it sets that variable itself."
   type        = any
   default     = {}
 }

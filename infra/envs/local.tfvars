@@ -32,6 +32,9 @@ serving_enable_autoscaling = false
 serving_min_replicas       = 1
 serving_max_replicas       = 2
 serving = {
+  # The shared registry under its own prefix, beside the recipes (<dataset>/train.yaml) and
+  # the retraining state: the local stack's `bentoml serve` follows it, as the tasks would.
+  models_prefix = "registry/"
   # moto does not store a service's grace period (it reads back as 0, a change on every plan).
   health_check_grace_period_seconds = 0
   force_delete                      = true # the repository may hold images, the token secret goes at once

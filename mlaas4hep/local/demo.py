@@ -11,8 +11,10 @@ Stages (each timed and shown as it runs):
    called by hand:
 4. specs — S3 notifications → ``spec_file`` → ``merge_specs`` → the DatasetSpec;
 5. retraining — the DatasetSpec update → ``retrain`` → a Ray job (``ray_jobs/retrain.py``)
-   trains, registers the bundle and promotes it to ``production``;
-6. serving — ``bentoml serve`` follows the alias and serves the new version;
+   trains, publishes the bundle to the shared registry in the models bucket and
+   promotes it to ``production`` there;
+6. serving — ``bentoml serve`` follows that registry's alias, fetches the new version
+   from the bucket into its own store and serves it;
 7. scoring — held-out events over HTTP, their AUC, a few predictions, the plots.
 
 Optionally (``continuous``) a second signal file is uploaded: one more retraining, a new
@@ -280,6 +282,13 @@ class Demo:
             raise StageFailed(f"the retraining job printed no result; read {log_path}")
         return record
 
+    def _verdict(self, decision: dict[str, Any]) -> str:
+        """What a retraining did to the shared registry, in words."""
+        where = self.stack.registry_url
+        if decision["promote"]:
+            return f"promoted {decision['candidate']} to production in {where}"
+        return f"kept {decision['current']} as production in {where}"
+
     def served_tag(self) -> str | None:
         """The tag of the model the service serves now; None when it serves none or does not
         answer (within 5 s)."""
@@ -311,7 +320,8 @@ class Demo:
             record = self.stack.up()
             notes.append(
                 f"moto {record['moto']['endpoint_url']}, Ray {record['ray']['address']}, "
-                f"service {record['bento']['url']}"
+                f"service {record['bento']['url']} following the registry "
+                f"{record['bento']['registry_url']}"
             )
         s3 = self.s3_client()
         with self.stages.stage("upload") as notes:
@@ -333,7 +343,7 @@ class Demo:
             job_id, log_path = self.wait_for_retraining(None)
             record = self._decision(log_path)
             decision = record["decision"]
-            notes.append(f"{job_id}: {decision['candidate']} — {decision['reason']}")
+            notes.append(f"{job_id}: {self._verdict(decision)} ({decision['reason']})")
         tag = decision["candidate"]
         with self.stages.stage("serving picks the new version up") as notes:
             wait_until(
@@ -342,7 +352,7 @@ class Demo:
                 120,
                 str(self.stack.state_dir / "bento.log"),
             )
-            notes.append(f"{self.stack.bento.url} serves {tag}")
+            notes.append(f"{self.stack.bento.url} serves {tag}, fetched from the registry")
         with self.stages.stage("scoring held-out events over HTTP") as notes:
             self.summary.update(self._score(heldout, tag, record))
             notes.append(
@@ -405,9 +415,8 @@ class Demo:
         }
 
     def _plots(self, tag: str) -> list[Path]:
-        from mlaas4hep.serve.registry import Registry
 
-        source = Registry(self.stack.bentoml_home).path(tag) / "plots"
+        source = self.stack.registry().path(tag) / "plots"
         target = self.options.out_dir / "plots"
         target.mkdir(parents=True, exist_ok=True)
         copied = []
@@ -453,10 +462,9 @@ class Demo:
                 "failed_requests": len(probe.failed),
                 "models_seen": sorted(probe.models),
             }
-            verdict = "promoted" if decision["promote"] else "kept the previous version"
             notes.append(
-                f"{job_id}: {verdict} ({decision['reason']}); {probe.ok} requests during the "
-                f"switch, {len(probe.failed)} failed"
+                f"{job_id}: {self._verdict(decision)} ({decision['reason']}); {probe.ok} "
+                f"requests during the switch, {len(probe.failed)} failed"
             )
 
     def stop(self) -> None:

@@ -2,11 +2,15 @@
 applied to moto, the local function runtime and (``serve``) ``bentoml serve``; started
 and stopped as one.
 
-With ``serve`` the stack is the whole service: the retrain function submits the real
-retraining job (``ray_jobs/retrain.py``, on the Ray head, with the model store of the
-stack), which registers and promotes a new model version, and ``bentoml serve`` (on the
-same store) follows the ``production`` alias. Without it the retrain entry point is a
-one-line placeholder, enough to watch the events flow.
+With ``serve`` the stack is the whole service, wired as deployed: the retrain function
+submits the real retraining job (``ray_jobs/retrain.py``, on the Ray head), which
+registers and promotes a new model version in the shared registry in the models bucket
+(``MLAAS4HEP_REGISTRY_URL``, added to the job's runtime_env by Terraform), and ``bentoml
+serve`` follows that registry (``MLAAS4HEP_MODELS_BUCKET``, the same URL: the Terraform
+output ``registry_url``) and its ``production`` alias. The job and the service keep
+stores of their own, as a Ray node and a serving task would: a version reaches the
+service through the bucket only. Without ``serve`` the retrain entry point is a one-line
+placeholder, enough to watch the events flow.
 
 ``make stack-up`` runs :meth:`LocalStack.up` in a supervisor process that
 owns every child (servers by process group, the runtime by PID) and writes what it
@@ -28,7 +32,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlaas4hep.local.bento import BentoServer
 from mlaas4hep.local.moto import MotoServer
@@ -37,6 +41,9 @@ from mlaas4hep.local.project import infra_dir, project_dir
 from mlaas4hep.local.project import state_dir as default_state_dir
 from mlaas4hep.local.terraform import Terraform
 from mlaas4hep.local.xrootd import XRootDServer
+
+if TYPE_CHECKING:
+    from mlaas4hep.serve.registry import Registry
 
 #: The local stack's stand-in job (no training): placeholders stand as whole words, since
 #: their values are shell-quoted (see :func:`mlaas4hep.pipeline.retrain_step.retrain_command`).
@@ -262,7 +269,11 @@ class LocalStack:
             )
         self.retrain_entrypoint = retrain_entrypoint
         self.variables = dict(variables or {})
+        #: the service's BentoML store: a cache of the shared registry's versions
         self.bentoml_home = self.state_dir / "bentoml"
+        #: the retraining jobs' store, where training registers a version before its
+        #: promotion publishes it to the shared registry
+        self.jobs_bentoml_home = self.state_dir / "bentoml-jobs"
         self.moto: MotoServer | None = None
         self.xrootd: XRootDServer | None = None
         self.ray: RayHead | None = None
@@ -288,13 +299,16 @@ class LocalStack:
         return {**variables, **self.variables}
 
     def retrain_runtime_env(self) -> dict[str, Any]:
-        """The Ray runtime_env of retraining jobs: moto and the stack's model store."""
+        """The Ray runtime_env of retraining jobs: moto and the jobs' own model store.
+
+        The registry they promote into (``MLAAS4HEP_REGISTRY_URL``) is not set here:
+        Terraform adds it, the URL the service follows, as it does on AWS."""
         from mlaas4hep.model.lineage import git_revision
 
         assert self.moto is not None
         env_vars = {
             **self.moto.env(),
-            "BENTOML_HOME": str(self.bentoml_home),
+            "BENTOML_HOME": str(self.jobs_bentoml_home),
             "BENTOML_DO_NOT_TRACK": "true",
             "TF_USE_LEGACY_KERAS": "1",
             "TF_CPP_MIN_LOG_LEVEL": "2",
@@ -336,7 +350,9 @@ class LocalStack:
         env = {**os.environ, **self.moto.env()}
         self.terraform.extra_env.update(self.moto.env())
         self.terraform.init()
-        self.terraform.apply(self._var_files(), self.tf_variables())
+        # The one recovery a fresh moto needs (see mlaas4hep.local.terraform): a function
+        # it holds from a create whose answer was lost is imported, then applied again.
+        self.terraform.apply_adopting(self._var_files(), self.tf_variables())
         outputs = self.outputs = self.terraform.output()
         (self.state_dir / "outputs.json").write_text(json.dumps(outputs, indent=1))
         runtime_log = open(self.state_dir / "runtime.log", "ab")  # noqa: SIM115 - child's log
@@ -359,12 +375,38 @@ class LocalStack:
         if self.serve:
             self.bentoml_home.mkdir(parents=True, exist_ok=True)
             self.bento = BentoServer(
-                env={"BENTOML_HOME": str(self.bentoml_home), **self.moto.env()},
+                env={
+                    "BENTOML_HOME": str(self.bentoml_home),
+                    "MLAAS4HEP_MODELS_BUCKET": self.registry_url,
+                    **self.moto.env(),
+                },
                 workdir=self._workdir("bento"),
             ).start()
         record = self.record(outputs)
         self.record_path.write_text(json.dumps(record, indent=1))
         return record
+
+    @property
+    def registry_url(self) -> str:
+        """The shared registry (Terraform's ``registry_url``): what the service follows and
+        the retraining jobs write to. Raises when the applied stack declares no serving."""
+        url = self.outputs.get("registry_url")
+        if not url:
+            raise ServerError(
+                "the applied stack has no registry_url (serving_enabled is false): the "
+                "service and the retraining jobs would not share a registry"
+            )
+        return url
+
+    def registry(self) -> Registry:
+        """The shared registry as the service sees it, read from here through a cache of
+        its own (``bentoml-client/``), so that the service's store stays the service's."""
+        from mlaas4hep.serve.registry import Registry
+        from mlaas4hep.serve.registry_bucket import RegistryBucket
+
+        assert self.moto is not None, "the stack is not up"
+        bucket = RegistryBucket(self.registry_url, client=self.moto.client("s3"))
+        return Registry(self.state_dir / "bentoml-client", bucket=bucket)
 
     def _workdir(self, name: str) -> Path:
         path = self.state_dir / name
@@ -394,6 +436,7 @@ class LocalStack:
                 "pid": self.bento.pid,
                 "url": self.bento.url,
                 "home": str(self.bentoml_home),
+                "registry_url": self.registry_url,
             },
             "terraform_state": str(self.terraform.state_path),
             "buckets": outputs["buckets"],

@@ -8,15 +8,27 @@ and written into a CLI configuration file by :func:`write_cli_config`, so that
 ``terraform init`` never reaches the registry. Each stack keeps its state and its
 ``.terraform`` folder in its own directory, so that a test stack and a developer's
 stack never share state.
+
+:meth:`Terraform.apply_adopting` recovers from one known failure of an apply to moto: a
+Lambda function that moto holds and the state lacks. The provider's create retries a
+``CreateFunction`` refused with a conflict (409 ``ResourceConflictException``, which on AWS
+means "still initialising") for 5 minutes; when an earlier attempt of the same create did
+reach moto but its answer was lost, every retry is refused with "Function already exist"
+and the apply fails. The function then holds what this very apply asked for: it is
+imported into the state and the apply runs once more.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +51,43 @@ _SEARCH_SKIP = {"/proc", "/sys", "/dev", "/run"}
 
 
 class TerraformError(RuntimeError):
-    """A terraform command failed; the message holds the command and its output's tail."""
+    """A terraform command failed; the message holds the command and its output's tail,
+    :attr:`output` the whole of it."""
+
+    def __init__(self, message: str, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """A resource an apply failed to create because the endpoint already holds it."""
+
+    address: str  # e.g. module.function["retrain"].aws_lambda_function.this
+    import_id: str  # what ``terraform import`` takes for it (a function's name)
+
+
+#: Per resource type, the refusal that means "it exists already", with its import id.
+_ALREADY_EXISTS = {
+    "aws_lambda_function": re.compile(r"ResourceConflictException: Function already exist: (\S+)"),
+}
+_ADDRESS = re.compile(r"^\s*with (\S+),$", re.MULTILINE)
+
+
+def orphaned_resources(output: str) -> list[Orphan]:
+    """The resources that an apply's ``output`` says it could not create because they
+    exist already (each from its own ``Error:`` block: the refusal and the address)."""
+    found = []
+    for block in output.split("Error: ")[1:]:
+        address = _ADDRESS.search(block)
+        if address is None:
+            continue
+        kind = address.group(1).split(".")[-2]
+        refusal = _ALREADY_EXISTS.get(kind)
+        match = refusal.search(block) if refusal else None
+        if match:
+            found.append(Orphan(address.group(1), match.group(1)))
+    return found
 
 
 def _holds_provider(root: Path) -> bool:
@@ -160,9 +208,10 @@ class Terraform:
             check=False,
         )
         if check and result.returncode != 0:
-            tail = ((result.stdout or "") + (result.stderr or ""))[-4000:]
+            output = (result.stdout or "") + (result.stderr or "")
             raise TerraformError(
-                f"terraform {' '.join(args)} failed ({result.returncode}):\n{tail}"
+                f"terraform {' '.join(args)} failed ({result.returncode}):\n{output[-4000:]}",
+                output,
             )
         return result
 
@@ -196,6 +245,62 @@ class Terraform:
             *self._var_args(var_files, variables or {}),
         )
 
+    def apply_adopting(
+        self,
+        var_files: Sequence[str | Path] = (),
+        variables: Mapping[str, Any] | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> list[Orphan]:
+        """:meth:`apply`; if it fails only where resources it was creating exist already
+        (see the module docstring), :meth:`adopt` them and apply once more. Returns what
+        was adopted; a second failure, or any other, is raised."""
+        try:
+            self.apply(var_files, variables)
+            return []
+        except TerraformError as err:
+            orphans = orphaned_resources(err.output)
+            if not orphans:
+                raise
+        self.adopt(orphans, var_files, variables, log)
+        self.apply(var_files, variables)
+        return orphans
+
+    def adopt(
+        self,
+        orphans: Sequence[Orphan],
+        var_files: Sequence[str | Path] = (),
+        variables: Mapping[str, Any] | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        """Import each orphan into the state, saying so (on stderr unless ``log``)."""
+        say = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        for orphan in orphans:
+            say(
+                f"terraform apply: {orphan.address} ({orphan.import_id}) exists on the "
+                "endpoint but not in the state (a create whose first answer was lost was "
+                "retried and refused); importing it and applying again"
+            )
+            self.import_resource(orphan.address, orphan.import_id, var_files, variables)
+
+    def import_resource(
+        self,
+        address: str,
+        import_id: str,
+        var_files: Sequence[str | Path] = (),
+        variables: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``terraform import``: put the existing object ``import_id`` in the state at
+        ``address``, evaluated with the same variables as the apply."""
+        self.run(
+            "import",
+            "-input=false",
+            "-no-color",
+            *self._state_args(),
+            *self._var_args(var_files, variables or {}),
+            address,
+            import_id,
+        )
+
     def plan_exit_code(
         self, var_files: Sequence[str | Path] = (), variables: Mapping[str, Any] | None = None
     ) -> tuple[int, str]:
@@ -215,6 +320,25 @@ class Terraform:
                 f"terraform plan failed:\n{(result.stdout + result.stderr)[-4000:]}"
             )
         return result.returncode, result.stdout
+
+    def plan_json(
+        self, var_files: Sequence[str | Path] = (), variables: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The plan of an apply with these variables, as ``terraform show -json`` reads it
+        (``resource_changes`` with each resource's planned values): what a change of a
+        variable would do, checked without applying it."""
+        with tempfile.TemporaryDirectory(prefix="tfplan-") as tmp:
+            plan = Path(tmp) / "plan"
+            self.run(
+                "plan",
+                "-input=false",
+                "-no-color",
+                "-parallelism=20",
+                f"-out={plan}",
+                *self._state_args(),
+                *self._var_args(var_files, variables or {}),
+            )
+            return json.loads(self.run("show", "-json", "-no-color", str(plan)).stdout)
 
     def destroy(
         self, var_files: Sequence[str | Path] = (), variables: Mapping[str, Any] | None = None

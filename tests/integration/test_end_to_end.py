@@ -2,7 +2,9 @@
 
 One local stack for the module (moto, XRootD, Ray head, Terraform, the function runtime,
 ``bentoml serve``). Files uploaded to the data bucket become, by events alone, a
-DatasetSpec, a retraining job, a registered and promoted model that the service serves;
+DatasetSpec, a retraining job, a model published and promoted in the shared registry in
+the models bucket (as deployed: the job's and the service's stores are their own, so the
+bucket is the only way a version reaches the service), which the service serves;
 a second signal file retrains and switches the served version under load with no failed
 request; a retraining that fails leaves the served model alone and shows in
 ``mlaas4hep jobs``; at the end nothing the stack started is left running.
@@ -20,7 +22,6 @@ from mlaas4hep.cli import main as cli
 from mlaas4hep.local.demo import SIGNAL, Demo, DemoOptions
 from mlaas4hep.local.stack import pid_alive
 from mlaas4hep.pipeline.jobs_api import list_jobs
-from mlaas4hep.serve.registry import Registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -54,8 +55,21 @@ def test_events_alone_train_promote_and_serve(demo: Demo) -> None:
     summary = demo.summary
     assert summary["heldout_auc"] > 0.7
     assert abs(summary["heldout_auc"] - summary["job_test_auc"]) < 0.05
-    registry = Registry(demo.stack.bentoml_home)
-    assert registry.resolve("tth:production") == demo.served_tag()
+    registry_url = demo.stack.registry_url
+    assert registry_url == f"s3://{demo.buckets['models']}/registry/"
+    assert demo.stack.registry().resolve("tth:production") == demo.served_tag()
+    # the promotion went through the bucket: the job said where, the service was told the same
+    environment = demo.stack.outputs["functions"]["retrain"]["environment"]
+    env_vars = json.loads(environment["MLAAS4HEP_RETRAIN_RUNTIME_ENV"])["env_vars"]
+    assert env_vars["MLAAS4HEP_REGISTRY_URL"] == registry_url
+    assert env_vars["BENTOML_HOME"] != str(demo.stack.bentoml_home)  # a store of its own
+    history = json.loads(
+        demo.s3_client()
+        .get_object(Bucket=demo.buckets["models"], Key="registry/aliases.json")["Body"]
+        .read()
+    )["history"]
+    assert [entry["tag"] for entry in history][:1] == [summary["model"]]
+    assert history[0]["by"].startswith("retraining of tth")
     assert {Path(p).name for p in summary["plots"]} >= {"roc.png", "loss.png"}
 
 
@@ -66,8 +80,9 @@ def test_new_signal_file_retrains_once_and_switches_without_failures(demo: Demo)
     assert continuous["requests_during_switch"] > 20
     jobs = list_jobs(demo.stack.ray.address, dataset="tth")
     assert len(jobs) == 2 and all(job.status == "SUCCEEDED" for job in jobs)
-    versions = Registry(demo.stack.bentoml_home).list(name="tth")
-    assert len(versions) == 2
+    registry = demo.stack.registry()
+    registry.sync()
+    assert len(registry.list(name="tth")) == 2
     decision = continuous["decision"]
     served = demo.served_tag()
     assert served == (decision["candidate"] if decision["promote"] else decision["current"])

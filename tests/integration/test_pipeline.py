@@ -43,6 +43,8 @@ FUNCTIONS = {
     "retrain": {"timeout": 10, "batch_size": 10, "maximum_concurrency": 1},
 }
 DEBOUNCE_SECONDS = 3
+#: The user's own runtime_env of the retraining jobs: kept beside the registry Terraform adds.
+RUNTIME_ENV = {"env_vars": {"MLAAS4HEP_PIPELINE_TEST": "1"}}
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.3, what: str = "condition"):
@@ -74,6 +76,7 @@ def stack(moto_server, tmp_path_factory):
         "retrain_entrypoint": "python -c \"print('ok')\"",
         "retrain_debounce_seconds": DEBOUNCE_SECONDS,
         "functions": FUNCTIONS,
+        "retrain_runtime_env": RUNTIME_ENV,
     }
     runtime = None
     destroyed = []
@@ -154,6 +157,33 @@ def test_outputs_wire_every_function_to_its_queue(stack):
     assert spec_file["environment"]["MLAAS4HEP_MAX_RECEIVE_COUNT"] == str(
         spec_file["max_receive_count"]
     )
+
+
+def retrain_runtime_env(environment: dict[str, str]) -> dict:
+    return json.loads(environment["MLAAS4HEP_RETRAIN_RUNTIME_ENV"])
+
+
+def test_retraining_jobs_write_to_the_registry_the_replicas_follow(stack):
+    registry = stack.outputs["registry_url"]
+    assert registry == f"s3://{stack.outputs['buckets']['models']}/registry/"
+    assert stack.outputs["serving"]["models_url"] == registry  # the tasks' MLAAS4HEP_MODELS_BUCKET
+    runtime_env = retrain_runtime_env(stack.outputs["functions"]["retrain"]["environment"])
+    assert runtime_env["env_vars"] == {
+        "MLAAS4HEP_REGISTRY_URL": registry,
+        **RUNTIME_ENV["env_vars"],
+    }
+    # A registry the user names in retrain_runtime_env wins; the rest of it is kept.
+    own = {
+        "working_dir": "s3://code/mlaas4hep.zip",
+        "env_vars": {"MLAAS4HEP_REGISTRY_URL": "s3://elsewhere/registry/", "BENTOML_HOME": "/b"},
+    }
+    plan = stack.tf.plan_json(stack.var_files, {**stack.variables, "retrain_runtime_env": own})
+    (retrain,) = [
+        change["change"]["after"]
+        for change in plan["resource_changes"]
+        if change["address"] == 'module.function["retrain"].aws_lambda_function.this'
+    ]
+    assert retrain_runtime_env(retrain["environment"][0]["variables"]) == own
 
 
 def test_second_plan_has_no_drift(stack):

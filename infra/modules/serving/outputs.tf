@@ -13,6 +13,11 @@ output "repository_arn" {
   value       = aws_ecr_repository.this.arn
 }
 
+output "models_url" {
+  description = "The s3:// prefix of the shared registry the tasks follow (their MLAAS4HEP_MODELS_BUCKET): where uploads and promotions must be written to reach every replica."
+  value       = local.environment["MLAAS4HEP_MODELS_BUCKET"]
+}
+
 output "api_token_secret_arn" {
   description = "Secrets Manager secret (or SSM parameter) whose value the container gets as MLAAS4HEP_SERVE_TOKEN."
   value       = local.token_arn
