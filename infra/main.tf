@@ -69,8 +69,8 @@ locals {
       { sid = "ClaimFileSpecs", actions = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], resources = ["${local.specs_arn}/${var.prefixes.leases}*"] },
       # A removed data object: its FileSpecs are listed and deleted (pipeline.remove_file_specs);
       # listing the data prefix makes a HEAD of a removed object a 404, not a 403.
-      { sid = "DeleteFileSpecs", actions = ["s3:DeleteObject"], resources = ["${local.specs_arn}/${var.prefixes.file_specs}*"] },
-      { sid = "ListFileSpecs", actions = ["s3:ListBucket"], resources = [local.specs_arn], list_prefixes = [var.prefixes.file_specs, var.prefixes.quarantine] },
+      { sid = "DeleteFileSpecs", actions = ["s3:DeleteObject", "s3:DeleteObjectVersion"], resources = ["${local.specs_arn}/${var.prefixes.file_specs}*", "${local.specs_arn}/${var.prefixes.quarantine}*"] },
+      { sid = "ListFileSpecs", actions = ["s3:ListBucket", "s3:ListBucketVersions"], resources = [local.specs_arn], list_prefixes = [var.prefixes.file_specs, var.prefixes.quarantine] },
       { sid = "ListData", actions = ["s3:ListBucket"], resources = [local.data_arn], list_prefixes = [var.prefixes.data] },
     ]
     merge_specs = [

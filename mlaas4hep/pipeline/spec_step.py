@@ -394,25 +394,28 @@ def remove_file_specs(
         return FileSpecOutcome("skipped", source)
     if object_exists(s3, notification.bucket, notification.key):
         return FileSpecOutcome("superseded", source)
-    keys = []
-    paginator = s3.get_paginator("list_objects_v2")
+    # Every version of each (the specs bucket keeps versions): a deletion of the last
+    # one is notified as ObjectRemoved:Delete, where a bare delete would leave a delete
+    # marker, which not every S3 implementation notifies of.
+    versions: list[dict[str, str]] = []
+    paginator = s3.get_paginator("list_object_versions")
     for prefix in (
         config.file_spec_key(dataset, path, ""),
         config.quarantine_key(dataset, path, ""),
     ):
         stem = prefix.removesuffix(".json")  # <prefix><dataset>/<path>@
         for page in paginator.paginate(Bucket=config.specs_bucket, Prefix=stem):
-            keys += [
-                item["Key"]
-                for item in page.get("Contents", [])
+            versions += [
+                {"Key": item["Key"], "VersionId": item["VersionId"]}
+                for item in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
                 # this file's (a version name holds neither), not "<path>@x.root"'s
                 if not {"/", "@"} & set(item["Key"][len(stem) :])
             ]
-    for start in range(0, len(keys), 1000):
+    for start in range(0, len(versions), 1000):
         s3.delete_objects(
-            Bucket=config.specs_bucket,
-            Delete={"Objects": [{"Key": k} for k in keys[start : start + 1000]]},
+            Bucket=config.specs_bucket, Delete={"Objects": versions[start : start + 1000]}
         )
+    keys = sorted({v["Key"] for v in versions})
     return FileSpecOutcome("removed", source, ", ".join(keys))
 
 
