@@ -12,6 +12,7 @@ adding a transport touches one module (and one line of :mod:`~mlaas4hep.io.schem
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -46,8 +47,14 @@ class Location:
     #: Whether reading goes over the network (the service reads such URLs itself).
     remote: ClassVar[bool] = True
 
-    def uproot_options(self, url: str) -> dict[str, Any]:
-        """Keyword arguments for ``uproot.open`` of ``url``."""
+    def uproot_options(
+        self, url: str, redirects: Callable[[str], bool] | None = None
+    ) -> dict[str, Any]:
+        """Keyword arguments for ``uproot.open`` of ``url``.
+
+        ``redirects`` says which URLs a redirect may lead to (None: any). Only the HTTP
+        location follows redirects itself; the others ignore it.
+        """
         return {"begin_chunk_size": REMOTE_BEGIN_CHUNK}
 
     def identity(self, url: str) -> dict[str, Any]:
