@@ -41,10 +41,8 @@ from urllib.parse import urlsplit, urlunsplit
 import uproot
 
 from mlaas4hep.errors import ConfigError, ReadError
-from mlaas4hep.io.location import REMOTE_BEGIN_CHUNK, Location
+from mlaas4hep.io.location import LOOPBACK_HOSTS, REMOTE_BEGIN_CHUNK, Location
 
-#: Hosts that are always reached directly, whatever the proxy settings say.
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 #: The most redirects one request follows.
 MAX_REDIRECTS = 5
 #: Seconds to wait for a server (uproot's ``timeout`` option, when given, wins).

@@ -22,6 +22,10 @@ from typing import Any, ClassVar
 #: no more time than 403 bytes and holds them (7 GETs → 5 for a paper-layout file on S3).
 REMOTE_BEGIN_CHUNK = 64 * 1024
 
+#: Hosts that HTTP clients always reach directly, whatever the proxy settings say: a
+#: loopback server is never behind a proxy (and a proxy would not reach it).
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
 
 def normalize_url(url: str | os.PathLike[str]) -> str:
     """The canonical form of a file location: absolute local path, or the URL unchanged."""
