@@ -142,10 +142,16 @@ def read_range(
             f"asked for bytes {start}-{stop - 1}, got {len(data)} bytes from {first} "
             "(the file changed while it was read, or the server answers ranges wrongly)",
         )
-    etag = headers.get("ETag")
-    return RangeAnswer(
-        data, size, etag.strip('"') if etag else None, headers.get("Last-Modified") or None
-    )
+    return RangeAnswer(data, size, _etag(headers.get("ETag")), headers.get("Last-Modified") or None)
+
+
+def _etag(value: str | None) -> str | None:
+    """An ETag without its quotes (a weak one keeps its ``W/``), or None."""
+    if not value:
+        return None
+    weak = value.startswith("W/")
+    inner = value[2:] if weak else value
+    return ("W/" if weak else "") + inner.strip('"')
 
 
 def read_whole(url: str, *, timeout: float | None = None) -> bytes:
@@ -162,7 +168,10 @@ def _opened(
     """The server's answer to a GET of ``url``, redirects followed; every failure a
     ReadError naming ``url``."""
     parts = urlsplit(url)
-    request = urllib.request.Request(wire_url(url), headers=headers)
+    # identity: a range of the stored bytes, not of a compressed rendering of them
+    request = urllib.request.Request(
+        wire_url(url), headers={"Accept-Encoding": "identity", **headers}
+    )
     if parts.username is not None:  # never forwarded on a redirect (unredirected header)
         pair = f"{parts.username}:{parts.password or ''}".encode()
         request.add_unredirected_header("Authorization", "Basic " + base64.b64encode(pair).decode())
