@@ -180,6 +180,8 @@ def _opened(
         handlers.append(urllib.request.ProxyHandler({}))
     try:
         answer = urllib.request.build_opener(*handlers).open(request, timeout=timeout or TIMEOUT)
+    except ReadError:  # a redirect refused by _Redirects
+        raise
     except urllib.error.HTTPError as err:
         err.close()
         if err.code in (404, 410):

@@ -167,8 +167,9 @@ def test_redirects_are_followed_within_their_limits(web, web_root):
             open_tree(web.url_for("gone/hzz.root"))
         with pytest.raises(ReadError, match="loop/a.root"):
             open_tree(web.url_for("loop/a.root"))
-        with pytest.raises(ReadError, match="not followed"):
+        with pytest.raises(ReadError, match="not followed") as caught:
             open_tree(web.url_for("ftp/x.root"))
+        assert caught.value.cause.startswith("the server redirects to 'ftp://")
         with pytest.raises(ReadError, match="file:///etc/passwd.*not allowed"):
             open_tree(web.url_for("file/x.root"))
         # a caller that limits redirects (the service) is never taken to another server
