@@ -395,7 +395,9 @@ def test_file_sources_default_to_the_data_bucket_and_are_checked() -> None:
     assert ServeConfig.from_dict({"file_sources": ["s3://a-bucket/x/"]}).file_sources == (
         "s3://a-bucket/x/",
     )
-    for bad in ("s3://bucket", "https://site/x/", "root://host", "s3://b/../x/", "/data/"):
+    assert ServeConfig.from_dict({"file_sources": ["https://opendata.cern.ch/eos/"]}).file_sources
+    bad_sources = ("s3://bucket", "ftp://site/x/", "https://site", "root://host", "/data/")
+    for bad in (*bad_sources, "s3://b/../x/", "https://u@site/x/", "https://site/x?y/"):
         with pytest.raises(ConfigError, match="file source"):
             ServeConfig.from_dict({"file_sources": [bad]})
     with pytest.raises(ConfigError, match="list of strings"):

@@ -401,3 +401,15 @@ def test_an_xrootd_step_inside_baskets_already_read_sends_no_vector_read():
     # file whose baskets hold several steps over a real server)
     source = object.__new__(XRootDSource)  # not connected: any read would raise
     assert source.chunks([], queue.Queue()) == []
+
+
+def test_web_urls_are_requested_as_http_and_webdav_as_its_https() -> None:
+    from mlaas4hep.io.https import _etag, wire_url
+
+    assert (
+        wire_url("davs://eos.example.org:8443/eos/a.root")
+        == "https://eos.example.org:8443/eos/a.root"
+    )
+    assert wire_url("dav://host/a.root") == "http://host/a.root"
+    assert wire_url("https://user:pw@host/a.root?x=1") == "https://host/a.root?x=1"
+    assert _etag('"abc"') == "abc" and _etag('W/"abc"') == "W/abc" and _etag("") is None

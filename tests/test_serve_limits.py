@@ -97,7 +97,12 @@ def test_a_cut_or_garbled_arrow_body_is_a_400(cut: int) -> None:
 
 # ------------------------------------------------------------------------ allow-list
 
-SOURCES = ["s3://physics-data/datasets/", "root://eos.example.org//eos/cms/store/"]
+SOURCES = [
+    "s3://physics-data/datasets/",
+    "root://eos.example.org//eos/cms/store/",
+    "https://opendata.example.org/eos/opendata/",
+    "http://127.0.0.1:8080/data/",
+]
 
 
 @pytest.mark.parametrize(
@@ -107,6 +112,9 @@ SOURCES = ["s3://physics-data/datasets/", "root://eos.example.org//eos/cms/store
         "root://eos.example.org//eos/cms/store/x.root",
         "root://EOS.example.org:1094//eos/cms/store/x.root",
         "root://eos.example.org:1094///eos/cms/store/x.root",
+        "https://opendata.example.org/eos/opendata/cms/x.root",
+        "https://OPENDATA.example.org:443/eos/opendata/x.root",
+        "http://127.0.0.1:8080/data/x.root",
     ],
 )
 def test_urls_under_a_source_are_read(url: str) -> None:
@@ -134,6 +142,23 @@ def test_urls_under_a_source_are_read(url: str) -> None:
         "s3://physics-data/datasets/a\\..\\b.root",
         "https://physics-data/datasets/a.root",
         "file:///etc/passwd",
+        # web URLs: scheme, exact host, port, path prefix; no userinfo, query or //
+        "http://opendata.example.org/eos/opendata/x.root",  # not https
+        "https://opendata.example.org:8443/eos/opendata/x.root",
+        "https://opendata.example.org.evil.org/eos/opendata/x.root",
+        "https://evil.org/opendata.example.org/eos/opendata/x.root",
+        "https://opendata.example.org@evil.org/eos/opendata/x.root",
+        "https://evil.org@opendata.example.org/eos/opendata/x.root",
+        "https://opendata.example.org/eos/opendata/../../etc/x.root",
+        "https://opendata.example.org/eos/opendata/%2e%2e/x.root",
+        "https://opendata.example.org/eos/opendata/x.root?redirect=evil.org",
+        "https://opendata.example.org//eos/opendata/x.root",
+        "https://opendata.example.org/eos/opendataX/x.root",
+        "https://opendata.example.org/eos/opendata",  # the prefix itself
+        "http://127.0.0.1:8081/data/x.root",
+        "http://localhost:8080/data/x.root",  # hosts match exactly, not by resolution
+        "http://127.0.0.1/data/x.root",  # port 80, not 8080
+        "http://2130706433:8080/data/x.root",
     ],
 )
 def test_urls_outside_every_source_are_refused_with_one_answer(url: str) -> None:

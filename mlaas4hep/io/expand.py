@@ -12,8 +12,10 @@ def expand_sources(items: Sequence[str | os.PathLike[str]]) -> list[str]:
     """File URLs from paths, directories, glob patterns and ``s3://`` prefixes.
 
     A local directory or an ``s3://bucket/prefix/`` gives every ``*.root`` file under
-    it; a glob is expanded; anything else (including ``root://`` URLs) is kept as is.
-    Each file appears once, in the order found.
+    it; a glob is expanded; anything else (including ``root://`` URLs) is kept as is. An
+    ``https://`` URL is one file: one that looks like a directory or a glob is a
+    ConfigError (web servers list no directories). Each file appears once, in the order
+    found.
     """
     found: list[str] = []
     for item in items:

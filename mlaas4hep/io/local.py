@@ -17,7 +17,7 @@ class LocalLocation(Location):
     schemes = ("file",)
     remote = False
 
-    def uproot_options(self, url: str) -> dict[str, Any]:
+    def uproot_options(self, url: str, redirects: Any = None) -> dict[str, Any]:
         return {}
 
     def identity(self, url: str) -> dict[str, Any]:

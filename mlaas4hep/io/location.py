@@ -12,6 +12,7 @@ adding a transport touches one module (and one line of :mod:`~mlaas4hep.io.schem
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,6 +21,10 @@ from typing import Any, ClassVar
 #: tree metadata that most files keep in their first few kB; 64 KiB costs a remote store
 #: no more time than 403 bytes and holds them (7 GETs → 5 for a paper-layout file on S3).
 REMOTE_BEGIN_CHUNK = 64 * 1024
+
+#: Hosts that HTTP clients always reach directly, whatever the proxy settings say: a
+#: loopback server is never behind a proxy (and a proxy would not reach it).
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def normalize_url(url: str | os.PathLike[str]) -> str:
@@ -46,8 +51,14 @@ class Location:
     #: Whether reading goes over the network (the service reads such URLs itself).
     remote: ClassVar[bool] = True
 
-    def uproot_options(self, url: str) -> dict[str, Any]:
-        """Keyword arguments for ``uproot.open`` of ``url``."""
+    def uproot_options(
+        self, url: str, redirects: Callable[[str], bool] | None = None
+    ) -> dict[str, Any]:
+        """Keyword arguments for ``uproot.open`` of ``url``.
+
+        ``redirects`` says which URLs a redirect may lead to (None: any). Only the HTTP
+        location follows redirects itself; the others ignore it.
+        """
         return {"begin_chunk_size": REMOTE_BEGIN_CHUNK}
 
     def identity(self, url: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import awkward as ak
@@ -55,6 +55,7 @@ class RootTree:
         tree: str | None = None,
         *,
         data: bytes | bytearray | None = None,
+        redirects: Callable[[str], bool] | None = None,
     ) -> None:
         self.url = normalize_url(url) if data is None else str(url)
         ensure_inflate_library()
@@ -62,7 +63,7 @@ class RootTree:
             if data is not None:  # a file held in memory (an upload); url only names it
                 self._file = uproot.open(MemoryFile(data), object_cache=None, array_cache=None)
             else:
-                options = location_of(self.url).uproot_options(self.url)
+                options = location_of(self.url).uproot_options(self.url, redirects)
                 self._file = uproot.open(self.url, object_cache=None, array_cache=None, **options)
         except ImportError as err:  # a transport's client missing from this installation
             raise ReadError(self.url, str(err)) from err
@@ -248,11 +249,17 @@ class MemoryFile(io.RawIOBase):
 
 
 def open_tree(
-    url: str | os.PathLike[str], tree: str | None = None, *, data: bytes | bytearray | None = None
+    url: str | os.PathLike[str],
+    tree: str | None = None,
+    *,
+    data: bytes | bytearray | None = None,
+    redirects: Callable[[str], bool] | None = None,
 ) -> RootTree:
-    """Open the tree of a ROOT file at a local path or a URL (``root://``, ``s3://`` …),
-    or held in memory as ``data`` (then ``url`` is only the name errors give it)."""
-    return RootTree(url, tree, data=data)
+    """Open the tree of a ROOT file at a local path or a URL (``root://``, ``s3://``,
+    ``https://`` …), or held in memory as ``data`` (then ``url`` is only the name errors
+    give it). ``redirects`` says which URLs an HTTP server may redirect the reads to
+    (None: any http(s) URL; the service allows its ``file_sources`` only)."""
+    return RootTree(url, tree, data=data, redirects=redirects)
 
 
 def only_tree(file: Any, url: str) -> str:

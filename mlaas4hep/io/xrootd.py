@@ -69,7 +69,7 @@ class XRootDLocation(Location):
 
     schemes = ("root",)
 
-    def uproot_options(self, url: str) -> dict[str, Any]:
+    def uproot_options(self, url: str, redirects: Any = None) -> dict[str, Any]:
         configure_client()
         return {
             "begin_chunk_size": REMOTE_BEGIN_CHUNK,

@@ -8,7 +8,7 @@
     client.promote(tag, "production")               # the service switches, no restart
     client.predict([{"nJet": 2, "Jet_pt": [51.2, 33.0], ...}]).scores
     client.predict(events)                          # an awkward array: sent as Arrow
-    client.predict_file("ttH.root")                 # or "s3://…", "root://…"
+    client.predict_file("ttH.root")                 # or "s3://…", "root://…", "https://…"
 
 Only the standard library is needed for JSON; awkward/pyarrow/numpy bodies use pyarrow.
 Every refusal of the server raises :class:`ServiceError` with its status, the field and
@@ -31,10 +31,14 @@ import numpy as np
 
 from mlaas4hep import extras
 from mlaas4hep.errors import MlaasError
-from mlaas4hep.io.location import scheme
-from mlaas4hep.serve.protocol import ARROW_STREAM, DEFAULT_ALIAS, JSON, OCTET_STREAM
-
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+from mlaas4hep.io.location import LOOPBACK_HOSTS, scheme
+from mlaas4hep.serve.protocol import (
+    ARROW_STREAM,
+    DEFAULT_ALIAS,
+    FILE_URL_SCHEMES,
+    JSON,
+    OCTET_STREAM,
+)
 
 
 class ServiceError(MlaasError):
@@ -145,10 +149,10 @@ class Client:
         return _arrow_prediction(data, headers)
 
     def predict_file(self, source: str | os.PathLike[str], tree: str | None = None) -> Prediction:
-        """Scores of every event of a ROOT file: a local file (uploaded) or an s3:// or
-        root:// URL (read by the service)."""
+        """Scores of every event of a ROOT file: a local file (uploaded) or an s3://,
+        root:// or https:// URL (read by the service)."""
         query = [("tree", tree)] if tree else []
-        if isinstance(source, str) and scheme(source) in ("s3", "root"):
+        if isinstance(source, str) and scheme(source) in FILE_URL_SCHEMES:
             body, kind = json.dumps({"url": source}).encode(), JSON
         else:
             body, kind = Path(source).read_bytes(), OCTET_STREAM

@@ -17,8 +17,9 @@ Read once per process by ``serving/service.py`` from an optional YAML file (its 
 ``MLAAS4HEP_MODELS_BUCKET``         ``s3://`` prefix of the shared registry: versions and
                                     aliases live there, every replica follows them, the
                                     local store is a cache (none: the local store alone)
-``MLAAS4HEP_SERVE_FILE_SOURCES``    comma-separated ``s3://bucket/prefix`` and
-                                    ``root://host[:port]/path`` prefixes that
+``MLAAS4HEP_SERVE_FILE_SOURCES``    comma-separated ``s3://bucket/prefix``,
+                                    ``root://host[:port]/path`` and
+                                    ``https://host[:port]/path`` prefixes that
                                     ``POST /predict_file`` may read by URL (default: the
                                     data bucket, ``MLAAS4HEP_DATA_BUCKET``; none: only
                                     uploaded files are scored)
@@ -241,18 +242,22 @@ def _checked(cls: type, data: Any, where: str, prefix: str = "") -> dict[str, An
     return out
 
 
-_SOURCE = re.compile(r"^(s3://[a-z0-9][a-z0-9.-]{1,62}/|root://[A-Za-z0-9.-]+(:[0-9]{1,5})?/)")
+_SOURCE = re.compile(
+    r"^(s3://[a-z0-9][a-z0-9.-]{1,62}/|(root|https?)://[A-Za-z0-9.-]+(:[0-9]{1,5})?/)"
+)
 
 
 def check_source(source: str) -> str:
-    """``source`` if it can be a ``file_sources`` entry: an ``s3://bucket/`` or
-    ``root://host[:port]/`` prefix (with an optional path after the slash), which
+    """``source`` if it can be a ``file_sources`` entry: an ``s3://bucket/``,
+    ``root://host[:port]/`` or ``https://host[:port]/`` (``http://``) prefix (with an
+    optional path after the slash), which
     :func:`~mlaas4hep.serve.sources.parse_source`, the rule requests are matched by,
     accepts."""
     if not _SOURCE.match(source) or parse_source(source) is None:
         raise ConfigError(
-            f"serving config: file source {source!r}: write s3://bucket/prefix or "
-            "root://host[:port]/path (with the slash after the bucket or host)"
+            f"serving config: file source {source!r}: write s3://bucket/prefix, "
+            "root://host[:port]/path or https://host[:port]/path (with the slash after "
+            "the bucket or host)"
         )
     return source
 

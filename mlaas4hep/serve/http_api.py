@@ -113,7 +113,9 @@ async def predict_file(request: Request, server: ModelServer) -> Response:
     if request.headers.get("content-type", "").split(";")[0].strip() == JSON:
         spec = _json_object(await request.body())
         if not isinstance(spec.get("url"), str):
-            raise RequestError("give the file as {'url': 's3://… or root://…'}", field="url")
+            raise RequestError(
+                "give the file as {'url': 's3://…, root://… or https://…'}", field="url"
+            )
         source, tree = spec["url"], spec.get("tree", tree)
     elif "url" in request.query_params:
         source = request.query_params["url"]

@@ -1,4 +1,5 @@
-"""What the service and its clients agree on: media types and the default alias.
+"""What the service and its clients agree on: media types, the default alias, and the
+URL schemes ``/predict_file`` reads.
 
 Kept free of heavy imports, so that the client (and the CLI) can use them without
 loading numpy, pyarrow or the model code.
@@ -14,3 +15,6 @@ OCTET_STREAM = "application/octet-stream"
 
 #: The alias the service serves and retraining promotes, unless told otherwise.
 DEFAULT_ALIAS = "production"
+
+#: The schemes of the URLs ``POST /predict_file`` reads itself (a client uploads the rest).
+FILE_URL_SCHEMES = ("s3", "root", "https", "http")

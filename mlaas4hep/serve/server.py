@@ -46,10 +46,10 @@ from mlaas4hep.serve.payloads import (
     stream_scores,
 )
 from mlaas4hep.serve.predictor import Predictor
-from mlaas4hep.serve.protocol import ARROW_STREAM
+from mlaas4hep.serve.protocol import ARROW_STREAM, FILE_URL_SCHEMES
 from mlaas4hep.serve.registry import Registry
 from mlaas4hep.serve.registry_errors import ModelNotFound
-from mlaas4hep.serve.sources import check_file_url
+from mlaas4hep.serve.sources import check_file_url, covered
 
 log = logging.getLogger("mlaas4hep.serving")
 JsonItem = list[dict[str, Any]] | EventColumns  # a /predict body after parse_json
@@ -209,15 +209,16 @@ class ModelServer:
     def predict_file(
         self, source: str | bytes | bytearray, accept: str, tree: str | None = None
     ) -> tuple[Iterator[bytes], str, str]:
-        """A ROOT file (its bytes, or an ``s3://``/``root://`` URL under ``file_sources``)
+        """A ROOT file (its bytes, or an ``s3://``/``root://``/``https://`` URL under
+        ``file_sources``; a web server's redirects are followed only under them too)
         scored in chunks of ``limits.file_step_events``; a file of more than
         ``limits.bulk_events`` events is refused (413) before its baskets are read."""
         field = "url" if isinstance(source, str) else "body"
         if isinstance(source, str):
-            if scheme(source) not in ("s3", "root"):
+            if scheme(source) not in FILE_URL_SCHEMES:
                 raise RequestError(
-                    f"only s3:// and root:// URLs are read ({source[:200]!r}); upload a "
-                    "local file as the request body instead",
+                    f"only s3://, root://, https:// and http:// URLs are read "
+                    f"({source[:200]!r}); upload a local file as the request body instead",
                     field="url",
                 )
             check_file_url(source, self.config.file_sources)
@@ -225,7 +226,7 @@ class ModelServer:
         limits = self.config.limits
         parts = []
         try:
-            with _open_file(source, tree) as root_tree:
+            with self._open_file(source, tree) as root_tree:
                 if root_tree.num_entries > limits.bulk_events:
                     raise RequestError(
                         f"the file's tree holds {root_tree.num_entries} events, above the "
@@ -255,6 +256,12 @@ class ModelServer:
         pieces, kind = stream_scores(scores, predictor.tag, accept)
         return pieces, kind, predictor.tag
 
+    def _open_file(self, source: str | bytes | bytearray, tree: str | None) -> RootTree:
+        if isinstance(source, str):
+            sources = self.config.file_sources
+            return open_tree(source, tree, redirects=lambda target: covered(target, sources))
+        return open_tree("the uploaded file", tree, data=source)
+
     def infer(
         self, body: bytes | bytearray, header_length: str | None, name: str, version: str | None
     ) -> tuple[bytes, dict[str, str], str]:
@@ -282,12 +289,6 @@ class ModelServer:
         predictor = self._loaded().predictor
         open_inference.check_served(predictor.tag, name, version)
         return open_inference.model_metadata(predictor.tag, predictor.vectorizer)
-
-
-def _open_file(source: str | bytes | bytearray, tree: str | None) -> RootTree:
-    if isinstance(source, str):
-        return open_tree(source, tree)
-    return open_tree("the uploaded file", tree, data=source)
 
 
 class ServingMetrics:
