@@ -80,6 +80,11 @@ class QuantileSketch:
         return self.zero + int(self._pos.sum()) + int(self._neg.sum())
 
     @property
+    def n_buckets(self) -> tuple[int, int]:
+        """Buckets kept for the positive and the negative values (each <= MAX_BINS)."""
+        return len(self._pos), len(self._neg)
+
+    @property
     def empty(self) -> bool:
         return not (self.zero or len(self._pos) or len(self._neg))
 
@@ -193,16 +198,17 @@ class QuantileSketch:
         return hash((self.zero, self._pos_offset, self._pos.tobytes(), self._neg_offset))
 
     def __repr__(self) -> str:
-        return f"QuantileSketch({self.count} values, {len(self._pos) + len(self._neg)} buckets)"
+        return f"QuantileSketch({self.count} values, {sum(self.n_buckets)} buckets)"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data: the accuracy it was made with, the zero count and, per sign,
-        the key of its first bucket and the dense counts from there."""
+        the key of its first bucket and the counts from there, a run of ``k > 1`` empty
+        buckets written as ``-k`` (small files fill few buckets, large files most)."""
         return {
             "relative_accuracy": RELATIVE_ACCURACY,
             "zero": self.zero,
-            "positive": [self._pos_offset, self._pos.tolist()],
-            "negative": [self._neg_offset, self._neg.tolist()],
+            "positive": [self._pos_offset, _encode(self._pos)],
+            "negative": [self._neg_offset, _encode(self._neg)],
         }
 
     @classmethod
@@ -217,9 +223,9 @@ class QuantileSketch:
             stores = []
             for sign in ("positive", "negative"):
                 offset, counts = data[sign]
-                array = np.asarray(counts, dtype=np.int64).reshape(-1)
-                if len(array) > MAX_BINS or (array.size and array.min() < 0):
-                    raise ValueError(f"{sign} buckets out of bounds")
+                array = _decode(counts)
+                if len(array) > MAX_BINS:
+                    raise ValueError(f"more than {MAX_BINS} {sign} buckets")
                 stores.append((int(offset), array))
             return cls(int(data["zero"]), stores[0], stores[1])
         except (KeyError, TypeError, ValueError) as err:
@@ -254,6 +260,26 @@ def _lower_edge(keys: np.ndarray) -> np.ndarray:
     keys = np.asarray(keys, dtype=np.int64)
     mantissa = 1.0 + (keys & (_ZERO_KEYS - 1)) / _ZERO_KEYS
     return np.ldexp(mantissa, (keys >> _MANTISSA_BITS) - 127)
+
+
+def _encode(counts: np.ndarray) -> list[int]:
+    """Counts with each run of ``k > 1`` zeros replaced by ``-k`` (see ``to_dict``)."""
+    empty = np.concatenate([[False], counts == 0, [False]])
+    edges = np.flatnonzero(empty[1:] != empty[:-1])
+    out: list[int] = []
+    done = 0
+    for start, stop in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
+        if stop - start > 1:
+            out += counts[done:start].tolist()
+            out.append(start - stop)
+            done = stop
+    return out + counts[done:].tolist()
+
+
+def _decode(encoded: Sequence[int]) -> np.ndarray:
+    items = np.asarray(encoded, dtype=np.int64).reshape(-1)
+    runs = items < 0
+    return np.repeat(np.where(runs, 0, items), np.where(runs, -items, 1))
 
 
 def _add(a_offset: int, a: np.ndarray, b_offset: int, b: np.ndarray) -> tuple[int, np.ndarray]:

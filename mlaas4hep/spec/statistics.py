@@ -86,8 +86,11 @@ class BranchStats:
         if self.sketch is None:
             return None
         estimates = self.sketch.quantiles(qs)
-        if self.finite:
-            estimates = np.clip(estimates, float(self.min), float(self.max))
+        if self.finite:  # the ends are known exactly
+            q = np.asarray(qs, dtype=np.float64)
+            low, high = float(self.min), float(self.max)
+            estimates = np.where(q == 0, low, np.where(q == 1, high, estimates))
+            estimates = np.clip(estimates, low, high)
         return estimates
 
     def merge(self, other: BranchStats) -> BranchStats:
