@@ -148,3 +148,14 @@ def test_nanoaod_sketch_is_additive(shared_data):
         assert stats.sketch.count == stats.finite, name
     size = len(json.dumps(data)) / len(json.dumps({**data, "branches": stripped}))
     assert size < 2.5, size  # the spec document grows, boundedly
+
+
+def test_large_arrays_take_one_histogram_to_the_same_sketch():
+    rng = np.random.default_rng(1)
+    for values in (rng.normal(0, 50, 100_000), rng.exponential(30, 100_000)):
+        values = values.astype(np.float32)
+        merged = QuantileSketch()
+        for part in np.array_split(values, 8):  # below the direct path's size
+            merged = merged.merge(QuantileSketch.of(part))
+        assert QuantileSketch.of(values) == merged
+        assert QuantileSketch.of(values.astype(np.float64)) == merged

@@ -53,6 +53,7 @@ _F64_SHIFT = 52 - _MANTISSA_BITS
 _F64_REBIAS = (1023 - 127) << _MANTISSA_BITS  # float64 exponent bias → float32's
 _MAGNITUDE = np.int64(0x7FFFFFFFFFFFFFFF)
 _EMPTY = np.zeros(0, dtype=np.int64)
+_DIRECT = 2 * _SIGN_KEY
 _FLOAT32_EXACT = 1 << 24  # every integer up to this magnitude is exact in float32
 
 
@@ -105,6 +106,11 @@ class QuantileSketch:
         if values.dtype == np.float32 or _exact_in_float32(values, low, high):
             bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
             keys = bits >> np.uint32(_F32_SHIFT)  # the sign lands on _SIGN_KEY
+            if keys.size >= _DIRECT:
+                # Many values: one histogram over every float32 key, no other pass (it
+                # is smaller than the copy bincount makes of its input anyway).
+                counts = np.bincount(keys)
+                return cls._from_counts(0, counts[:_SIGN_KEY], 0, counts[_SIGN_KEY:])
             sign = np.uint32(_SIGN_KEY.bit_length() - 1)
             magnitude = np.uint32(_SIGN_KEY - 1)
         else:
