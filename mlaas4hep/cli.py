@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--split", choices=["train", "validation", "test"])
     stream.add_argument("--cut", help="selection expression, e.g. 'nJet >= 4'")
     stream.add_argument("--seed", type=int, default=0)
-    stream.add_argument("--normalization", default="minmax", choices=["minmax", "zscore", "none"])
+    stream.add_argument(
+        "--normalization", default="minmax", choices=["minmax", "zscore", "robust", "none"]
+    )
     stream.add_argument("--padding", default="max", help="padding length: int, 'max' or 'p99'")
     _add_client_commands(commands)
     return parser

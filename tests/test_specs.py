@@ -17,6 +17,7 @@ from mlaas4hep.errors import BranchError, ReadError, SchemaVersionError, SpecErr
 from mlaas4hep.io.tree import open_tree
 from mlaas4hep.spec.compute import compute_dataset_spec, compute_file_spec
 from mlaas4hep.spec.documents import DatasetSpec, FileSpec, load_spec
+from mlaas4hep.spec.sketch import QuantileSketch
 from mlaas4hep.spec.statistics import BranchStats, values_stats
 
 
@@ -114,9 +115,13 @@ def _stats(draw, kind: str) -> BranchStats:
     hist = (
         tuple(draw(st.lists(st.integers(0, 5), min_size=1, max_size=4))) if kind == "jagged" else ()
     )
+    values = draw(st.lists(st.floats(-100, 100), max_size=8))
+    # some files come from a release without sketches: their merge has none
+    sketch = draw(st.sampled_from([QuantileSketch.of(np.asarray(values, np.float32)), None]))
     return BranchStats(
-        kind, "float32", count, 0, 0, 0, lo, hi, float(lo * count), float(lo * lo * count), hist
-    )
+        kind, "float32", count, 0, 0, 0, lo, hi, float(lo * count), float(lo * lo * count), hist,
+        sketch=sketch,
+    )  # fmt: skip
 
 
 @st.composite

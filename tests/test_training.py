@@ -62,6 +62,9 @@ def test_config_typo_names_the_key_and_a_suggestion(tth: Path) -> None:
         ("staging__mode", "whilst", "did you mean 'while'"),
         ("training__prefetch_batches", -1, "prefetch_batches must be >= 0"),
         ("model", "model.txt", "build_model"),
+        ("vectorizer__normalization", "robst", "did you mean 'robust'"),
+        ("vectorizer__clip", ["p1"], "vectorizer.clip: two quantiles"),
+        ("vectorizer__robust_clip", 0, "robust_clip must be > 0"),
     ],
 )
 def test_config_values_are_checked(tth: Path, key: str, value: object, message: str) -> None:
@@ -324,3 +327,41 @@ def test_local_run_writes_a_bundle_that_predicts_the_same(tth: Path, tmp_path: P
 
     served = Predictor.load(summary["bundle"]["output"], "local:1")
     assert served.mode == "onnx"
+
+
+def test_robust_normalisation_trains_and_serves_identically(tth: Path, tmp_path: Path) -> None:
+    """``normalization: robust`` with quantile clipping: the job builds its Vectorizer from the
+    spec's sketches, saves it in the bundle, and serving scores raw events exactly as the
+    training-side Vectorizer and model do."""
+    pytest.importorskip("torch")
+    import json
+
+    from mlaas4hep.io.tree import open_tree
+    from mlaas4hep.model.bundle import ModelBundle
+    from mlaas4hep.serve.payloads import EventColumns
+    from mlaas4hep.serve.predictor import Predictor
+    from mlaas4hep.training.local import run_local
+    from mlaas4hep.transform.vectorizer import Vectorizer
+
+    data = config([str(tth)], framework="torch")
+    data["vectorizer"] = {"padding": 6, "normalization": "robust", "clip": ["p0.1", "p99.9"]}
+    data["output"] = {"location": str(tmp_path / "out"), "name": "robust", "bentoml_store": False}
+    summary = run_local(TrainConfig.from_dict(data), log=lambda _: None)
+    bundle = ModelBundle.load(summary["bundle"]["output"])
+    saved = json.loads((Path(summary["bundle"]["output"]) / "vectorizer.json").read_text())
+    assert saved["normalization"] == "robust" and saved["config_version"] == 2
+    assert all(b["bound"] == 5.0 and None not in b["clip"] for b in saved["blocks"])
+    # the same preprocessing as a Vectorizer built again from the bundle's spec
+    built = Vectorizer(bundle.spec, data["dataset"]["include"], normalization="robust",
+                       padding=6, clip=["p0.1", "p99.9"])  # fmt: skip
+    assert built.to_dict() == saved
+    with open_tree(tth / "ttH_signal.root") as tree:
+        events = tree.arrays(built.branches, entry_stop=700)
+    columns = {name: events[name] for name in built.branches}
+    out = built(columns)
+    assert np.abs(out.X).max() <= 5.0
+    expected = bundle.predict_vectorized(out.X, out.mask)
+    served = Predictor.load(summary["bundle"]["output"], "robust:1")
+    scores = served.score(EventColumns(columns, len(events)))
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(served.vectorizer(columns).X, out.X)  # bit for bit

@@ -175,3 +175,76 @@ def test_inverse_gives_the_arrays_back(lists, normalization, pad):
     np.testing.assert_allclose(back["f"], columns["f"], rtol=1e-5, atol=1e-5)
     assert np.array_equal(back["b"], columns["b"])
     assert out.clipped.get("j", 0) == sum(max(len(r) - pad, 0) for r in lists)
+
+
+def test_robust_normalisation_centres_on_the_median_and_clips(hzz):
+    spec, chunk = hzz
+    stats = spec.branch("MET_px")
+    median, p16, p84 = stats.quantiles([0.5, 0.16, 0.84])
+    v = Vectorizer(spec, ["MET_px", "Jet_Px"], normalization="robust")
+    block = v.block("MET_px")
+    assert block.shift == median and block.scale == pytest.approx((p84 - p16) / 2)
+    out = v(chunk)
+    real = out.X[out.mask]
+    assert real.min() >= -5.0 and real.max() <= 5.0
+    raw = chunk["MET_px"].to_numpy().astype(np.float64)
+    expected = np.clip((raw - block.shift) / block.scale, -5, 5)
+    np.testing.assert_allclose(out.X[:, 0], expected, rtol=1e-6, atol=1e-6)
+    # the sketch is within 1/129 of numpy's quantiles, so the median of X is near 0
+    assert abs(np.median(out.X[:, 0])) < 0.05
+    unclipped = Vectorizer(spec, ["MET_px"], normalization="robust", robust_clip=None)(chunk)
+    assert np.abs(unclipped.X).max() > 5.0
+
+
+def test_quantile_clip_before_normalisation(hzz):
+    spec, chunk = hzz
+    v = Vectorizer(spec, ["MET_px"], clip=("p1", "p99"))
+    low, high = spec.branch("MET_px").quantiles([0.01, 0.99])
+    block = v.block("MET_px")
+    assert (block.low, block.high) == (low, high)
+    out = v(chunk)
+    # minmax scales the clipped range to [0, 1]
+    assert out.X.min() == 0.0 and out.X.max() == pytest.approx(1.0)
+    raw = chunk["MET_px"].to_numpy()
+    assert np.count_nonzero(out.X == 0.0) == np.count_nonzero(raw <= low)
+    with pytest.raises(ConfigError, match="two quantiles"):
+        Vectorizer(spec, ["MET_px"], clip=("p99", "p1"))
+    with pytest.raises(ConfigError, match="two quantiles"):
+        Vectorizer(spec, ["MET_px"], clip=("low", "p99"))
+
+
+def test_clip_config_round_trips_and_plain_configs_stay_version_1(hzz):
+    spec, chunk = hzz
+    v = Vectorizer(spec, ["Jet_*", "MET_*"], normalization="robust", clip=["p0.1", "p99.9"])
+    data = v.to_dict()
+    assert data["config_version"] == 2 and data["blocks"][0]["bound"] == 5.0
+    import json
+
+    again = Vectorizer.from_dict(json.loads(json.dumps(data)))
+    assert np.array_equal(again(chunk).X, v(chunk).X)
+    assert Vectorizer(spec, ["MET_px"]).to_dict()["config_version"] == 1
+
+
+def test_robust_and_clip_refuse_a_spec_without_sketches(hzz):
+    from dataclasses import replace
+
+    spec, _ = hzz
+    (only,) = spec.files.values()
+    old = FileSpec(only.source, only.tree, only.entries, only.identity,
+                   {n: replace(s, sketch=None) for n, s in only.branches.items()})  # fmt: skip
+    dataset = DatasetSpec([old])
+    with pytest.raises(ConfigError, match=r"'MET_px'.*no quantile sketch.*recompute the spec"):
+        Vectorizer(dataset, ["MET_px"], normalization="robust")
+    with pytest.raises(ConfigError, match=r"clip needs the quantiles of branch 'MET_px'"):
+        Vectorizer(dataset, ["MET_px"], clip=("p1", "p99"))
+    Vectorizer(dataset, ["MET_px"], normalization="zscore")  # the other modes need none
+
+
+def test_kept_nonfinite_values_pass_unclipped():
+    columns = {"x": np.array([1.0, 2.0, 3.0, 100.0, np.inf], dtype=np.float32)}
+    spec = _spec_of(columns)
+    v = Vectorizer(spec, normalization="robust", nonfinite="keep", robust_clip=1.0)
+    out = v(columns)
+    assert out.X[3, 0] == 1.0 and out.X[4, 0] == np.inf
+    zero = Vectorizer(spec, normalization="robust", nonfinite="zero", robust_clip=1.0)(columns)
+    assert zero.X[4, 0] == -1.0  # zero replaces inf, then it is normalised and clipped

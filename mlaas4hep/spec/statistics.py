@@ -3,8 +3,10 @@
 :class:`BranchStats` holds, for one numeric branch, its kind and dtype, min/max and the
 moments (count, sum, sum of squares) of its finite values, its NaN/inf counts and, for
 jagged branches, the histogram of list lengths (hence the maximum length and any
-quantile a padding length may be taken from). :meth:`BranchStats.merge` is associative
-and commutative; :func:`array_stats` computes one from a column in one vectorised pass.
+quantile a padding length may be taken from) and a :class:`~.sketch.QuantileSketch` of
+the finite values (for robust normalisation and quantile clipping).
+:meth:`BranchStats.merge` is associative and commutative; :func:`array_stats` computes
+one from a column in one vectorised pass.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from mlaas4hep.errors import SpecError
 from mlaas4hep.io.branches import BranchInfo
 from mlaas4hep.io.columns import flat_values, jagged_parts
+from mlaas4hep.spec.sketch import QuantileSketch
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,9 @@ class BranchStats:
     ``count`` is the number of values (events for flat branches, list elements for
     jagged ones); min, max, sum and sum of squares are over the finite values only.
     ``length_hist[k]`` counts the events whose list holds ``k`` values (jagged only).
+    ``sketch`` holds the quantiles of the finite values; it is None in specs written
+    before sketches existed, and a merge with such a spec has none either (quantiles of
+    part of the data would silently mislead).
     """
 
     kind: str
@@ -42,6 +48,7 @@ class BranchStats:
     sumsq: float = 0.0
     length_hist: tuple[int, ...] = ()
     dtypes: tuple[str, ...] = ()
+    sketch: QuantileSketch | None = None
 
     @property
     def finite(self) -> int:
@@ -73,6 +80,19 @@ class BranchStats:
         cumulative = np.cumsum(self.length_hist)
         return int(np.searchsorted(cumulative, q * cumulative[-1] - 1e-9))
 
+    def quantiles(self, qs: Sequence[float]) -> np.ndarray | None:
+        """Estimates of the lower quantiles ``qs`` of the finite values, within the
+        sketch's relative error and never outside [min, max]; None without a sketch."""
+        if self.sketch is None:
+            return None
+        estimates = self.sketch.quantiles(qs)
+        if self.finite:  # the ends are known exactly
+            q = np.asarray(qs, dtype=np.float64)
+            low, high = float(self.min), float(self.max)
+            estimates = np.where(q == 0, low, np.where(q == 1, high, estimates))
+            estimates = np.clip(estimates, low, high)
+        return estimates
+
     def merge(self, other: BranchStats) -> BranchStats:
         """Combine the statistics of two disjoint sets of values of the same branch."""
         if self.kind != other.kind:
@@ -91,6 +111,11 @@ class BranchStats:
             sumsq=self.sumsq + other.sumsq,
             length_hist=_add_hist(self.length_hist, other.length_hist),
             dtypes=dtypes if len(dtypes) > 1 else (),
+            sketch=(
+                self.sketch.merge(other.sketch)
+                if self.sketch is not None and other.sketch is not None
+                else None
+            ),
         )
 
     @property
@@ -115,6 +140,8 @@ class BranchStats:
             out["length_hist"] = list(self.length_hist)
         if self.dtypes:
             out["dtypes"] = list(self.dtypes)
+        if self.sketch is not None:
+            out["sketch"] = self.sketch.to_dict()
         return out
 
     @classmethod
@@ -133,6 +160,11 @@ class BranchStats:
                 sumsq=float(data["sumsq"]),
                 length_hist=tuple(int(v) for v in data.get("length_hist", ())),
                 dtypes=tuple(data.get("dtypes", ())),
+                sketch=(
+                    QuantileSketch.from_dict(data["sketch"], where)
+                    if data.get("sketch") is not None
+                    else None
+                ),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise SpecError(f"malformed branch statistics in {where}: {err!r}") from err
@@ -168,14 +200,15 @@ def values_stats(kind: str, dtype: np.dtype, values: np.ndarray) -> BranchStats:
     """Statistics of a flat array of values, vectorised, with a fast path without NaN/inf."""
     count = int(values.size)
     if count == 0:
-        return BranchStats(kind=kind, dtype=dtype.name)
+        return BranchStats(kind=kind, dtype=dtype.name, sketch=QuantileSketch())
     if dtype.kind == "b":
         ones = int(np.count_nonzero(values))
+        sketch = QuantileSketch.of_booleans(ones, count)
         return BranchStats(kind, dtype.name, count, 0, 0, 0, int(ones == count), int(ones > 0),
-                           float(ones), float(ones))  # fmt: skip
+                           float(ones), float(ones), sketch=sketch)  # fmt: skip
     nan, posinf, neginf, low, high, total, squares, finite = _moments(values)
-    if finite == 0:
-        return BranchStats(kind, dtype.name, count, nan, posinf, neginf)
+    if finite.size == 0:
+        return BranchStats(kind, dtype.name, count, nan, posinf, neginf, sketch=QuantileSketch())
     return BranchStats(
         kind=kind,
         dtype=dtype.name,
@@ -187,6 +220,7 @@ def values_stats(kind: str, dtype: np.dtype, values: np.ndarray) -> BranchStats:
         max=_as_python(high, dtype),
         sum=float(total),
         sumsq=float(squares),
+        sketch=QuantileSketch.of(finite, low, high),
     )
 
 
@@ -202,8 +236,8 @@ def array_stats(info: BranchInfo, array: Any) -> BranchStats:
     return replace(stats, length_hist=tuple(hist.tolist()))
 
 
-def _moments(values: np.ndarray) -> tuple[int, int, int, Any, Any, float, float, int]:
-    """NaN/+inf/-inf counts, then min, max, sum, sum of squares and count of finite values.
+def _moments(values: np.ndarray) -> tuple[int, int, int, Any, Any, float, float, np.ndarray]:
+    """NaN/+inf/-inf counts, then min, max, sum, sum of squares and the finite values.
 
     Plain numpy keeps the spec pass free of compiled code (lean serverless package, no
     per-process JIT load); it runs at the speed of the decompression it follows. The sum
@@ -221,7 +255,7 @@ def _moments(values: np.ndarray) -> tuple[int, int, int, Any, Any, float, float,
             values.max(),
             total,
             float(np.einsum("i,i", wide, wide)),
-            wide.size,
+            values,
         )
     finite = np.isfinite(wide)
     kept = wide[finite]
@@ -229,7 +263,7 @@ def _moments(values: np.ndarray) -> tuple[int, int, int, Any, Any, float, float,
     posinf = int(np.count_nonzero(wide == np.inf))
     neginf = int(np.count_nonzero(wide == -np.inf))
     if kept.size == 0:
-        return nan, posinf, neginf, None, None, 0.0, 0.0, 0
+        return nan, posinf, neginf, None, None, 0.0, 0.0, kept
     return (
         nan,
         posinf,
@@ -238,9 +272,9 @@ def _moments(values: np.ndarray) -> tuple[int, int, int, Any, Any, float, float,
         kept.max(),
         float(kept.sum()),
         float(np.einsum("i,i", kept, kept)),
-        kept.size,
+        values[finite],
     )
 
 
 def empty_stats(info: BranchInfo) -> BranchStats:
-    return BranchStats(kind=info.kind, dtype=info.dtype, length_hist=(0,) * 0)
+    return BranchStats(kind=info.kind, dtype=info.dtype, sketch=QuantileSketch())

@@ -22,7 +22,7 @@ from mlaas4hep.errors import ConfigError
 FRAMEWORKS = ("auto", "tensorflow", "torch")
 MODES = ("standard", "per_chunk")
 STAGING_MODES = ("before", "while")
-NORMALIZATIONS = ("minmax", "zscore", "none")
+NORMALIZATIONS = ("minmax", "zscore", "robust", "none")
 NONFINITE = ("mask", "keep", "zero", "raise")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -51,6 +51,11 @@ class VectorizerConfig:
     padding: int | str | dict[str, int | str] = "max"
     pad_value: float = 0.0
     nonfinite: str = "mask"
+    #: Two quantiles, e.g. ``[p0.1, p99.9]``: each value is clipped to them before
+    #: normalisation (from the spec's quantile sketches).
+    clip: list[str] | None = None
+    #: With ``normalization: robust``, normalised values are clipped to [-x, x].
+    robust_clip: float | None = 5.0
 
 
 @dataclass
@@ -177,6 +182,12 @@ class TrainConfig:
             raise ConfigError("dataset.fractions: validation and test fractions must be > 0")
         _choice("vectorizer.normalization", self.vectorizer.normalization, NORMALIZATIONS)
         _choice("vectorizer.nonfinite", self.vectorizer.nonfinite, NONFINITE)
+        if self.vectorizer.clip is not None and len(self.vectorizer.clip) != 2:
+            raise ConfigError(
+                f"vectorizer.clip: two quantiles such as [p0.1, p99.9], not {self.vectorizer.clip}"
+            )
+        if self.vectorizer.robust_clip is not None and self.vectorizer.robust_clip <= 0:
+            raise ConfigError("vectorizer.robust_clip must be > 0 (or empty: no clip)")
         _choice("framework", self.framework, FRAMEWORKS)
         t = self.training
         _choice("training.mode", t.mode, MODES)

@@ -163,6 +163,8 @@ def prepare(config: TrainConfig, staging: StagingRun | None = None) -> PreparedJ
         padding=v.padding,
         pad_value=v.pad_value,
         nonfinite=v.nonfinite,  # type: ignore[arg-type]
+        clip=v.clip,
+        robust_clip=v.robust_clip,
     )
     streams = build_streams(config, files, vectorizer, table)
     with timed(timings, "open_files"):

@@ -19,8 +19,11 @@ NONFINITE_MASK = 0  # left as padding in X, False in the mask
 NONFINITE_KEEP = 1  # passed through (normalised NaN/inf)
 NONFINITE_ZERO = 2  # replaced by 0 before normalisation, mask True
 
-#: Columns of the per-branch parameter table given to :func:`fill_rows`.
-P_COLUMN, P_LENGTH, P_SHIFT, P_INV_SCALE, P_JAGGED = range(5)
+#: Columns of the per-branch parameter table given to :func:`fill_rows`: where the
+#: branch goes, the range finite values are clipped to before normalisation (low, high),
+#: and the bound of the normalised value (|x| <= bound); infinities clip nothing.
+P_COLUMN, P_LENGTH, P_SHIFT, P_INV_SCALE, P_JAGGED, P_LOW, P_HIGH, P_BOUND = range(8)
+N_PARAMS = 8
 ROW_BLOCK = 1024
 
 
@@ -32,6 +35,9 @@ def _fill_branch(X, M, rows, lo, hi, content, offsets, params, mode, clipped, ba
     shift = params[P_SHIFT]
     inv = params[P_INV_SCALE]
     jagged = params[P_JAGGED] > 0.5
+    low = params[P_LOW]
+    high = params[P_HIGH]
+    bound = params[P_BOUND]
     for i in range(lo, hi):
         e = rows[i]
         if e < 0:
@@ -47,13 +53,19 @@ def _fill_branch(X, M, rows, lo, hi, content, offsets, params, mode, clipped, ba
             count = 1
         for j in range(count):
             v = np.float64(content[start + j])
-            if not np.isfinite(v):
+            finite = np.isfinite(v)
+            if not finite:
                 bad[b] += 1
                 if mode == NONFINITE_MASK:
                     continue
                 if mode == NONFINITE_ZERO:
                     v = 0.0
-            X[e, col + j] = (v - shift) * inv
+                    finite = True
+            if finite:  # a kept NaN/inf passes unclipped
+                v = min(max(v, low), high)
+                X[e, col + j] = min(max((v - shift) * inv, -bound), bound)
+            else:
+                X[e, col + j] = (v - shift) * inv
             M[e, col + j] = True
 
 

@@ -3,7 +3,10 @@
 Built once from a :class:`~mlaas4hep.spec.documents.DatasetSpec` and a branch selection, it fixes
 the feature layout (``Jet_pt[0]``, ``Jet_pt[1]``, …), each jagged branch's padding length
 (from the spec's length histogram: its maximum by default, a quantile, or an override)
-and the normalisation constants. Applied to a chunk it returns ``X`` (float32,
+and the normalisation constants: min/max, mean/std, or robust ones from the quantile
+sketches (median and half the 16th-84th percentile range, as weaver-core's ``auto``,
+with the normalised value clipped), optionally after clipping each value to quantiles
+of its branch (``clip=("p0.1", "p99.9")``). Applied to a chunk it returns ``X`` (float32,
 ``[n_events, n_features]``), ``mask`` (bool, True where a real value sits) and the
 number of values clipped per branch; longer events never crash, they are clipped and
 counted. ``inverse`` gives the awkward arrays back.
@@ -31,7 +34,7 @@ from mlaas4hep.spec.statistics import BranchStats
 from mlaas4hep.transform import kernels
 from mlaas4hep.transform.buffers import POOL
 
-Normalization = Literal["minmax", "zscore", "none"]
+Normalization = Literal["minmax", "zscore", "robust", "none"]
 NonFinite = Literal["mask", "keep", "zero", "raise"]
 _NONFINITE_CODES = {
     "mask": kernels.NONFINITE_MASK,
@@ -39,7 +42,12 @@ _NONFINITE_CODES = {
     "zero": kernels.NONFINITE_ZERO,
     "raise": kernels.NONFINITE_KEEP,
 }
-CONFIG_VERSION = 1
+#: Version 2 added value clipping and the bound of normalised values; a configuration
+#: that uses neither is still written as version 1, which older releases read.
+CONFIG_VERSION = 2
+_READS = (1, 2)
+ROBUST_CLIP = 5.0
+_INF = float("inf")
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,15 @@ class FeatureBlock:
     length: int
     shift: float
     scale: float
+    #: Finite values are clipped to [low, high] before normalisation.
+    low: float = -_INF
+    high: float = _INF
+    #: Normalised values are clipped to [-bound, bound].
+    bound: float = _INF
+
+    @property
+    def clips(self) -> bool:
+        return self.low != -_INF or self.high != _INF or self.bound != _INF
 
     @property
     def stop(self) -> int:
@@ -77,15 +94,58 @@ class VectorizedChunk:
         return self.X.shape[0]
 
 
-def _scale(stats: BranchStats, normalization: str) -> tuple[float, float]:
+def _scale(
+    name: str, stats: BranchStats, normalization: str, low: float, high: float
+) -> tuple[float, float]:
+    """Shift and scale of a branch; ``low``/``high`` are its clip range (infinite: none)."""
     if normalization == "none" or stats.finite == 0:
         return 0.0, 1.0
-    if normalization == "minmax":
-        low, high = float(stats.min), float(stats.max)
-        return low, (high - low) or 1.0
+    if normalization == "minmax":  # the range the values keep after clipping
+        lo, hi = max(float(stats.min), low), min(float(stats.max), high)
+        return lo, (hi - lo) or 1.0
     if normalization == "zscore":
         return stats.mean, stats.std or 1.0
-    raise ConfigError(f"normalization must be 'minmax', 'zscore' or 'none', not {normalization!r}")
+    if normalization == "robust":
+        median, p16, p84 = _quantiles(name, stats, [0.5, 0.16, 0.84], "normalization 'robust'")
+        return median, (p84 - p16) / 2 or 1.0
+    raise ConfigError(
+        f"normalization must be 'minmax', 'zscore', 'robust' or 'none', not {normalization!r}"
+    )
+
+
+def _quantiles(name: str, stats: BranchStats, qs: list[float], use: str) -> list[float]:
+    estimates = stats.quantiles(qs)
+    if estimates is None:
+        raise ConfigError(
+            f"{use} needs the quantiles of branch {name!r}, but the dataset spec has no "
+            "quantile sketch for it (a file's spec was computed by an older release): "
+            "recompute the spec"
+        )
+    return [float(v) for v in estimates]
+
+
+def _percentile(rule: object) -> float | None:
+    """The fraction of a quantile rule such as ``'p99'`` or ``'p0.1'``; None if it is not one."""
+    if isinstance(rule, str) and rule.startswith("p"):
+        try:
+            q = float(rule[1:]) / 100.0
+        except ValueError:
+            return None
+        if 0.0 <= q <= 1.0:
+            return q
+    return None
+
+
+def _clip_range(name: str, stats: BranchStats, clip: Sequence[str] | None) -> tuple[float, float]:
+    if clip is None or stats.finite == 0:
+        return -_INF, _INF
+    qs = [_percentile(rule) for rule in clip] if len(clip) == 2 else [None]
+    if None in qs or qs[0] >= qs[1]:  # type: ignore[operator]
+        raise ConfigError(
+            f"clip must be two quantiles such as ['p0.1', 'p99.9'], lower first, not {clip!r}"
+        )
+    low, high = _quantiles(name, stats, qs, "clip")  # type: ignore[arg-type]
+    return low, high
 
 
 def _padding_length(name: str, stats: BranchStats, rule: int | str) -> int:
@@ -97,13 +157,9 @@ def _padding_length(name: str, stats: BranchStats, rule: int | str) -> int:
         return rule
     if rule == "max":
         return stats.max_length
-    if isinstance(rule, str) and rule.startswith("p"):
-        try:
-            q = float(rule[1:]) / 100.0
-        except ValueError:
-            q = -1.0
-        if 0.0 < q <= 1.0:
-            return stats.length_quantile(q)
+    q = _percentile(rule)
+    if q is not None and q > 0.0:
+        return stats.length_quantile(q)
     raise ConfigError(
         f"padding for {name!r} must be an int, 'max' or a quantile such as 'p99', not {rule!r}"
     )
@@ -122,7 +178,13 @@ class Vectorizer:
         pad_value: float = 0.0,
         padding: int | str | Mapping[str, int | str] = "max",
         nonfinite: NonFinite = "mask",
+        clip: Sequence[str] | None = None,
+        robust_clip: float | None = ROBUST_CLIP,
     ) -> None:
+        """``clip``: two quantiles (``("p0.1", "p99.9")``) each branch's finite values are
+        clipped to before normalisation; ``robust_clip``: with ``normalization="robust"``,
+        normalised values are clipped to [-robust_clip, robust_clip] (None: not clipped).
+        Both need the spec's quantile sketches, and refuse a branch that lacks one."""
         usable = {name: s for name, s in spec.branches.items() if not s.conflict}
         names = select_branches(
             {**usable, **{n: s for n, s in spec.branches.items() if s.conflict}},
@@ -139,8 +201,18 @@ class Vectorizer:
             if stats.kind == "jagged":
                 rule = _first_rule(name, rules, default="max")
                 length = _padding_length(name, stats, rule)
-            shift, scale = _scale(stats, normalization)
-            blocks.append(FeatureBlock(name, stats.kind, stats.dtype, column, length, shift, scale))
+            low, high = _clip_range(name, stats, clip)
+            shift, scale = _scale(name, stats, normalization, low, high)
+            bound = _INF
+            if normalization == "robust" and robust_clip is not None:
+                if robust_clip <= 0:
+                    raise ConfigError(f"robust_clip must be > 0 or None, not {robust_clip}")
+                bound = float(robust_clip)
+            blocks.append(
+                FeatureBlock(
+                    name, stats.kind, stats.dtype, column, length, shift, scale, low, high, bound
+                )
+            )
             column += length
         self._init(blocks, normalization, pad_value, nonfinite)
 
@@ -258,35 +330,28 @@ class Vectorizer:
     # --- persistence ----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The whole configuration as plain JSON-able data (for the model bundle)."""
+        clipping = any(b.clips for b in self.blocks)
         return {
-            "config_version": CONFIG_VERSION,
+            "config_version": CONFIG_VERSION if clipping else 1,
             "normalization": self.normalization,
             "pad_value": self.pad_value,
             "nonfinite": self.nonfinite,
-            "blocks": [
-                {
-                    "name": b.name,
-                    "kind": b.kind,
-                    "dtype": b.dtype,
-                    "length": b.length,
-                    "shift": b.shift,
-                    "scale": b.scale,
-                }
-                for b in self.blocks
-            ],
+            "blocks": [_block_dict(b) for b in self.blocks],
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Vectorizer:
-        if data.get("config_version") != CONFIG_VERSION:
+        if data.get("config_version") not in _READS:
             raise ConfigError(
                 f"vectorizer config_version {data.get('config_version')!r} is not supported "
-                f"(this release reads {CONFIG_VERSION})"
+                f"(this release reads {', '.join(map(str, _READS))})"
             )
         blocks, column = [], 0
         try:
             for b in data["blocks"]:
                 length = int(b["length"]) if b["kind"] == "jagged" else 1
+                low, high = b.get("clip") or (None, None)
+                bound = b.get("bound")
                 blocks.append(
                     FeatureBlock(
                         str(b["name"]),
@@ -296,6 +361,9 @@ class Vectorizer:
                         length,
                         float(b["shift"]),
                         float(b["scale"]),
+                        -_INF if low is None else float(low),
+                        _INF if high is None else float(high),
+                        _INF if bound is None else float(bound),
                     )
                 )
                 column += length
@@ -310,6 +378,23 @@ class Vectorizer:
             f"Vectorizer({len(self.blocks)} branches, {self.n_features} features, "
             f"normalization={self.normalization!r})"
         )
+
+
+def _block_dict(b: FeatureBlock) -> dict[str, Any]:
+    """One block as JSON data; clip keys only where the block clips (JSON has no inf)."""
+    out: dict[str, Any] = {
+        "name": b.name,
+        "kind": b.kind,
+        "dtype": b.dtype,
+        "length": b.length,
+        "shift": b.shift,
+        "scale": b.scale,
+    }
+    if b.low != -_INF or b.high != _INF:
+        out["clip"] = [None if b.low == -_INF else b.low, None if b.high == _INF else b.high]
+    if b.bound != _INF:
+        out["bound"] = b.bound
+    return out
 
 
 _NO_OFFSETS = np.zeros(1, dtype=np.int64)
@@ -333,7 +418,10 @@ class _KernelInputs:
         )
         offsets_list.append(np.ascontiguousarray(offsets, dtype=np.int64))
         jagged = 1.0 if block.kind == "jagged" else 0.0
-        params.append([block.column, block.length, block.shift, 1.0 / block.scale, jagged])
+        params.append(
+            [block.column, block.length, block.shift, 1.0 / block.scale, jagged,
+             block.low, block.high, block.bound]
+        )  # fmt: skip
         self.blocks[key].append(block)
 
     @property
@@ -347,7 +435,7 @@ class _KernelInputs:
             out += [
                 _typed_list(contents, dtype),
                 _typed_list(offsets, np.int64),
-                np.asarray(params, dtype=np.float64).reshape(-1, 5),
+                np.asarray(params, dtype=np.float64).reshape(-1, kernels.N_PARAMS),
             ]
         return out
 
