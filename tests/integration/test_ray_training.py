@@ -21,6 +21,7 @@ from mlaas4hep.local.samples import make_tth_dataset
 from mlaas4hep.local.stack import RayHead
 from mlaas4hep.pipeline.jobs_api import wait_for_job
 from mlaas4hep.pipeline.submission import submit_training
+from mlaas4hep.serve.registry import Registry
 from mlaas4hep.training import TrainConfig
 from mlaas4hep.training.feed import batches_per_unit
 from mlaas4hep.training.job import prepare
@@ -55,7 +56,8 @@ def tth_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def bentoml_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    # One store for the module: BentoML reads BENTOML_HOME once per process.
+    # One store for the module's jobs; read back through a Registry on it, never through
+    # BentoML's process-wide store (which an earlier test may have opened elsewhere).
     home = tmp_path_factory.mktemp("bentoml")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BENTOML_HOME", str(home))
@@ -115,7 +117,7 @@ def test_tensorflow_two_workers_from_s3_to_bundle(
 
     from mlaas4hep.model.bundle import ModelBundle
 
-    bundle = ModelBundle.from_store(result["tag"])
+    bundle = ModelBundle.load(Registry(bentoml_home).path(result["tag"]))
     scores = bundle.predict_vectorized(bundle.reference["X"], bundle.reference["mask"])
     np.testing.assert_allclose(scores, bundle.reference["scores"], rtol=1e-5, atol=1e-6)
     assert bundle.metrics["test_auc"] == pytest.approx(result["test_auc"])
@@ -195,16 +197,14 @@ def test_xrootd_source_with_torch_in_per_chunk_mode(
 
     from mlaas4hep.model.bundle import ModelBundle
 
-    bundle = ModelBundle.from_store(result["tag"])
+    bundle = ModelBundle.load(Registry(bentoml_home).path(result["tag"]))
     assert bundle.lineage["files"] and all(k.startswith("root://") for k in bundle.lineage["files"])
     scores = bundle.predict_vectorized(bundle.reference["X"], bundle.reference["mask"])
     np.testing.assert_allclose(scores, bundle.reference["scores"], rtol=1e-5, atol=1e-6)
     # the user's architecture is served from its ONNX graph: no user code in the server
-    import bentoml
-
     from mlaas4hep.serve.predictor import Predictor
 
-    served = Predictor.load(bentoml.models.get(result["tag"]).path, result["tag"])
+    served = Predictor.load(Registry(bentoml_home).path(result["tag"]), result["tag"])
     assert served.mode == "onnx"
     X, mask = bundle.reference["X"], bundle.reference["mask"]
     np.testing.assert_allclose(served.forward(X, mask), scores, rtol=0, atol=1e-5)
