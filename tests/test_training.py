@@ -4,10 +4,13 @@ loading."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mlaas4hep.errors import BranchError, ConfigError, ReadError
 from mlaas4hep.local.samples import make_tth_dataset
@@ -365,3 +368,26 @@ def test_robust_normalisation_trains_and_serves_identically(tth: Path, tmp_path:
     scores = served.score(EventColumns(columns, len(events)))
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
     assert np.array_equal(served.vectorizer(columns).X, out.X)  # bit for bit
+
+
+@given(
+    st.lists(st.integers(min_value=1, max_value=40), max_size=30),
+    st.integers(min_value=1, max_value=100),
+)
+def test_scoring_blocks_keep_every_row_in_order(sizes: list[int], rows: int) -> None:
+    """Validation scores blocks of joined batches: every row once, in order, and every
+    block but the last has at least ``rows`` rows."""
+    from mlaas4hep.stream.batches import Batch
+    from mlaas4hep.training.loop import scoring_blocks
+
+    edges = np.cumsum([0, *sizes])
+    values = np.arange(edges[-1], dtype=np.float32)
+    batches = [
+        Batch(values[a:b, None], np.ones((b - a, 1), bool), values[a:b], None)
+        for a, b in itertools.pairwise(edges)
+    ]
+    blocks = list(scoring_blocks(iter(batches), rows))
+    joined = np.concatenate([b.y for b in blocks]) if blocks else np.zeros(0, np.float32)
+    np.testing.assert_array_equal(joined, values)
+    assert all(len(b) >= rows for b in blocks[:-1])
+    assert all(b.X.shape[0] == len(b.y) for b in blocks)

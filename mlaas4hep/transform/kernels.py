@@ -71,17 +71,21 @@ def _fill_branch(X, M, rows, lo, hi, content, offsets, params, mode, clipped, ba
 
 @_jit
 def fill_rows(
-    X, M, rows, mode, contents_f32, offsets_f32, params_f32, contents_f64, offsets_f64, params_f64
-):
+    X, M, rows, mode,
+    content_f32, content_starts_f32, offsets_f32, offset_starts_f32, params_f32,
+    content_f64, content_starts_f64, offsets_f64, offset_starts_f64, params_f64,
+):  # fmt: skip
     """Write the real values of every branch into ``X``/``M`` (already holding padding).
 
     Event ``i`` goes to row ``rows[i]``; a negative row drops it (a cut, another split).
-    Branches come in two typed lists (float32 content, and everything else as float64)
-    with their offsets (unused for flat branches) and a row of parameters each. Returns
-    per-branch counts of clipped values and of non-finite values met.
+    Branches come in two groups (float32 content, and everything else as float64), each
+    as one content array and one offsets array holding every branch end to end, with
+    where each branch starts in them (offsets unused for flat branches), and a row of
+    parameters per branch. Returns per-branch counts of clipped values and of non-finite
+    values met.
     """
-    n32 = len(contents_f32)
-    n64 = len(contents_f64)
+    n32 = len(content_starts_f32) - 1
+    n64 = len(content_starts_f64) - 1
     clipped = np.zeros(n32 + n64, dtype=np.int64)
     bad = np.zeros(n32 + n64, dtype=np.int64)
     n = rows.shape[0]
@@ -89,32 +93,16 @@ def fill_rows(
         hi = min(lo + ROW_BLOCK, n)
         for b in range(n32):
             _fill_branch(
-                X,
-                M,
-                rows,
-                lo,
-                hi,
-                contents_f32[b],
-                offsets_f32[b],
-                params_f32[b],
-                mode,
-                clipped,
-                bad,
-                b,
-            )
+                X, M, rows, lo, hi,
+                content_f32[content_starts_f32[b] : content_starts_f32[b + 1]],
+                offsets_f32[offset_starts_f32[b] : offset_starts_f32[b + 1]],
+                params_f32[b], mode, clipped, bad, b,
+            )  # fmt: skip
         for b in range(n64):
             _fill_branch(
-                X,
-                M,
-                rows,
-                lo,
-                hi,
-                contents_f64[b],
-                offsets_f64[b],
-                params_f64[b],
-                mode,
-                clipped,
-                bad,
-                n32 + b,
-            )
+                X, M, rows, lo, hi,
+                content_f64[content_starts_f64[b] : content_starts_f64[b + 1]],
+                offsets_f64[offset_starts_f64[b] : offset_starts_f64[b + 1]],
+                params_f64[b], mode, clipped, bad, n32 + b,
+            )  # fmt: skip
     return clipped, bad

@@ -401,7 +401,7 @@ _NO_OFFSETS = np.zeros(1, dtype=np.int64)
 
 
 class _KernelInputs:
-    """Branches sorted into the kernel's two typed lists (float32, and float64 for the rest)."""
+    """Branches sorted into the kernel's two groups (float32, and float64 for the rest)."""
 
     def __init__(self) -> None:
         self.groups: dict[str, tuple[list[np.ndarray], list[np.ndarray], list[list[float]]]] = {
@@ -413,10 +413,8 @@ class _KernelInputs:
     def add(self, block: FeatureBlock, content: np.ndarray, offsets: np.ndarray) -> None:
         key = "f32" if content.dtype == np.float32 else "f64"
         contents, offsets_list, params = self.groups[key]
-        contents.append(
-            np.ascontiguousarray(content, dtype=np.float32 if key == "f32" else np.float64)
-        )
-        offsets_list.append(np.ascontiguousarray(offsets, dtype=np.int64))
+        contents.append(content)  # joined (and cast) once, in arguments()
+        offsets_list.append(offsets)
         jagged = 1.0 if block.kind == "jagged" else 0.0
         params.append(
             [block.column, block.length, block.shift, 1.0 / block.scale, jagged,
@@ -429,33 +427,32 @@ class _KernelInputs:
         return self.blocks["f32"] + self.blocks["f64"]
 
     def arguments(self) -> list[Any]:
+        """Per dtype group: every branch's content in one array, their start positions,
+        every offsets array in one, their start positions, and the parameter table.
+
+        Flat arrays, not numba typed lists: a typed list's own methods are compiled
+        anew in every process (seconds before a worker's first batch), and joining the
+        contents is one memcpy, small beside the kernel's scattered writes.
+        """
         out: list[Any] = []
         for key, dtype in (("f32", np.float32), ("f64", np.float64)):
             contents, offsets, params = self.groups[key]
             out += [
-                _typed_list(contents, dtype),
-                _typed_list(offsets, np.int64),
+                *_joined(contents, dtype),
+                *_joined(offsets, np.int64),
                 np.asarray(params, dtype=np.float64).reshape(-1, kernels.N_PARAMS),
             ]
         return out
 
 
-def _typed_list(arrays: list[np.ndarray], dtype: Any) -> Any:
-    """A numba typed list of read-only arrays: the kernels only read their inputs, and
-    Arrow buffers of a request arrive read-only (a writable array enters as it is)."""
-    from numba.typed import List
-
-    typed = List.empty_list(numba_array_type(dtype, readonly=True))
-    for array in arrays:
-        typed.append(array)
-    return typed
-
-
-def numba_array_type(dtype: Any, readonly: bool = False) -> Any:
-    """The numba type of a contiguous 1-d array of ``dtype``."""
-    import numba
-
-    return numba.types.Array(numba.from_dtype(np.dtype(dtype)), 1, "C", readonly=readonly)
+def _joined(arrays: list[np.ndarray], dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``arrays`` end to end in one contiguous array of ``dtype``, and where each starts
+    (``len(arrays) + 1`` positions: array ``b`` is ``joined[starts[b]:starts[b + 1]]``)."""
+    starts = np.zeros(len(arrays) + 1, dtype=np.int64)
+    np.cumsum([len(a) for a in arrays], out=starts[1:])
+    if not arrays:
+        return np.zeros(0, dtype=dtype), starts
+    return np.concatenate(arrays, dtype=dtype, casting="unsafe"), starts
 
 
 def _first_rule(name: str, rules: Mapping[str, int | str], default: int | str) -> int | str:
