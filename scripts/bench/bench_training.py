@@ -15,7 +15,11 @@ one run, side by side:
     made in the training thread), unit 0 of each.                      goal < 10 %
 (c) time to train the default model end to end on all the events: ``ray job submit``
     of ``ray_jobs/train.py`` (spec pass, plan, Ray Train, test evaluation, plots,
-    bundle in a BentoML store), with the breakdown the job reports.
+    bundle in a BentoML store), with the breakdown the job reports; then the same job
+    with torch.
+(d) the model-step limit per framework (``step_limit.py``: the default model in a plain
+    loop on in-memory tensors, one thread) and each job's training rate per worker as a
+    share of it (goal >= 0.5); validation and start-up as shares of each job (goal <= 10 %).
 
     python scripts/bench/bench_training.py [--events N] [--epochs E] [--repeat R]
                                            [--skip-pipeline] [--skip-job]
@@ -178,30 +182,42 @@ def per_worker_rate(history: list[dict[str, Any]]) -> float:
     return float(sum(rates) / len(rates))
 
 
-def shares(result: dict[str, Any], history: list[dict[str, Any]], wall: float) -> dict:
-    """Validation and start-up (submission, driver, Ray Train start/stop, imports, model
-    build, checkpoints) as shares of the job's wall time."""
+def unit_times(result: dict[str, Any], history: list[dict[str, Any]], wall: float) -> dict:
+    """The job's seconds by part, rank 0's view of the units (so that they add up):
+    training steps, validation, the units in all, and start-up (submission, driver,
+    Ray Train start/stop, imports, model build, checkpoints)."""
     t = result["timings"]
     train = sum(h["workers"][0]["train_seconds"] for h in history)
     validation = sum(h["validation_seconds"] for h in history)
     units = t.get("units", train + validation)
-    startup = (wall - t["total"]) + (t["fit"] - units)
-    return {"validation": validation / wall, "startup": startup / wall}
+    return {
+        "train": train,
+        "validation": validation,
+        "units": units,
+        "submission": wall - t["total"],
+        "ray_train": t["fit"] - units,
+    }
+
+
+def shares(result: dict[str, Any], history: list[dict[str, Any]], wall: float) -> dict:
+    """Validation and start-up as shares of the job's wall time."""
+    times = unit_times(result, history, wall)
+    startup = times["submission"] + times["ray_train"]
+    return {"validation": times["validation"] / wall, "startup": startup / wall}
 
 
 def breakdown(result: dict[str, Any], history: list[dict[str, Any]], wall: float) -> None:
     """Where the job's time went; rank 0's view of the units, so that the rows add up."""
     t = result["timings"]
-    train = sum(h["workers"][0]["train_seconds"] for h in history)
-    validation = sum(h["validation_seconds"] for h in history)
-    units = t.get("units", train + validation)
+    times = unit_times(result, history, wall)
+    train, validation, units = times["train"], times["validation"], times["units"]
     output = sum(t.get(k, 0.0) for k in ("bundle", "store", "export"))
     rows = [
-        ("job submission, driver start, imports", wall - t["total"]),
+        ("job submission, driver start, imports", times["submission"]),
         ("spec pass (2 processes)", t.get("spec", 0.0)),
         ("open files, check branches", t.get("open_files", 0.0)),
         ("step plan", t.get("plan", 0.0)),
-        ("Ray Train start/stop, TF import, model, checkpoints", t["fit"] - units),
+        ("Ray Train start/stop, TF import, model, checkpoints", times["ray_train"]),
         ("training steps", train),
         ("validation (after the slowest worker's steps)", validation),
         ("rest of the units (records, reseed)", units - train - validation),
