@@ -22,9 +22,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from mlaas4hep.local.moto import MotoServer
 from mlaas4hep.local.xrootd import XRootDServer
+
+# No timing windows in unit tests: a property test's first example may import or compile
+# (numba, TensorFlow) and take longer than hypothesis' default deadline on a busy machine.
+settings.register_profile("mlaas4hep", deadline=None)
+settings.load_profile("mlaas4hep")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = (PROJECT_ROOT.parent / "shared" / "data").resolve()

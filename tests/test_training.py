@@ -391,3 +391,25 @@ def test_scoring_blocks_keep_every_row_in_order(sizes: list[int], rows: int) -> 
     np.testing.assert_array_equal(joined, values)
     assert all(len(b) >= rows for b in blocks[:-1])
     assert all(b.X.shape[0] == len(b.y) for b in blocks)
+
+
+def test_startup_parts_split_the_fit_outside_its_units() -> None:
+    """A fit of three units with a restart before the third: Ray Train's start, each
+    process's set-up, the gaps between units less the restart's own set-up, the stop."""
+    from mlaas4hep.training.loop import startup_parts
+
+    history = [
+        {"worker_entered_at": 102.0, "started_at": 110.0, "seconds": 20.0},  # setup 8
+        {"worker_entered_at": 102.0, "started_at": 131.0, "seconds": 20.0},  # gap 1
+        {"worker_entered_at": 160.0, "started_at": 165.0, "seconds": 20.0},  # restart: setup 5
+    ]
+    parts = startup_parts(history, 100.0, 190.0)
+    assert parts == {
+        "workers_start": 2.0,
+        "worker_setup": 13.0,
+        "checkpoints": 1.0 + (165.0 - 151.0 - 5.0),
+        "workers_stop": 5.0,
+    }
+    units = sum(h["seconds"] for h in history)
+    assert sum(parts.values()) + units == 190.0 - 100.0  # every second of the fit, once
+    assert startup_parts([{"seconds": 1.0}], 0.0, 2.0) == {}  # older records: no parts

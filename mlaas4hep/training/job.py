@@ -443,12 +443,19 @@ def finish(
     started: float,
     checkpoint: str,
     staging: StagingRun | None = None,
+    fit_window: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the checkpoint's model, draw the plots, save and export the bundle."""
+    """Evaluate the checkpoint's model, draw the plots, save and export the bundle.
+
+    ``fit_window`` is the fit's wall-clock start and end: with it the timings say where
+    the fit's time outside the units went (:func:`~.loop.startup_parts`)."""
     from mlaas4hep.model import bundle as bundles
+    from mlaas4hep.training.loop import startup_parts
 
     config = job.config
     history = json.loads((checkpoint_dir / "state.json").read_text())["history"]
+    if fit_window is not None:
+        timings.update({f"fit_{k}": v for k, v in startup_parts(history, *fit_window).items()})
     with timed(timings, "evaluate"):
         model = load_trained_model(job, checkpoint_dir)
         test_metrics, arrays = evaluate(job, model)
@@ -499,8 +506,10 @@ def run_training(config: TrainConfig, log: Callable[[str], None] = print) -> dic
         f"{job.plan.train_events} training events on {job.plan.num_workers} workers"
     )
     start_copies(staging)
+    fit_started = time.time()
     with timed(timings, "fit"):
         result = fit(job)
+    fit_window = (fit_started, time.time())
     if result.error is not None:
         raise result.error
     if result.checkpoint is None:
@@ -513,4 +522,5 @@ def run_training(config: TrainConfig, log: Callable[[str], None] = print) -> dic
             started=started,
             checkpoint=str(result.checkpoint.path),
             staging=staging,
+            fit_window=fit_window,
         )

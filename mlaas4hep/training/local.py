@@ -73,6 +73,7 @@ def run_local(
     start_copies(staging)
     loop_config = worker_config(job)
     loop_config["threads"] = max(1, (os.cpu_count() or 2) - 1)  # one core for the batch feed
+    fit_started = time.time()
     with timed(timings, "fit"):
         if job.framework == "torch":
             from mlaas4hep.training.torch_loop import train_torch
@@ -82,12 +83,13 @@ def run_local(
             from mlaas4hep.training.keras_loop import train_keras
 
             train_keras(loop_config, session)
+    fit_window = (fit_started, time.time())
     with session.last_checkpoint() as directory:
         if directory is None:
             raise RuntimeError(f"training run {job.run_name} produced no checkpoint")
         return finish(
             job, directory, timings=timings, started=started, checkpoint=str(directory),
-            staging=staging,
+            staging=staging, fit_window=fit_window,
         )  # fmt: skip
 
 

@@ -23,7 +23,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,8 @@ class Worker:
     validation: ChunkStream
     #: The validation shard's scoring blocks once read (see :func:`validation_blocks`).
     validation_cache: list[Batch] | None = None
+    #: Wall-clock time this worker process entered the loop (see :func:`startup_parts`).
+    entered_at: float = field(default_factory=time.time)
 
     @property
     def rank(self) -> int:
@@ -238,7 +240,7 @@ def run_units(
     each unit its planned batches, then validation, then a checkpoint."""
     plan = worker.plan
     for unit in range(state["next_unit"], plan.units):
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), time.time()
         count = batches_per_unit(plan, unit)
         if count == 0:
             continue  # every worker skips the same chunk (too small for a batch)
@@ -258,8 +260,44 @@ def run_units(
             seconds=time.perf_counter() - started,
             optimizer_steps=steps.optimizer_steps(),
             device=steps.device,
+            started_at=started_at,
+            worker_entered_at=worker.entered_at,
         )  # fmt: skip
     return state
+
+
+def startup_parts(history: list[dict[str, Any]], fit_started: float, fit_ended: float) -> dict:
+    """Where a fit's time outside the units went, from rank 0's unit records and the
+    wall-clock window of the fit (``time.time()`` before and after it):
+
+    - ``workers_start``: from the fit's start to the first worker entering the loop
+      (Ray Train's worker group, placement, the framework's backend);
+    - ``worker_setup``: from entering the loop to the first unit's steps, in every worker
+      process the run had (imports, the model, the strategy, restoring a checkpoint);
+    - ``checkpoints``: between the units of one process (checkpoint writes and reports),
+      and restarts after a failure beyond their own set-up;
+    - ``workers_stop``: from the end of the last unit to the fit's end (its checkpoint,
+      shutting the workers down).
+
+    Records without wall-clock times (older checkpoints) give no parts.
+    """
+    timed = [h for h in history if "started_at" in h and "worker_entered_at" in h]
+    if not timed or len(timed) != len(history):
+        return {}
+    setup = sum(
+        h["started_at"] - h["worker_entered_at"]
+        for i, h in enumerate(timed)
+        if i == 0 or h["worker_entered_at"] != timed[i - 1]["worker_entered_at"]
+    )
+    ends = [h["started_at"] + h["seconds"] for h in timed]
+    gaps = sum(h["started_at"] - end for h, end in zip(timed[1:], ends, strict=False))
+    first = timed[0]["worker_entered_at"]
+    return {
+        "workers_start": max(0.0, first - fit_started),
+        "worker_setup": setup,
+        "checkpoints": max(0.0, gaps - (setup - (timed[0]["started_at"] - first))),
+        "workers_stop": max(0.0, fit_ended - ends[-1]),
+    }
 
 
 # ------------------------------------------------------------------------- validation

@@ -206,6 +206,23 @@ def shares(result: dict[str, Any], history: list[dict[str, Any]], wall: float) -
     return {"validation": times["validation"] / wall, "startup": startup / wall}
 
 
+STARTUP_ROWS = {
+    "fit_workers_start": "Ray Train worker group start",
+    "fit_worker_setup": "worker set-up: imports, streams, model, strategy",
+    "fit_checkpoints": "checkpoints between units",
+    "fit_workers_stop": "last checkpoint, Ray Train stop",
+}
+
+
+def startup_rows(timings: dict[str, float], outside_units: float) -> list[tuple[str, float]]:
+    """The fit's time outside its units by part, as the job reports it; one row when
+    the job reports no parts."""
+    rows = [(name, timings[key]) for key, name in STARTUP_ROWS.items() if key in timings]
+    if not rows:
+        return [("Ray Train start/stop, imports, model, checkpoints", outside_units)]
+    return [*rows, ("rest of the fit", outside_units - sum(s for _, s in rows))]
+
+
 def breakdown(result: dict[str, Any], history: list[dict[str, Any]], wall: float) -> None:
     """Where the job's time went; rank 0's view of the units, so that the rows add up."""
     t = result["timings"]
@@ -217,7 +234,7 @@ def breakdown(result: dict[str, Any], history: list[dict[str, Any]], wall: float
         ("spec pass (2 processes)", t.get("spec", 0.0)),
         ("open files, check branches", t.get("open_files", 0.0)),
         ("step plan", t.get("plan", 0.0)),
-        ("Ray Train start/stop, TF import, model, checkpoints", times["ray_train"]),
+        *startup_rows(t, times["ray_train"]),
         ("training steps", train),
         ("validation (after the slowest worker's steps)", validation),
         ("rest of the units (records, reseed)", units - train - validation),
