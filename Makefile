@@ -43,7 +43,7 @@ bench: install
 	$(BIN)/python scripts/bench/bench_data.py
 
 validate-training: install
-	$(BIN)/python scripts/validate_training.py --events 200000 --epochs 5
+	$(BIN)/python scripts/validate_training.py
 
 bench-pipeline: install
 	$(BIN)/python scripts/bench/bench_pipeline.py

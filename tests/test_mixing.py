@@ -74,3 +74,25 @@ def test_split_is_deterministic_disjoint_and_complete():
     assert np.array_equal(again[::-1], parts[0])
     other_file = split_mask("s3://b/g.root", entries, "train", (0.7, 0.2, 0.1), seed=3)
     assert not np.array_equal(other_file, parts[0])
+
+
+@settings(max_examples=100)
+@given(
+    st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3).filter(lambda f: sum(f) > 0),
+    st.integers(0, 2**31),
+)
+def test_split_codes_are_the_hash_intervals(weights: list[float], seed: int) -> None:
+    """An entry's split code is the interval of the cumulative fractions its hash number
+    falls in: the one rule the streams read with and an exported split table records."""
+    from mlaas4hep.stream.mixing import split_codes, uniform_of_entries
+
+    fractions = tuple(w / sum(weights) for w in weights)
+    entries = np.arange(5000)
+    codes = split_codes("f.root", entries, fractions, seed)
+    u = uniform_of_entries("f.root", entries, seed)
+    edges = np.cumsum((0.0, *fractions))
+    expected = np.where(u < edges[1], 0, np.where(u < edges[2], 1, 2))
+    np.testing.assert_array_equal(codes, expected)
+    for index, name in enumerate(("train", "validation", "test")):
+        mask = split_mask("f.root", entries, name, fractions, seed)
+        np.testing.assert_array_equal(mask, codes == index)

@@ -92,6 +92,11 @@ def test_split_is_disjoint_complete_and_stable(files, vectorizer):
         split=Split("test", fractions=(0.6, 0.3, 0.1)),
     )
     assert set(map(tuple, _ids(list(reseeded)))) == set(map(tuple, parts["test"]))
+    table = base.split_table()  # what a script outside mlaas4hep reads the split from
+    assert [len(table[f]) for f in files] == SIZES
+    for code, name in enumerate(("train", "validation", "test")):
+        exported = {(i, e) for i, f in enumerate(files) for e in np.flatnonzero(table[f] == code)}
+        assert exported == set(map(tuple, parts[name].tolist()))
 
 
 @pytest.mark.parametrize("count", [2, 3])

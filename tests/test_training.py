@@ -68,6 +68,7 @@ def test_config_typo_names_the_key_and_a_suggestion(tth: Path) -> None:
         ("vectorizer__normalization", "robst", "did you mean 'robust'"),
         ("vectorizer__clip", ["p1"], "vectorizer.clip: two quantiles"),
         ("vectorizer__robust_clip", 0, "robust_clip must be > 0"),
+        ("training__precision", "half", "training.precision must be one of 32, bf16, fp16"),
     ],
 )
 def test_config_values_are_checked(tth: Path, key: str, value: object, message: str) -> None:
@@ -275,6 +276,52 @@ def test_torch_loop_puts_batches_on_its_device(tth: Path, tmp_path: Path) -> Non
     # the loop's device defaults to the CPU, and every record says where it trained
     state = run_loop("torch", loop_config(tth, "torch", "device", epochs=1), LocalSession(tmp_path))
     assert [h["device"] for h in state["history"]] == ["cpu"]
+
+
+@pytest.mark.parametrize("framework", ["torch", "tensorflow"])
+def test_mixed_precision_trains_on_a_cpu(tth: Path, tmp_path: Path, framework: str) -> None:
+    """bf16 runs the forward pass in bfloat16 on a CPU too: the job learns, the weights
+    it saves are float32 (what serving loads), and fp16 without a GPU is refused."""
+    pytest.importorskip("torch" if framework == "torch" else "tf_keras")
+    from mlaas4hep.training.session import LocalSession
+
+    cfg = loop_config(tth, framework, f"bf16-{framework}", epochs=2, precision="bf16")
+    state = run_loop(framework, cfg, LocalSession(tmp_path / "bf16"))
+    assert all(np.isfinite(h["loss"]) for h in state["history"])
+    assert state["history"][-1]["val_auc"] > 0.6
+    assert state["history"][-1]["optimizer_steps"] == sum(h["steps"] for h in state["history"])
+    weights = final_weights(framework, LocalSession(tmp_path / "bf16").checkpoints()[-1])
+    assert {w.dtype for w in weights if w.ndim} == {np.dtype(np.float32)}
+    cfg = loop_config(tth, framework, f"fp16-{framework}", epochs=1, precision="fp16")
+    with pytest.raises(ConfigError, match="fp16 needs a (CUDA device|GPU)"):
+        run_loop(framework, cfg, LocalSession(tmp_path / "fp16"))
+
+
+def test_batches_for_a_device_are_prepared_in_the_feed_thread() -> None:
+    """The feed applies ``prepare`` (pinning for a GPU) in its own thread, and the torch
+    loop takes batches of tensors as well as of arrays."""
+    import threading
+
+    torch = pytest.importorskip("torch")
+    from mlaas4hep.stream.batches import Batch
+    from mlaas4hep.training.feed import BatchFeed
+    from mlaas4hep.training.torch_loop import batch_tensors
+
+    threads = set()
+
+    def as_tensors(batch: Batch) -> Batch:
+        threads.add(threading.current_thread().name)
+        return Batch(torch.from_numpy(batch.X), torch.from_numpy(batch.mask), None, None)
+
+    def source():
+        for i in range(4):
+            yield 0, Batch(np.full((2, 3), i, np.float32), np.ones((2, 3), bool), None, None)
+
+    with BatchFeed(source(), depth=2, prepare=as_tensors) as feed:
+        batches = list(feed.take(0, 4))
+    assert threads == {"batch-feed"}
+    inputs, y, w = batch_tensors(batches[3], torch.device("cpu"), with_mask=True)
+    assert torch.equal(inputs["features"], torch.full((2, 3), 3.0)) and y is None is w
 
 
 def test_batch_feed_ahead_gives_the_same_batches_and_times_the_wait() -> None:

@@ -142,11 +142,13 @@ def make_tth_dataset(
     *,
     block_size: int = DEFAULT_BLOCK_EVENTS,
     file_format: str = "ttree",
+    signal_fraction: float = TTH_SIGNAL_FRACTION,
 ) -> list[SampleFile]:
     """Write the ttH(H→bb)-like data set: ``ttH_signal.root`` and eight background files.
 
-    ``n_events`` is the total over the nine files; 10 % of it is signal and the rest is
-    split evenly between the backgrounds (``ttlf_bkg.root``, ``ttcc_bkg.root``, …).
+    ``n_events`` is the total over the nine files; ``signal_fraction`` of it (10 % by
+    default; the paper's sample has 10.8 %) is signal and the rest is split evenly
+    between the backgrounds (``ttlf_bkg.root``, ``ttcc_bkg.root``, …).
     Branches: ``nJet``, ``Jet_{pt,eta,phi,mass,btagDeepB}`` (float32),
     ``Jet_hadronFlavour`` (int32), ``Jet_isTight`` (bool); ``nMuon``,
     ``Muon_{pt,eta,phi,pfRelIso}`` (float32), ``Muon_charge`` (int32); ``nElectron``,
@@ -154,7 +156,9 @@ def make_tth_dataset(
     ``MET_phi``, ``HT``, ``genWeight`` (float32), ``nPV`` (int32), ``event`` (uint64).
     """
     n_bkg = len(TTH_PROCESSES) - 1
-    weights = [TTH_SIGNAL_FRACTION] + [(1.0 - TTH_SIGNAL_FRACTION) / n_bkg] * n_bkg
+    if not 0.0 < signal_fraction < 1.0:
+        raise ValueError(f"signal_fraction must be within (0, 1), not {signal_fraction}")
+    weights = [signal_fraction] + [(1.0 - signal_fraction) / n_bkg] * n_bkg
     sizes = split_events(n_events, weights)
     plan = [
         (

@@ -15,9 +15,10 @@ placeholder, enough to watch the events flow.
 ``make stack-up`` runs :meth:`LocalStack.up` in a supervisor process that
 owns every child (servers by process group, the runtime by PID) and writes what it
 started to ``.stack/stack.json``: PIDs, ports, addresses. ``down`` asks that supervisor
-to stop (SIGTERM); it runs ``terraform destroy`` and stops its children. If the
-supervisor is gone, ``down`` destroys what the state still holds and stops the PIDs
-recorded in ``stack.json`` that are still the processes it started.
+to stop (SIGTERM); it stops its children and forgets the Terraform state (everything it
+holds lived in the stack's own moto server, in memory). If the supervisor is gone,
+``down`` stops the PIDs recorded in ``stack.json`` that are still the processes it
+started.
 """
 
 from __future__ import annotations
@@ -458,16 +459,13 @@ class LocalStack:
             except subprocess.TimeoutExpired:
                 os.killpg(self.runtime.pid, signal.SIGKILL)
                 self.runtime.wait()
-        state = self.terraform.state_path
-        applied = state is not None and state.exists()
-        if applied and self.moto is not None and self.moto.is_running() and self.ray is not None:
-            try:
-                self.terraform.destroy(self._var_files(), self.tf_variables())
-            except Exception as err:  # keep stopping the servers
-                print(f"terraform destroy failed: {err}", file=sys.stderr)
         for server in (self.xrootd, self.ray, self.moto):
             if server is not None:
                 server.stop()
+        # Every resource the Terraform state holds lived in the moto server just stopped
+        # (in memory): destroying them one by one first, a minute of API calls, would
+        # leave the same nothing. The state goes with them, so the next `up` starts clean.
+        self.terraform.forget_state()
         if self.xrootd is not None:
             shutil.rmtree(self.xrootd.export_dir, ignore_errors=True)
         self.record_path.unlink(missing_ok=True)

@@ -340,6 +340,13 @@ class Terraform:
             )
             return json.loads(self.run("show", "-json", "-no-color", str(plan)).stdout)
 
+    def forget_state(self) -> None:
+        """Delete this run's state file and its backup (the resources went elsewhere:
+        e.g. with the moto server that held them)."""
+        if self.state_path is not None:
+            for path in (self.state_path, self.state_path.with_name("terraform.tfstate.backup")):
+                path.unlink(missing_ok=True)
+
     def destroy(
         self, var_files: Sequence[str | Path] = (), variables: Mapping[str, Any] | None = None
     ) -> None:

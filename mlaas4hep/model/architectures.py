@@ -47,7 +47,8 @@ def default_keras_model(n_features: int, with_mask: bool = False) -> Any:
     x = k.layers.Dense(128, activation="relu")(x)
     x = k.layers.Dropout(0.5)(x)
     x = k.layers.Dense(64, activation="relu")(x)
-    out = k.layers.Dense(1, activation="sigmoid")(x)
+    # the score in float32 under any precision policy (mixed precision: see keras_loop)
+    out = k.layers.Dense(1, activation="sigmoid", dtype="float32")(x)
     return k.Model(inputs=inputs, outputs=out, name="mlaas4hep_default")
 
 

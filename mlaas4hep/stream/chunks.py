@@ -39,7 +39,7 @@ from mlaas4hep.io.tree import RootTree, open_tree
 from mlaas4hep.stream import adapters
 from mlaas4hep.stream.batches import Batch, Chunk, concat_batches, slice_batch
 from mlaas4hep.stream.labels import resolve_labels
-from mlaas4hep.stream.mixing import SPLITS, chunk_plan, key_hash, split_mask
+from mlaas4hep.stream.mixing import SPLITS, chunk_plan, key_hash, split_codes, split_mask
 from mlaas4hep.stream.options import Reading, Selection, Split
 from mlaas4hep.transform.expressions import Expression
 from mlaas4hep.transform.vectorizer import Vectorizer
@@ -359,6 +359,18 @@ class ChunkStream:
                 layouts.append(_FileLayout(index, key, label, blocks))
             self._layouts = layouts
         return self._layouts
+
+    def split_table(self) -> dict[str, np.ndarray]:
+        """Every file's split of each of its entries, by the hash this stream reads with:
+        an int8 array per file, entry ``i`` at index ``i``, holding 0, 1 or 2 for
+        ``train``, ``validation`` and ``test`` (whatever split this stream itself
+        delivers, and before any cut). A script outside mlaas4hep that reads this table
+        trains and scores on exactly the events a job would."""
+        return {
+            key: split_codes(key, np.arange(bounds[-1], dtype=np.int64), self.fractions,
+                             self.split_seed)
+            for key, bounds in zip(self.files, self._open_all(), strict=True)
+        }  # fmt: skip
 
     @property
     def events_per_file(self) -> dict[str, int]:

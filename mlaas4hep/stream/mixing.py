@@ -91,6 +91,16 @@ def uniform_of_entries(key: str, entries: np.ndarray, seed: int) -> np.ndarray:
 SPLITS = ("train", "validation", "test")
 
 
+def split_codes(
+    key: str, entries: np.ndarray, fractions: tuple[float, float, float], seed: int
+) -> np.ndarray:
+    """The split of each entry of a file, as an index into :data:`SPLITS` (int8): the
+    entry's hash number ``u`` falls in ``[edge_i, edge_i+1)`` of the cumulative fractions."""
+    u = uniform_of_entries(key, entries, seed)
+    inner = np.cumsum(fractions)[:-1]  # the two inner edges; the last split takes the rest
+    return np.searchsorted(inner, u, side="right").astype(np.int8)
+
+
 def split_mask(
     key: str,
     entries: np.ndarray,
@@ -103,8 +113,4 @@ def split_mask(
         return np.ones(len(entries), dtype=bool)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS} or None, not {split!r}")
-    u = uniform_of_entries(key, entries, seed)
-    edges = np.cumsum((0.0, *fractions))
-    index = SPLITS.index(split)
-    upper = 1.0 if index == len(SPLITS) - 1 else edges[index + 1]
-    return (u >= edges[index]) & (u < upper)
+    return split_codes(key, entries, fractions, seed) == SPLITS.index(split)

@@ -22,6 +22,9 @@ from mlaas4hep.errors import ConfigError
 FRAMEWORKS = ("auto", "tensorflow", "torch")
 MODES = ("standard", "per_chunk")
 STAGING_MODES = ("before", "while")
+#: ``32``: float32 throughout; ``bf16`` / ``fp16``: mixed precision (the forward pass in
+#: bfloat16 / float16, the weights, the loss and the optimizer in float32).
+PRECISIONS = ("32", "bf16", "fp16")
 NORMALIZATIONS = ("minmax", "zscore", "robust", "none")
 NONFINITE = ("mask", "keep", "zero", "raise")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -71,6 +74,8 @@ class TrainingConfig:
     with_mask: bool = False
     #: Batches produced ahead in a background thread while the model trains (0: none).
     prefetch_batches: int = 64
+    #: ``32``, or mixed precision: ``bf16`` (CPU and GPU) or ``fp16`` (GPU, loss-scaled).
+    precision: str = "32"
 
 
 @dataclass
@@ -213,6 +218,7 @@ class TrainConfig:
         _choice("staging.mode", self.staging.mode, STAGING_MODES)
         if self.staging.check_seconds < 0:
             raise ConfigError("staging.check_seconds must be >= 0")
+        _choice("training.precision", t.precision, PRECISIONS)
         if t.prefetch_batches < 0:
             raise ConfigError(f"training.prefetch_batches must be >= 0, not {t.prefetch_batches}")
         if not _NAME.match(self.output.name):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -74,10 +74,21 @@ def _chunk_batches(
 
 
 class BatchFeed:
-    """Batches of ``source`` (``(unit, batch)`` pairs) made up to ``depth`` ahead."""
+    """Batches of ``source`` (``(unit, batch)`` pairs) made up to ``depth`` ahead.
 
-    def __init__(self, source: Iterator[tuple[int, Batch]], depth: int = 64) -> None:
+    ``prepare``, when set (also after the feed started), is applied to every batch in
+    the thread that makes it: e.g. copying it into page-locked memory for a GPU, so
+    that the training thread only starts an asynchronous copy.
+    """
+
+    def __init__(
+        self,
+        source: Iterator[tuple[int, Batch]],
+        depth: int = 64,
+        prepare: Callable[[Batch], Batch] | None = None,
+    ) -> None:
         self.depth = depth
+        self.prepare = prepare
         self.wait_seconds = 0.0
         self.produce_seconds = 0.0
         self.batches = 0
@@ -105,9 +116,12 @@ class BatchFeed:
     def _pull(self) -> tuple[int, Batch]:
         """The source's next batch, its making time counted (StopIteration at the end)."""
         start = time.perf_counter()
-        item = next(self._source)
+        unit, batch = next(self._source)
+        prepare = self.prepare
+        if prepare is not None:
+            batch = prepare(batch)
         self.produce_seconds += time.perf_counter() - start
-        return item
+        return unit, batch
 
     def _next(self) -> tuple[int, Batch]:
         if self._thread is None:

@@ -208,6 +208,7 @@ def worker_config(job: PreparedJob) -> dict[str, Any]:
         "learning_rate": job.config.training.learning_rate,
         "seed": job.config.training.seed,
         "prefetch_batches": job.config.training.prefetch_batches,
+        "precision": job.config.training.precision,
         # compute threads per worker; more than its CPUs fight the batch feed's thread
         "threads": max(1, int(job.config.scaling.cpus_per_worker)),
         "inject_failure": job.config.inject_failure,

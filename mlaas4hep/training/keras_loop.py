@@ -33,6 +33,8 @@ from mlaas4hep.training.feed import BatchFeed
 from mlaas4hep.training.session import Session
 
 KERAS_OPTIMIZER = "optimizer.npz"
+#: Keras' dtype policy of each mixed precision of ``training.precision``
+KERAS_POLICIES = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 #: the size of one all-reduce pack of gradients under MultiWorkerMirroredStrategy
 PACK_BYTES = 32 << 20
 
@@ -140,6 +142,24 @@ class DistributedSteps:
         )
 
 
+@contextlib.contextmanager
+def precision_policy(precision: str) -> Iterator[None]:
+    """Keras' global dtype policy for ``precision`` while the model is built (layers
+    keep the policy they were made under; the variables stay float32), then the previous
+    one again."""
+    policy = KERAS_POLICIES.get(precision)
+    if policy is None:
+        yield
+        return
+    mixed = models.keras().mixed_precision
+    previous = mixed.global_policy()
+    mixed.set_global_policy(policy)
+    try:
+        yield
+    finally:
+        mixed.set_global_policy(previous)
+
+
 def train_keras(config: dict[str, Any], session: Session | None = None) -> dict[str, Any]:
     """Train the Keras model that ``config`` describes; return the final state.
 
@@ -175,12 +195,19 @@ class KerasRun:
             self.strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         else:
             self.strategy = tf.distribute.get_strategy()
+        self.device = ([d.name for d in tf.config.list_logical_devices("GPU")] or ["CPU"])[0]
+        self.precision = str(config.get("precision", "32"))
+        if self.precision == "fp16" and self.device == "CPU":
+            raise ConfigError(
+                "training.precision fp16 needs a GPU (scaling.use_gpu: true); bf16 runs on CPUs too"
+            )
+        self.steps_taken = int(state.get("optimizer_steps", 0))
         k.utils.set_random_seed(worker.seed)  # the same initial weights everywhere
-        with self.strategy.scope():
+        with self.strategy.scope(), precision_policy(self.precision):
             self.model = models.build_model(
                 config["model_code"], "tensorflow", worker.n_features, worker.with_mask
             )
-            self.model.compile(
+            self.model.compile(  # fp16: compile wraps Adam in a LossScaleOptimizer
                 optimizer=k.optimizers.Adam(learning_rate=config["learning_rate"]),
                 loss="binary_crossentropy",
                 metrics=[k.metrics.AUC(name="auc")],
@@ -189,7 +216,6 @@ class KerasRun:
         loop.restore_model(worker, state, self.load)
         self.has_weights = worker.train.weight_expr is not None
         self.compiled = DistributedSteps(self.strategy, self.model, worker.world)
-        self.device = ([d.name for d in tf.config.list_logical_devices("GPU")] or ["CPU"])[0]
 
     def load(self, directory: Path) -> None:
         self.model.load_weights(str(directory / KERAS_WEIGHTS))
@@ -229,8 +255,16 @@ class KerasRun:
             if step in (0, last_pass):
                 self.model.reset_metrics()
             self.compiled.train(step_data(batch, self.worker.with_mask, self.has_weights))
+            self.steps_taken += 1
         trained = self.model.get_metrics_result()
         return {"loss": float(trained["loss"]), "auc": float(trained["auc"])}
+
+    def optimizer_steps(self) -> int:
+        """Adam's step count; under fp16 the loop's (the loss scaler skips the steps
+        that overflow, which are steps of the plan all the same)."""
+        if self.precision == "fp16":
+            return self.steps_taken
+        return int(self.model.optimizer.iterations.numpy())
 
     def steps(self) -> loop.Steps:
         return loop.Steps(
@@ -238,7 +272,7 @@ class KerasRun:
             validate=self.validate,
             gather=self.gather,
             save=self.save,
-            optimizer_steps=lambda: int(self.model.optimizer.iterations.numpy()),
+            optimizer_steps=self.optimizer_steps,
             reseed=self.reseed,
             device=self.device,
         )

@@ -7,12 +7,21 @@ device during a unit and come back to the CPU once, at its end, for the metrics.
 Ray the model is wrapped by ``prepare_model`` (DistributedDataParallel over gloo on
 CPU, NCCL on GPU); in one process it is used as is.
 
+On a GPU the batch feed's thread copies each batch into page-locked host memory
+(:func:`pinned`) and the training thread copies it to the device asynchronously, so the
+copy overlaps the previous step. ``precision: bf16`` or ``fp16`` runs the forward pass
+under ``torch.autocast`` (the loss, the weights and Adam stay float32; fp16 adds a
+gradient scaler, CUDA only). The batch feed decompresses with as many threads as the
+worker has CPUs (``scaling.cpus_per_worker``): give a GPU worker several.
+
 A checkpoint holds the weights (``model.pt``), the optimizer's ``state_dict``
-(``optimizer.pt``: Adam's moments and step count) and the state.
+(``optimizer.pt``: Adam's moments and step count), with fp16 the gradient scaler's
+state (``scaler.pt``), and the state.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from mlaas4hep import extras
+from mlaas4hep.errors import ConfigError
 from mlaas4hep.model import architectures as models
 from mlaas4hep.model.manifest import TORCH_WEIGHTS
 from mlaas4hep.model.metrics import auc
@@ -29,17 +39,74 @@ from mlaas4hep.training.feed import BatchFeed
 from mlaas4hep.training.session import Session
 
 TORCH_OPTIMIZER = "optimizer.pt"
+TORCH_SCALER = "scaler.pt"
+#: torch's dtype of each mixed precision of ``training.precision``
+AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+
+
+def _tensor(array: Any) -> Any:
+    torch = extras.torch()
+    if isinstance(array, torch.Tensor):
+        return array
+    return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def batch_tensors(batch: Batch, device: Any, with_mask: bool) -> tuple[Any, Any, Any]:
-    """``(inputs, y, w)`` of a batch as tensors on ``device`` (``w`` may be None)."""
-    torch = extras.torch()
-    features = torch.from_numpy(np.ascontiguousarray(batch.X)).to(device)
-    mask = torch.from_numpy(batch.mask).to(device) if with_mask else None
-    inputs = model_inputs(features, mask, with_mask)
-    y = None if batch.y is None else torch.from_numpy(batch.y).to(device)
-    w = None if batch.w is None else torch.from_numpy(batch.w).to(device)
-    return inputs, y, w
+    """``(inputs, y, w)`` of a batch as tensors on ``device`` (``w`` may be None).
+
+    The arrays may already be tensors (:func:`pinned`); the copies to a GPU are
+    asynchronous (``non_blocking``), ordered on the device before the step's kernels."""
+
+    def move(array: Any) -> Any:
+        return None if array is None else _tensor(array).to(device, non_blocking=True)
+
+    features = move(batch.X)
+    inputs = model_inputs(features, move(batch.mask) if with_mask else None, with_mask)
+    return inputs, move(batch.y), move(batch.w)
+
+
+def pinned(batch: Batch) -> Batch:
+    """The batch as tensors in page-locked host memory, from which a GPU copies
+    asynchronously (made in the batch feed's thread, off the training thread)."""
+
+    def pin(array: Any) -> Any:
+        return None if array is None else _tensor(array).pin_memory()
+
+    return Batch(pin(batch.X), pin(batch.mask), pin(batch.y), pin(batch.w))
+
+
+class Precision:
+    """A worker's ``training.precision``: the autocast region of the forward pass and,
+    for fp16, the gradient scaler (steps it skips on an overflow are steps of the plan
+    all the same: the loop counts them, not Adam)."""
+
+    def __init__(self, precision: str, device: Any) -> None:
+        torch = extras.torch()
+        if precision == "fp16" and device.type != "cuda":
+            raise ConfigError(
+                "training.precision fp16 needs a CUDA device (scaling.use_gpu: true, or "
+                "--device cuda); bf16 runs on CPUs too"
+            )
+        name = AUTOCAST_DTYPES.get(precision)
+        self.dtype = None if name is None else getattr(torch, name)
+        self.device_type = device.type
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+
+    def autocast(self) -> Any:
+        """The region the forward pass runs in (nothing changes for float32)."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return extras.torch().autocast(self.device_type, dtype=self.dtype)
+
+    def step(self, loss: Any, optimizer: Any) -> None:
+        """Backward pass and optimizer step (scaled for fp16)."""
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
 
 
 def optimizer_steps(optimizer: Any) -> int:
@@ -90,6 +157,8 @@ def _train(
     prepare_model: Callable[[Any], Any] | None,
 ) -> dict[str, Any]:
     run = TorchRun(worker, state, device, prepare_model)
+    if device.type == "cuda":
+        feed.prepare = pinned
     return loop.run_units(worker, state, feed, run.steps())
 
 
@@ -111,16 +180,21 @@ class TorchRun:
         self.worker, self.device = worker, device
         config = worker.config
         torch.manual_seed(worker.seed)  # the same initial weights everywhere
+        self.precision = Precision(str(config.get("precision", "32")), device)
+        self.steps_taken = int(state.get("optimizer_steps", 0))
         self.bare = models.build_model(
             config["model_code"], "torch", worker.n_features, worker.with_mask
         )
         self.bare.to(device)
         self._optimizer_state: Any = None
+        self._scaler_state: Any = None
         loop.restore_model(worker, state, self.load)
         self.model = prepare_model(self.bare) if prepare_model is not None else self.bare
         self.optimizer = adam(self.model.parameters(), config["learning_rate"], device)
         if self._optimizer_state is not None:
             self.optimizer.load_state_dict(self._optimizer_state)
+        if self._scaler_state is not None and self.precision.scaler is not None:
+            self.precision.scaler.load_state_dict(self._scaler_state)
         self.distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
 
     def load(self, directory: Path) -> None:
@@ -130,12 +204,16 @@ class TorchRun:
         self._optimizer_state = torch.load(
             directory / TORCH_OPTIMIZER, map_location=self.device, weights_only=True
         )
+        if (directory / TORCH_SCALER).exists():
+            self._scaler_state = torch.load(directory / TORCH_SCALER, weights_only=True)
 
     def save(self, directory: Path) -> None:
         torch = extras.torch()
         weights = {name: value.detach().cpu() for name, value in self.bare.state_dict().items()}
         torch.save(weights, directory / TORCH_WEIGHTS)  # loadable on a machine without GPU
         torch.save(self.optimizer.state_dict(), directory / TORCH_OPTIMIZER)
+        if self.precision.scaler is not None:
+            torch.save(self.precision.scaler.state_dict(), directory / TORCH_SCALER)
 
     def gathered(self, *arrays: np.ndarray) -> list[np.ndarray]:
         """Each array concatenated over every worker (in rank order)."""
@@ -148,7 +226,9 @@ class TorchRun:
 
     def predict(self, batch: Batch) -> np.ndarray:
         inputs, _, _ = batch_tensors(batch, self.device, self.worker.with_mask)
-        return self.model(inputs).reshape(-1).cpu().numpy()
+        with self.precision.autocast():
+            out = self.model(inputs)
+        return out.reshape(-1).float().cpu().numpy()
 
     def validate(self) -> tuple[float, float]:
         torch = extras.torch()
@@ -164,14 +244,16 @@ class TorchRun:
         losses, scores, labels = [], [], []
         for batch in batches:
             inputs, y, w = batch_tensors(batch, self.device, self.worker.with_mask)
-            out = self.model(inputs).reshape(-1)
+            with self.precision.autocast():
+                out = self.model(inputs).reshape(-1)
+            out = out.float()  # the loss in float32 (BCE is not autocast-safe)
             loss = torch.nn.functional.binary_cross_entropy(out, y, weight=w)
             self.optimizer.zero_grad()
-            loss.backward()
-            self.optimizer.step()
+            self.precision.step(loss, self.optimizer)
+            self.steps_taken += 1
             losses.append(loss.detach())  # stays on the device: no sync per step
             scores.append(out.detach())
-            labels.append(batch.y)
+            labels.append(np.asarray(batch.y))
         if not losses:
             return {"loss": float("nan"), "auc": float("nan")}
         loss_mean = float(torch.stack(losses).mean().cpu())
@@ -179,6 +261,12 @@ class TorchRun:
             "loss": loss_mean,
             "auc": auc(np.concatenate(labels), torch.cat(scores).cpu().numpy()),
         }
+
+    def optimizer_steps(self) -> int:
+        """Adam's step count; with a gradient scaler the loop's (see :class:`Precision`)."""
+        if self.precision.scaler is not None:
+            return self.steps_taken
+        return optimizer_steps(self.optimizer)
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
@@ -191,7 +279,7 @@ class TorchRun:
             validate=self.validate,
             gather=lambda values: self.gathered(np.asarray(values)[None])[0],
             save=self.save,
-            optimizer_steps=lambda: optimizer_steps(self.optimizer),
+            optimizer_steps=self.optimizer_steps,
             reseed=extras.torch().manual_seed,
             device=str(self.device),
             synchronize=self.synchronize,

@@ -145,29 +145,6 @@ def _xm(out) -> tuple[np.ndarray, np.ndarray]:
     return out.X, out.mask
 
 
-def test_a_failed_worker_resumes_from_the_checkpoint(
-    ray_head: RayHead, tth_files, tmp_path, bentoml_home: Path
-) -> None:
-    files = [str(p) for p in tth_files]
-    config = base_config(files, str(tmp_path / "out"), epochs=3)
-    config["inject_failure"] = {"rank": 1, "unit": 0}
-    config["output"]["bentoml_store"] = False
-    status, logs, result = run_job(ray_head, tmp_path, config, {})
-    assert status == "SUCCEEDED", logs[-3000:]
-    assert "injected failure after unit 0" in logs
-    assert result["units"] == 3  # units 1 and 2 after the restart, unit 0 from the checkpoint
-    import json
-
-    metrics = json.loads(Path(result["bundle"]["output"], "metrics.json").read_text())
-    history = metrics["history"]
-    assert [h["unit"] for h in history] == [0, 1, 2]
-    # the optimizer state came back with the weights: Adam's iteration count goes on
-    steps = history[0]["steps"]
-    assert steps > 0 and [h["optimizer_steps"] for h in history] == [steps, 2 * steps, 3 * steps]
-    assert_planned_steps(history, prepare(TrainConfig.from_dict(config)).plan)
-    assert all(0 <= h["data_wait_fraction"] <= 1 and len(h["workers"]) == 2 for h in history)
-
-
 def test_xrootd_source_with_torch_in_per_chunk_mode(
     ray_head: RayHead, publish_to_xrootd: Callable[..., str], tth_files, tmp_path, bentoml_home
 ) -> None:
@@ -225,15 +202,18 @@ def uneven_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 @pytest.mark.parametrize(
-    ("framework", "mode", "epochs"),
-    [("tensorflow", "standard", 3), ("torch", "per_chunk", 2)],  # both modes, both loops
+    ("framework", "mode", "epochs", "fail"),
+    [("tensorflow", "standard", 3, True), ("torch", "per_chunk", 2, False)],  # both loops
 )
 def test_every_unit_trains_exactly_its_planned_steps_with_uneven_shards(
-    ray_head: RayHead, uneven_files, tmp_path, framework: str, mode: str, epochs: int
-) -> None:
+    ray_head: RayHead, uneven_files, tmp_path, framework: str, mode: str, epochs: int,
+    fail: bool,
+) -> None:  # fmt: skip
     """The regression of a Keras job that died at unit boundaries (a batch of one unit
     reaching the next): units whose sizes divide neither by the batch nor by the worker
-    count, and a shard five times smaller than the other, train exactly as planned."""
+    count, and a shard five times smaller than the other, train exactly as planned.
+    With ``fail``, worker 1 fails after unit 0: Ray Train restarts the workers, which
+    resume from the checkpoint (weights, Adam's moments and step count, stream position)."""
     if framework == "torch":
         pytest.importorskip("torch")
     files = [str(p) for p in uneven_files]
@@ -245,10 +225,12 @@ def test_every_unit_trains_exactly_its_planned_steps_with_uneven_shards(
         "vectorizer": {"padding": 5},
         "framework": framework,
         "training": {"epochs": epochs, "mode": mode, "chunk_size": 1000, "batch_size": 37},
-        "scaling": {"num_workers": 2, "use_gpu": False, "max_failures": 0},
+        "scaling": {"num_workers": 2, "use_gpu": False, "max_failures": int(fail)},
         "output": {"location": str(tmp_path / "out"), "name": "uneven",
                    "bentoml_store": False},
     }  # fmt: skip
+    if fail:
+        config["inject_failure"] = {"rank": 1, "unit": 0}
     job = prepare(TrainConfig.from_dict(config))
     counts = shard_counts(job.streams["train"], 2)
     train = sorted(sum(c) for c in counts)
@@ -265,5 +247,12 @@ def test_every_unit_trains_exactly_its_planned_steps_with_uneven_shards(
     import json
 
     metrics = json.loads(Path(result["bundle"]["output"], "metrics.json").read_text())
-    assert_planned_steps(metrics["history"], job.plan)
-    assert result["units"] == len(metrics["history"]) >= 2
+    history = metrics["history"]
+    assert_planned_steps(history, job.plan)  # after a restart too: Adam's count goes on
+    assert result["units"] == len(history) >= 2
+    assert all(0 <= h["data_wait_fraction"] <= 1 and len(h["workers"]) == 2 for h in history)
+    assert ("injected failure after unit 0" in logs) == fail
+    if fail:  # units 1 and 2 ran after the restart, unit 0 came from the checkpoint
+        assert [h["unit"] for h in history] == [0, 1, 2]
+        assert history[1]["worker_entered_at"] > history[0]["worker_entered_at"]
+        assert set(result["timings"]) >= {"fit_workers_start", "fit_worker_setup"}
