@@ -1,6 +1,7 @@
 """Validate the training path like for like (the paper's Fig. 8): four routes, same events.
 
-(i)   the full job: ``run_training`` on Ray Train (2 workers, streamed chunks);
+(i)   the full job: ``ray_jobs/train.py`` submitted to a Ray head (Ray Train, 2 workers,
+      streamed chunks), as ``ray job submit`` does;
 (ii)  mlaas4hep's ChunkStream + Vectorizer feeding a plain tf-keras ``fit``;
 (iii) a hand-written uproot + awkward + tf-keras script with no mlaas4hep import
       (``scripts/validation/handwritten.py``, run in its own process);
@@ -130,16 +131,37 @@ def score_splits(inputs: Inputs, predict: Any) -> Scores:
 
 
 def full_job(inputs: Inputs, files: list[str], work: Path, args: argparse.Namespace) -> Scores:
-    from mlaas4hep.model.bundle import ModelBundle
-    from mlaas4hep.training import run_training
+    """``ray job submit`` of ``ray_jobs/train.py`` to a Ray head of its own (loopback,
+    2 CPUs), as a user submits it; the bundle it writes scores the three splits."""
+    import yaml
 
-    summary = run_training(job_config(files, work / "job", args), log=lambda line: None)
+    from mlaas4hep.local.stack import RayHead
+    from mlaas4hep.model.bundle import ModelBundle
+    from mlaas4hep.model.metrics import auc
+    from mlaas4hep.pipeline.jobs_api import wait_for_job
+    from mlaas4hep.pipeline.submission import submit_training
+    from mlaas4hep.training.result import job_result
+
+    recipe = work / "train.yaml"
+    recipe.write_text(yaml.safe_dump(job_config(files, work / "job", args).to_dict()))
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # our own loopback head, no token
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keep 127.0.0.1 (see RayHead)
+    head = RayHead(num_cpus=max(2, args.workers)).start()
+    try:
+        env = {"RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}
+        job_id = submit_training(
+            head.address, str(recipe), working_dir=str(ROOT), env=env, python=sys.executable
+        )
+        status, logs = wait_for_job(head.address, job_id, timeout=3600)
+    finally:
+        head.stop()
+    summary = job_result(logs)
+    if status != "SUCCEEDED" or summary is None:
+        raise SystemExit(f"route (i): training job {job_id} {status}:\n{logs[-3000:]}")
     bundle = ModelBundle.load(summary["bundle"]["output"])
     if bundle.vectorizer.to_dict() != inputs.vectorizer.to_dict():
         raise SystemExit("the job's preprocessing differs from route (ii)'s: not like for like")
     scores = score_splits(inputs, bundle.predict_vectorized)
-    from mlaas4hep.model.metrics import auc
-
     if abs(auc(*scores["test"]) - summary["test_auc"]) > 1e-6:  # the job's own test events
         raise SystemExit(f"the job's test AUC {summary['test_auc']} is not route (i)'s test AUC")
     return scores

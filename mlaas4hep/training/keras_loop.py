@@ -11,7 +11,9 @@ unit trains on exactly its planned batches whatever TensorFlow would read ahead,
 the time the loop is blocked on the feed is the time the step waits for data. Each
 unit is its training steps (one epoch, or ``epochs`` passes over a chunk), the exact
 loss and AUC on the validation shard, then a checkpoint: the weights, the optimizer's
-variables (Adam's moments and iteration count) and the state.
+variables (Adam's moments and iteration count) and the state. ``precision: bf16`` or
+``fp16`` builds the model under Keras' mixed dtype policy (float32 variables; fp16 on a
+GPU only, with the loss-scaling optimizer ``compile`` puts in).
 """
 
 from __future__ import annotations
@@ -70,8 +72,8 @@ def lean_step(model: Any) -> Any:
 
     Keras' own step returns every metric's result, and under MultiWorkerMirroredStrategy
     reading a metric all-reduces its variables: the AUC's 4 × 200 thresholds and the
-    loss mean cost two collectives a step, more than the gradients' own (measured with
-    two workers on one host: 47 ms a step with them, 11 ms without). The results are
+    loss mean cost two collectives a step, more than the gradients' own (with two workers
+    on one 2-core host, a step took about four times as long). The results are
     read once per unit instead (:meth:`KerasRun.train`), summed over the workers then.
     A model whose class defines its own ``train_step`` keeps it.
     """
