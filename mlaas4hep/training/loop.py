@@ -281,21 +281,19 @@ def startup_parts(history: list[dict[str, Any]], fit_started: float, fit_ended: 
 
     Records without wall-clock times (older checkpoints) give no parts.
     """
-    timed = [h for h in history if "started_at" in h and "worker_entered_at" in h]
-    if not timed or len(timed) != len(history):
+    if not history or any("started_at" not in h or "worker_entered_at" not in h for h in history):
         return {}
-    setup = sum(
+    setups = [
         h["started_at"] - h["worker_entered_at"]
-        for i, h in enumerate(timed)
-        if i == 0 or h["worker_entered_at"] != timed[i - 1]["worker_entered_at"]
-    )
-    ends = [h["started_at"] + h["seconds"] for h in timed]
-    gaps = sum(h["started_at"] - end for h, end in zip(timed[1:], ends, strict=False))
-    first = timed[0]["worker_entered_at"]
+        for i, h in enumerate(history)
+        if i == 0 or h["worker_entered_at"] != history[i - 1]["worker_entered_at"]
+    ]
+    ends = [h["started_at"] + h["seconds"] for h in history]
+    gaps = sum(h["started_at"] - end for h, end in zip(history[1:], ends, strict=False))
     return {
-        "workers_start": max(0.0, first - fit_started),
-        "worker_setup": setup,
-        "checkpoints": max(0.0, gaps - (setup - (timed[0]["started_at"] - first))),
+        "workers_start": max(0.0, history[0]["worker_entered_at"] - fit_started),
+        "worker_setup": sum(setups),
+        "checkpoints": max(0.0, gaps - sum(setups[1:])),  # a restart's set-up is its own
         "workers_stop": max(0.0, fit_ended - ends[-1]),
     }
 
