@@ -6,8 +6,9 @@
 
 ``up`` stays in the foreground as the stack's supervisor (Ctrl-C tears it down) unless
 ``--detach`` is given; either way ``.stack/stack.json`` records the PIDs, ports and
-addresses, and ``down`` destroys the Terraform resources and stops everything ``up``
-started, by PID. Logs: ``.stack/supervisor.log``, ``.stack/runtime.log``.
+addresses, and ``down`` stops everything ``up`` started, by PID, and forgets the
+Terraform state (its resources lived in the stack's own moto server). Logs:
+``.stack/supervisor.log``, ``.stack/runtime.log``.
 """
 
 from __future__ import annotations
