@@ -1,10 +1,10 @@
 """Fixtures of the serving tests: a model trained by the real training job, its store,
 and ``bentoml serve`` on a free loopback port.
 
-* ``trained``: ``ray_jobs/train.py`` submitted to a Ray head of its own (loopback, free
-  ports) on a small sample of the ttH-like data, once per session; the job registers
-  its bundle in a fresh BentoML store (``BENTOML_HOME``) as the training issue does.
-  The Ray head is stopped as soon as the job ends, to give the CPUs back.
+* ``trained``: the training job's loop in one process (``mlaas4hep.training.local``:
+  the Ray job's config, checks, loop and bundle; the job on Ray has tests of its own)
+  on a small sample of the ttH-like data, once per session; it registers its bundle in
+  a fresh BentoML store (``BENTOML_HOME``) as the Ray job does.
 * ``service``: the service on that store, two workers, serving ``tth`` (its
   ``production`` alias) with a token and small limits, its ``s3://`` pointed at the
   session's moto server, stopped by PID at the end.
@@ -13,7 +13,9 @@ and ``bentoml serve`` on a free loopback port.
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
+import subprocess
 import sys
 import time
 import urllib.request
@@ -53,47 +55,47 @@ class Service:
         return self.server.url
 
 
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    from mlaas4hep.local.stack import RayHead
-    from mlaas4hep.pipeline.jobs_api import wait_for_job
-    from mlaas4hep.pipeline.submission import submit_training
+def train_locally(home: Path, files: list, out: Path, **options: object) -> str:
+    """``python -m mlaas4hep.training.local`` on ``files`` (the job's loop, checks and
+    bundle in one process), registering into the BentoML store ``home``; the tag.
+
+    ``options`` are top-level config entries (``framework``, ``training``, …)."""
     from mlaas4hep.training.result import job_result
 
-    data = tmp_path_factory.mktemp("serving-data")
-    files = [f.path for f in make_tth_dataset(data, n_events=9000, seed=17, block_size=3000)]
-    home = tmp_path_factory.mktemp("serving-bentoml")
-    out = tmp_path_factory.mktemp("serving-train")
     config = {
         "dataset": {
-            "files": [str(data)],
+            "files": [str(f) for f in files],
             "labels": {"ttH_signal.root": 1, "*": 0},
             "include": INCLUDE,
         },
         "vectorizer": {"padding": 6},
-        "training": {"epochs": 2, "chunk_size": 3000, "batch_size": 128},
-        "scaling": {"num_workers": 1},
         "output": {"location": str(out), "name": "tth"},
+        **options,
     }
-    path = out / "train.yaml"
-    path.write_text(yaml.safe_dump(config))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_AUTH_MODE", "disabled")  # our own loopback head, no token
-        head = RayHead(num_cpus=2).start()
-    try:
-        job = submit_training(
-            head.address,
-            str(path),
-            working_dir=str(PROJECT_ROOT),
-            env={"BENTOML_HOME": str(home)},
-            python=sys.executable,
-        )
-        status, logs = wait_for_job(head.address, job, timeout=420)
-    finally:
-        head.stop()
-    result = job_result(logs)
-    assert status == "SUCCEEDED" and result and result["tag"], logs[-3000:]
-    return Trained(home=home, tag=result["tag"], files=files)
+    out.mkdir(parents=True, exist_ok=True)
+    recipe = out / "train.yaml"
+    recipe.write_text(yaml.safe_dump(config))
+    job = subprocess.run(
+        [sys.executable, "-m", "mlaas4hep.training.local", "--config", str(recipe)],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    result = job_result(job.stdout)
+    assert job.returncode == 0 and result and result["tag"], job.stderr[-3000:]
+    return result["tag"]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    data = tmp_path_factory.mktemp("serving-data")
+    files = [f.path for f in make_tth_dataset(data, n_events=9000, seed=17, block_size=3000)]
+    home = tmp_path_factory.mktemp("serving-bentoml")
+    training = {"epochs": 2, "chunk_size": 3000, "batch_size": 128}
+    tag = train_locally(home, [data], tmp_path_factory.mktemp("serving-train"), training=training)
+    return Trained(home=home, tag=tag, files=files)
 
 
 def wait_until(check, timeout: float, what: str) -> None:

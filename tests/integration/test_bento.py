@@ -20,7 +20,14 @@ import numpy as np
 import pytest
 import uproot
 import yaml
-from serving_fixtures import INCLUDE, PROJECT_ROOT, Trained, ready_service, wait_until
+from serving_fixtures import (
+    INCLUDE,
+    PROJECT_ROOT,
+    Trained,
+    ready_service,
+    train_locally,
+    wait_until,
+)
 
 from mlaas4hep.model.bundle import ModelBundle
 from mlaas4hep.serve.registry import Registry
@@ -91,37 +98,6 @@ def fresh_virtualenv(where: Path, requirements: list[str]) -> Path:
     return python
 
 
-def train_torch_version(home: Path, files: list[str], out: Path) -> str:
-    """A torch-trained version of ``tth`` registered in ``home`` (trained in one process)."""
-    from mlaas4hep.training.result import job_result
-
-    config = {
-        "dataset": {
-            "files": [str(f) for f in files],
-            "labels": {"ttH_signal.root": 1, "*": 0},
-            "include": INCLUDE,
-        },
-        "vectorizer": {"padding": 6},
-        "framework": "torch",
-        "training": {"epochs": 1, "chunk_size": 3000, "batch_size": 256},
-        "output": {"location": str(out), "name": "tth"},
-    }
-    recipe = out / "train.yaml"
-    out.mkdir(parents=True, exist_ok=True)
-    recipe.write_text(yaml.safe_dump(config))
-    job = subprocess.run(
-        [sys.executable, "-m", "mlaas4hep.training.local", "--config", str(recipe)],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    result = job_result(job.stdout)
-    assert job.returncode == 0 and result and result["framework"] == "torch", job.stderr[-3000:]
-    return result["tag"]
-
-
 def test_the_built_bento_serves_keras_and_torch_models_from_its_own_requirements(
     trained: Trained, tmp_path: Path
 ) -> None:
@@ -131,7 +107,10 @@ def test_the_built_bento_serves_keras_and_torch_models_from_its_own_requirements
     scores them."""
     home = tmp_path / "bentoml"
     shutil.copytree(trained.home, home)
-    torch_tag = train_torch_version(home, trained.files, tmp_path / "torch-run")
+    training = {"epochs": 1, "chunk_size": 3000, "batch_size": 256}
+    torch_tag = train_locally(
+        home, trained.files, tmp_path / "torch-run", framework="torch", training=training
+    )
     registry = Registry(home)
     registry.promote(trained.tag)
     env = {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
