@@ -166,6 +166,41 @@ def test_rntuple_fields_map_to_branch_like_names(tmp_path):
         assert arrays["pair_0"].tolist() == [1.0, 3.0] and arrays["pair_1"].tolist() == [2.0, 4.0]
 
 
+def _children(ntuple) -> list[list[int]]:
+    return [[child.field_id for child in field.fields] for field in ntuple.all_fields]
+
+
+def test_child_lists_filled_in_one_pass_are_uproots_own(shared_data, tmp_path):
+    """``index_children`` gives every field the children uproot's own (quadratic) scan
+    gives it: on ROOT's NanoAOD import (projections, cardinalities, 1,679 fields) and on
+    an uproot-written RNTuple with records in lists, lists of lists (anonymous inner
+    fields), fixed-size arrays and strings."""
+    from mlaas4hep.io.rntuple import index_children
+
+    written = tmp_path / "nested.root"
+    data = {
+        "MET": ak.zip({"pt": np.array([1.0, 2.0], np.float32), "phi": np.zeros(2, np.float32)}),
+        "Muon": ak.Array([[{"pt": 3.0, "hits": [1, 2], "pos": {"x": 1.0}}], []]),
+        "tracks": ak.Array([[[1.0], [2.0, 3.0]], []]),
+        "name": ak.Array(["a", "b"]),
+        "pair": ak.to_regular(ak.Array([[1.0, 2.0], [3.0, 4.0]]), axis=1),
+    }
+    with uproot.recreate(written) as file:
+        file["Events"] = data
+    for path in (shared_data / NANO_RNTUPLE, written):
+        with uproot.open(path) as theirs, uproot.open(path) as ours:
+            expected = _children(theirs["Events"])
+            ntuple = ours["Events"]
+            index_children(ntuple)
+            assert all(f._fields is not None for f in ntuple.all_fields)
+            assert _children(ntuple) == expected
+            assert any(expected)
+            if path == written:
+                keys = ntuple.keys(recursive=True)
+                assert keys == theirs["Events"].keys(recursive=True)
+                assert ntuple.arrays(library="ak").tolist() == ak.Array(data).tolist()
+
+
 def test_real_nanoaod_rntuple_has_the_branches_of_its_ttree(shared_data):
     # ROOT's RNTupleImporter stores each collection in a `_collectionN` field and projects
     # `Jet_pt`, `nJet` … onto it: the projections carry the TTree's names and types.
