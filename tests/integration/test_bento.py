@@ -83,18 +83,38 @@ def pinned_closure(requirements: list[str]) -> list[str]:
 
 
 def fresh_virtualenv(where: Path, requirements: list[str]) -> Path:
-    """A new virtualenv holding the requirements' closure and nothing else; its python."""
+    """A new virtualenv holding the requirements' closure and nothing else; its python.
+
+    Each distribution of the closure is installed from this environment's own files, as
+    its RECORD lists them (the very versions the closure pins), with its console scripts
+    written as pip writes them, instead of downloaded again: what the new environment
+    holds is exactly what the bento's requirements name, and a package they miss is
+    missing there."""
+    from importlib import metadata
+
     subprocess.run([sys.executable, "-m", "venv", str(where)], check=True, timeout=120)
-    pins = where / "requirements.txt"
-    pins.write_text("\n".join(pinned_closure(requirements)) + "\n")
     python = where / "bin" / "python"
-    installed = subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--no-deps", "-r", str(pins)],
-        capture_output=True,
-        text=True,
-        timeout=420,
-    )
-    assert installed.returncode == 0, installed.stderr[-3000:]
+    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site = Path(subprocess.check_output([str(python), "-c", purelib], text=True).strip())
+    for pin in pinned_closure(requirements):
+        dist = metadata.distribution(pin.split("==")[0])
+        root = Path(dist.locate_file("")).resolve()
+        for file in dist.files or []:
+            source = Path(dist.locate_file(file)).resolve()
+            if not source.is_relative_to(root) or "__pycache__" in file.parts:
+                continue  # scripts (written below) and byte code
+            if source.is_file():
+                target = site / source.relative_to(root)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+        for entry in dist.entry_points.select(group="console_scripts"):
+            script = where / "bin" / entry.name
+            attr = entry.attr.split(".")[0]
+            script.write_text(
+                f"#!{python}\nimport sys\nfrom {entry.module} import {attr}\n"
+                f"sys.exit({entry.attr}())\n"
+            )
+            script.chmod(0o755)
     return python
 
 
