@@ -121,6 +121,7 @@ module "queues" {
   s3_source_bucket_arns      = each.key == "spec_file" ? [local.data_arn] : [local.specs_arn]
   source_account_id          = local.account_id
   kms_key_arn                = var.kms_key_arn
+  alarm_actions              = var.alarm_actions
   tags                       = local.tags
 }
 

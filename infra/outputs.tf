@@ -11,6 +11,7 @@ output "functions" {
       queue_url                          = module.queues[name].url
       queue_arn                          = module.queues[name].arn
       dlq_url                            = module.queues[name].dlq_url
+      dlq_alarm_name                     = module.queues[name].dlq_alarm_name
       visibility_timeout_seconds         = module.queues[name].visibility_timeout_seconds
       max_receive_count                  = module.queues[name].max_receive_count
       batch_size                         = fn.event_source_mapping.batch_size

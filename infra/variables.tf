@@ -197,6 +197,12 @@ variable "kms_key_arn" {
   default     = null
 }
 
+variable "alarm_actions" {
+  description = "ARNs (SNS topics, for example) told when a dead-letter queue's alarm changes state: each function's queue has one that goes off at its first dead letter."
+  type        = list(string)
+  default     = []
+}
+
 variable "tags" {
   description = "Tags added to every resource."
   type        = map(string)

@@ -442,7 +442,11 @@ class LocalStack:
             "terraform_state": str(self.terraform.state_path),
             "buckets": outputs["buckets"],
             "queues": {
-                name: {"queue_url": fn["queue_url"], "dlq_url": fn["dlq_url"]}
+                name: {
+                    "queue_url": fn["queue_url"],
+                    "dlq_url": fn["dlq_url"],
+                    "dlq_alarm": fn.get("dlq_alarm_name"),
+                }
                 for name, fn in outputs["functions"].items()
             },
             "env": self.moto.env(),
@@ -488,7 +492,8 @@ def pid_alive(pid: int | None) -> bool:
 
 
 def status(state_dir: Path | None = None) -> dict[str, Any]:
-    """What runs, where, and how many messages wait in each queue and dead-letter queue."""
+    """What runs, where, how many messages wait in each queue and dead-letter queue, and
+    the state of each dead-letter queue's CloudWatch alarm."""
     record = read_record(state_dir)
     if record is None:
         return {"running": False}
@@ -511,6 +516,11 @@ def status(state_dir: Path | None = None) -> dict[str, Any]:
                 for kind, url in (("queue", queues["queue_url"]), ("dlq", queues["dlq_url"]))
             }
         out["queue_depths"] = depths
+        alarms = [q["dlq_alarm"] for q in record["queues"].values() if q.get("dlq_alarm")]
+        if alarms:
+            cloudwatch = boto3.client("cloudwatch", **_client_args(record["env"]))
+            found = cloudwatch.describe_alarms(AlarmNames=alarms)["MetricAlarms"]
+            out["dlq_alarms"] = {a["AlarmName"]: a["StateValue"] for a in found}
     out["buckets"] = record["buckets"]
     return out
 

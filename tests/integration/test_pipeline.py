@@ -138,7 +138,7 @@ def pipeline_idle(stack) -> bool:
     )
 
 
-def test_outputs_wire_every_function_to_its_queue(stack):
+def test_outputs_wire_every_function_to_its_queue(stack, moto_server):
     functions = stack.outputs["functions"]
     assert {name: fn["handler"] for name, fn in functions.items()} == {
         "spec_file": "functions.spec_file.handler",
@@ -152,6 +152,20 @@ def test_outputs_wire_every_function_to_its_queue(stack):
             QueueUrl=fn["queue_url"], AttributeNames=["RedrivePolicy"]
         )["Attributes"]["RedrivePolicy"]
         assert json.loads(redrive)["maxReceiveCount"] == fn["max_receive_count"]
+    # every dead-letter queue has an alarm that goes off at its first message
+    cloudwatch = moto_server.client("cloudwatch")
+    names = [fn["dlq_alarm_name"] for fn in functions.values()]
+    alarms = {
+        a["AlarmName"]: a for a in cloudwatch.describe_alarms(AlarmNames=names)["MetricAlarms"]
+    }
+    assert set(alarms) == set(names)
+    for fn in functions.values():
+        alarm = alarms[fn["dlq_alarm_name"]]
+        dlq = fn["dlq_url"].rsplit("/", 1)[1]
+        assert alarm["Namespace"] == "AWS/SQS"
+        assert alarm["MetricName"] == "ApproximateNumberOfMessagesVisible"
+        assert alarm["Dimensions"] == [{"Name": "QueueName", "Value": dlq}]
+        assert (alarm["ComparisonOperator"], alarm["Threshold"]) == ("GreaterThanThreshold", 0)
     # the spec function knows its last delivery: the queue's own count
     spec_file = functions["spec_file"]
     assert spec_file["environment"]["MLAAS4HEP_MAX_RECEIVE_COUNT"] == str(
@@ -429,3 +443,5 @@ def test_destroy_leaves_nothing(stack, moto_server):
     assert not [f for f in functions if f["FunctionName"].startswith(prefix)]
     roles = moto_server.client("iam").list_roles()["Roles"]
     assert not [r for r in roles if r["RoleName"].startswith(prefix)]
+    alarms = moto_server.client("cloudwatch").describe_alarms(AlarmNamePrefix=prefix)
+    assert not alarms["MetricAlarms"]

@@ -73,3 +73,23 @@ resource "aws_sqs_queue_policy" "s3_send" {
   # setting it last keeps the applied state and the plan in agreement.
   depends_on = [aws_sqs_queue_redrive_policy.this]
 }
+
+# A message in the dead-letter queue is work the pipeline gave up on (a file whose spec
+# failed every delivery, a merge or a retraining check that kept failing): the alarm
+# goes off as soon as one is there, and tells alarm_actions (an SNS topic, for example).
+resource "aws_cloudwatch_metric_alarm" "dlq_not_empty" {
+  alarm_name          = "${var.name}-dlq-not-empty"
+  alarm_description   = "Messages in ${aws_sqs_queue.dlq.name}: deliveries of ${var.name} failed ${var.max_receive_count} times. Inspect them, then redrive them to the work queue."
+  namespace           = "AWS/SQS"
+  metric_name         = "ApproximateNumberOfMessagesVisible"
+  dimensions          = { QueueName = aws_sqs_queue.dlq.name }
+  statistic           = "Maximum"
+  period              = 60
+  evaluation_periods  = 1
+  threshold           = 0
+  comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = var.alarm_actions
+  ok_actions          = var.alarm_actions
+  tags                = var.tags
+}

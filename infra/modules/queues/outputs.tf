@@ -37,3 +37,8 @@ output "queue_policy_ready" {
   description = "Id of the queue policy (empty without source buckets); depend on it before creating S3 notifications."
   value       = try(aws_sqs_queue_policy.s3_send[0].id, "")
 }
+
+output "dlq_alarm_name" {
+  description = "Name of the CloudWatch alarm on the dead-letter queue's depth (> 0)."
+  value       = aws_cloudwatch_metric_alarm.dlq_not_empty.alarm_name
+}

@@ -90,3 +90,9 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "alarm_actions" {
+  description = "ARNs told when the dead-letter queue's alarm changes state (SNS topics, for example); none by default."
+  type        = list(string)
+  default     = []
+}
