@@ -57,6 +57,8 @@ locals {
       MLAAS4HEP_RETRAIN_RUNTIME_ENV      = jsonencode(local.retrain_runtime_env)
       MLAAS4HEP_RETRAIN_DEBOUNCE_SECONDS = tostring(var.retrain_debounce_seconds)
       MLAAS4HEP_RETRAIN_QUEUE_URL        = module.queues["retrain"].url
+      MLAAS4HEP_RETRAIN_MAX_ATTEMPTS     = tostring(var.retrain_max_attempts)
+      MLAAS4HEP_RETRAIN_RETRY_SECONDS    = tostring(var.retrain_retry_seconds)
     })
   }
 

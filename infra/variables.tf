@@ -179,6 +179,28 @@ variable "retrain_debounce_seconds" {
   }
 }
 
+variable "retrain_max_attempts" {
+  description = "Submissions of one dataset spec version at most: a retraining job that fails (other than with the job's configuration/data error status, 2, or a lost job) is submitted again under a new id."
+  type        = number
+  default     = 3
+
+  validation {
+    condition     = var.retrain_max_attempts >= 1 && var.retrain_max_attempts <= 20 && floor(var.retrain_max_attempts) == var.retrain_max_attempts
+    error_message = "retrain_max_attempts must be a whole number between 1 and 20."
+  }
+}
+
+variable "retrain_retry_seconds" {
+  description = "How often a submitted retraining job is checked, and the first retry's delay (doubling per attempt, as the re-arm while the Ray Jobs API cannot be reached does; capped at 900 s)."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.retrain_retry_seconds >= 1 && var.retrain_retry_seconds <= 900
+    error_message = "retrain_retry_seconds must be between 1 and 900 (the longest SQS message delay)."
+  }
+}
+
 variable "log_retention_days" {
   description = "Retention of the functions' log groups, in days."
   type        = number

@@ -524,22 +524,157 @@ def test_debounce_defers_while_the_spec_is_fresh(s3):
     assert retrain_datasets_of(message["MessageBody"], CONFIG) == ["ds"]
 
 
-def test_debounce_submits_once_quiet_then_is_up_to_date(s3, monkeypatch):
-    sqs, submitted = FakeSQS(), []
+class FakeJobs:
+    """The Ray Jobs API as the retrain step sees it: submissions recorded, each job's
+    status and exit code as the test sets them, and Ray out of reach on demand."""
 
-    def submit(address, entrypoint, submission_id, **kwargs):
-        submitted.append((address, entrypoint, submission_id))
-        return submission_id, True
+    def __init__(self, monkeypatch) -> None:
+        self.submitted: list[tuple[str, str, str]] = []
+        self.ended: dict[str, tuple[str, int | None]] = {}
+        self.down = False
+        monkeypatch.setattr(jobs_api, "submit_job", self.submit)
+        monkeypatch.setattr(jobs_api, "job_info", self.info)
 
-    monkeypatch.setattr(jobs_api, "submit_job", submit)
+    def submit(self, address, entrypoint, submission_id, **kwargs):
+        if self.down:
+            raise jobs_api.JobsUnreachable(f"Ray Jobs API at {address} unreachable: refused")
+        known = any(s[2] == submission_id for s in self.submitted)
+        self.submitted.append((address, entrypoint, submission_id))
+        return submission_id, not known
+
+    def info(self, address, submission_id):
+        if self.down:
+            raise jobs_api.JobsUnreachable(f"Ray Jobs API at {address} unreachable: refused")
+        if not any(s[2] == submission_id for s in self.submitted):
+            raise jobs_api.JobsError(f"no such job at {address}/api/jobs/{submission_id}")
+        status, code = self.ended.get(submission_id, ("RUNNING", None))
+        data = {"submission_id": submission_id, "status": status, "driver_exit_code": code}
+        return jobs_api.JobInfo.from_api(data)
+
+
+def retrain_state(s3: Any) -> dict[str, Any]:
+    return read_json(s3, "models", CONFIG.retrain_state_key("ds"))
+
+
+def test_debounce_submits_once_quiet_then_watches_the_job_to_its_end(s3, monkeypatch):
+    sqs, jobs = FakeSQS(), FakeJobs(monkeypatch)
     stored_dataset(s3, updated_at=1000.0)
     outcome = retrain_if_quiet(CONFIG, "ds", s3=s3, sqs=sqs, now=lambda: 1010.0)
-    assert outcome.status == "submitted" and sqs.sent == []
-    assert submitted[0][1] == "train ds s3://specs/datasets/ds/dataset.json s3://models/ds/"
-    state = read_json(s3, "models", CONFIG.retrain_state_key("ds"))
-    assert state["submission_id"] == submitted[0][2] and state["submitted_at"] == 1010.0
+    assert outcome.status == "submitted"
+    assert jobs.submitted[0][1] == "train ds s3://specs/datasets/ds/dataset.json s3://models/ds/"
+    state = retrain_state(s3)
+    assert state["submission_id"] == jobs.submitted[0][2] and state["submitted_at"] == 1010.0
+    assert state["status"] == "submitted" and len(state["attempts"]) == 1
+    (watch,) = sqs.sent  # the job is checked again later
+    assert watch["DelaySeconds"] == CONFIG.retry_delay(1) == 60
+    assert retrain_datasets_of(watch["MessageBody"], CONFIG) == ["ds"]
+    running = retrain_if_quiet(CONFIG, "ds", s3=s3, sqs=sqs, now=lambda: 1070.0)
+    assert running.status == "running" and len(sqs.sent) == 2
+    jobs.ended[outcome.submission_id] = ("SUCCEEDED", 0)
+    done = retrain_if_quiet(CONFIG, "ds", s3=s3, sqs=sqs, now=lambda: 1130.0)
+    assert done.status == "succeeded" and len(sqs.sent) == 2  # no more watching
+    assert retrain_state(s3)["attempts"][0]["status"] == "SUCCEEDED"
     again = retrain_if_quiet(CONFIG, "ds", s3=s3, sqs=sqs, now=lambda: 2000.0)
-    assert again.status == "up-to-date" and len(submitted) == 1
+    assert again.status == "up-to-date" and len(jobs.submitted) == 1
+
+
+def test_a_failed_job_is_retried_with_backoff_under_new_ids_then_given_up(s3, monkeypatch):
+    sqs, jobs = FakeSQS(), FakeJobs(monkeypatch)
+    stored_dataset(s3, updated_at=1000.0)
+    clock = [1010.0]
+    check = lambda: retrain_if_quiet(CONFIG, "ds", s3=s3, sqs=sqs, now=lambda: clock[0])  # noqa: E731
+    first = check()
+    delays = []
+    for attempt in range(1, CONFIG.retrain_max_attempts + 1):
+        jobs.ended[jobs.submitted[-1][2]] = ("FAILED", 1)
+        outcome = check()
+        if attempt == CONFIG.retrain_max_attempts:
+            assert outcome.status == "failed"
+            break
+        assert outcome.status == "retrying"
+        delays.append(outcome.delay)
+        assert check().status == "deferred"  # an early recheck waits for the retry time
+        clock[0] += outcome.delay
+        assert check().status == "submitted"
+    assert delays == [60, 120]  # doubling
+    ids = [s[2] for s in jobs.submitted]
+    assert ids == [first.submission_id, f"{first.submission_id}-a2", f"{first.submission_id}-a3"]
+    state = retrain_state(s3)
+    assert state["status"] == "failed"
+    assert [a["submission_id"] for a in state["attempts"]] == ids
+    assert {a["status"] for a in state["attempts"]} == {"FAILED"}
+    assert check().status == "up-to-date" and len(jobs.submitted) == 3
+
+
+def test_a_configuration_error_is_not_retried(s3, monkeypatch):
+    sqs, jobs = FakeSQS(), FakeJobs(monkeypatch)
+    stored_dataset(s3, updated_at=1000.0)
+    first = retrain_if_quiet(CONFIG, "ds", s3=s3, sqs=sqs, now=lambda: 1010.0)
+    jobs.ended[first.submission_id] = ("FAILED", 2)  # the job's own "bad config/data" status
+    assert retrain_if_quiet(CONFIG, "ds", s3=s3, sqs=sqs, now=lambda: 1100.0).status == "failed"
+    assert len(jobs.submitted) == 1 and retrain_state(s3)["attempts"][0]["exit_code"] == 2
+
+
+def test_while_ray_is_unreachable_the_step_rearms_and_keeps_the_version(s3, monkeypatch):
+    sqs, jobs = FakeSQS(), FakeJobs(monkeypatch)
+    stored_dataset(s3, updated_at=1000.0)
+    jobs.down = True
+    delays = [retrain_if_quiet(CONFIG, "ds", s3=s3, sqs=sqs, now=lambda: 1010.0) for _ in range(6)]
+    assert {d.status for d in delays} == {"deferred"}
+    assert [d.delay for d in delays] == [60, 120, 240, 480, 900, 900]  # capped by SQS
+    assert [m["DelaySeconds"] for m in sqs.sent] == [d.delay for d in delays]
+    assert retrain_state(s3)["status"] == "unreachable" and jobs.submitted == []
+    jobs.down = False
+    outcome = retrain_if_quiet(CONFIG, "ds", s3=s3, sqs=sqs, now=lambda: 5000.0)
+    assert outcome.status == "submitted" and not outcome.submission_id.endswith("-a2")
+    # Ray down while the job is watched: the watch re-arms too
+    jobs.down = True
+    assert retrain_if_quiet(CONFIG, "ds", s3=s3, sqs=sqs, now=lambda: 5100.0).status == "running"
+
+
+def test_a_job_ray_no_longer_knows_is_submitted_again(s3, monkeypatch):
+    sqs, jobs = FakeSQS(), FakeJobs(monkeypatch)
+    stored_dataset(s3, updated_at=1000.0)
+    retrain_if_quiet(CONFIG, "ds", s3=s3, sqs=sqs, now=lambda: 1010.0)
+    jobs.submitted.clear()  # a restarted head without its job table
+    outcome = retrain_if_quiet(CONFIG, "ds", s3=s3, sqs=sqs, now=lambda: 1100.0)
+    assert outcome.status == "retrying"
+    assert retrain_state(s3)["attempts"][0]["status"] == "LOST"
+
+
+def test_an_old_state_without_attempts_counts_as_settled(s3, monkeypatch):
+    jobs = FakeJobs(monkeypatch)
+    stored_dataset(s3, updated_at=1000.0)
+    etag = s3.head_object(Bucket="specs", Key=CONFIG.dataset_spec_key("ds"))["ETag"].strip('"')
+    old = {"dataset": "ds", "dataset_etag": etag, "submission_id": "x", "submitted_at": 1.0}
+    s3.put_object(Bucket="models", Key=CONFIG.retrain_state_key("ds"), Body=json.dumps(old))
+    assert retrain_if_quiet(CONFIG, "ds", s3=s3, now=lambda: 2000.0).status == "up-to-date"
+    assert jobs.submitted == []
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        ({"driver_exit_code": 2}, 2),
+        ({"message": "Job entrypoint command failed with exit code 1, last logs: …"}, 1),
+        ({"message": "Job was stopped"}, None),
+    ],
+)
+def test_the_exit_code_of_a_job(data, code):
+    assert (
+        jobs_api.JobInfo.from_api({"submission_id": "j", "status": "FAILED", **data}).exit_code
+        == code
+    )
+
+
+def test_retry_settings_from_env():
+    env = {"MLAAS4HEP_DATA_BUCKET": "d", "MLAAS4HEP_SPECS_BUCKET": "s"}
+    config = PipelineConfig.from_env(
+        {**env, "MLAAS4HEP_RETRAIN_MAX_ATTEMPTS": "5", "MLAAS4HEP_RETRAIN_RETRY_SECONDS": "30"}
+    )
+    assert (config.retrain_max_attempts, config.retry_delay(3)) == (5, 120)
+    with pytest.raises(PipelineError, match="MLAAS4HEP_RETRAIN_MAX_ATTEMPTS"):
+        PipelineConfig.from_env({**env, "MLAAS4HEP_RETRAIN_MAX_ATTEMPTS": "0"})
 
 
 def test_debounce_without_ray_or_spec(s3):

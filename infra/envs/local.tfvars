@@ -22,6 +22,8 @@ functions = {
 }
 
 retrain_debounce_seconds = 3
+# A submitted job is checked every 5 s (a failed one retried after 5 s, then 10 s).
+retrain_retry_seconds = 5
 
 # The serving deployment, applied in full to moto (it does not check that the image
 # exists, nor run tasks): the tag only has to be set.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -74,6 +75,12 @@ class PipelineConfig:
     retrain_runtime_env: dict[str, Any] = field(default_factory=dict)
     retrain_debounce_seconds: float = 300.0
     retrain_queue_url: str = ""
+    #: Submissions of one DatasetSpec version at most: a job that fails (other than with
+    #: the configuration/data error status, 2) is submitted again under a new id.
+    retrain_max_attempts: int = 3
+    #: How often a submitted job is checked, and the first retry's delay (doubling per
+    #: attempt, as the re-arm while Ray cannot be reached does; both capped by SQS).
+    retrain_retry_seconds: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PipelineConfig:
@@ -90,16 +97,6 @@ class PipelineConfig:
             parsed_env = json.loads(runtime_env)
         except json.JSONDecodeError as err:
             raise PipelineError(f"{ENV_PREFIX}RETRAIN_RUNTIME_ENV is not JSON: {err}") from err
-        receives = get("MAX_RECEIVE_COUNT", "3")
-        try:
-            max_receive_count = int(receives)
-        except ValueError:
-            max_receive_count = 0
-        if max_receive_count < 1:
-            raise PipelineError(
-                f"{ENV_PREFIX}MAX_RECEIVE_COUNT must be a whole number of at least 1, "
-                f"not {receives!r}"
-            )
         return cls(
             data_bucket=get("DATA_BUCKET"),
             specs_bucket=get("SPECS_BUCKET"),
@@ -112,13 +109,21 @@ class PipelineConfig:
             retrain_state_prefix=get("RETRAIN_STATE_PREFIX", "retrain/"),
             lease_prefix=get("LEASE_PREFIX", "leases/"),
             spec_lease_seconds=float(get("SPEC_LEASE_SECONDS", "900")),
-            max_receive_count=max_receive_count,
+            max_receive_count=_whole(get, "MAX_RECEIVE_COUNT", "3"),
             ray_address=get("RAY_ADDRESS", ""),
             retrain_entrypoint=get("RETRAIN_ENTRYPOINT", ""),
             retrain_runtime_env=parsed_env if isinstance(parsed_env, dict) else {},
             retrain_debounce_seconds=float(get("RETRAIN_DEBOUNCE_SECONDS", "300")),
             retrain_queue_url=get("RETRAIN_QUEUE_URL", ""),
+            retrain_max_attempts=_whole(get, "RETRAIN_MAX_ATTEMPTS", "3"),
+            retrain_retry_seconds=float(get("RETRAIN_RETRY_SECONDS", "60")),
         )
+
+    def retry_delay(self, attempt: int) -> int:
+        """Seconds before check or retry number ``attempt`` (1, 2, …): the base doubled
+        per attempt, at least 1 and at most SQS's longest delay."""
+        delay = self.retrain_retry_seconds * 2 ** max(0, min(attempt, 16) - 1)
+        return int(min(MAX_SQS_DELAY, max(1, math.ceil(delay))))
 
     def is_last_receive(self, receive_count: int) -> bool:
         """Whether a delivery that SQS counts ``receive_count`` is the message's last one:
@@ -189,3 +194,17 @@ class PipelineConfig:
 
 def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", text)
+
+
+def _whole(get: Any, name: str, default: str) -> int:
+    """A whole number of at least 1 from the environment, or a PipelineError naming it."""
+    text = get(name, default)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise PipelineError(
+            f"{ENV_PREFIX}{name} must be a whole number of at least 1, not {text!r}"
+        )
+    return value

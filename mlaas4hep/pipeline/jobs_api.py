@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -32,6 +33,11 @@ class JobsError(MlaasError):
     """The Ray Jobs API could not be reached or answered an error."""
 
 
+class JobsUnreachable(JobsError):
+    """The Ray Jobs API could not be reached at all (refused, timed out, no route): a
+    state that passes, unlike an error it answers."""
+
+
 @dataclass(frozen=True)
 class JobInfo:
     """One Ray job, in the fields a person asks about."""
@@ -43,6 +49,7 @@ class JobInfo:
     message: str
     start_time: float | None
     end_time: float | None
+    exit_code: int | None = None  # the entrypoint's, once it ended (when Ray says)
 
     @classmethod
     def from_api(cls, data: dict[str, Any]) -> JobInfo:
@@ -57,11 +64,22 @@ class JobInfo:
             message=str(data.get("message") or ""),
             start_time=seconds(data.get("start_time")),
             end_time=seconds(data.get("end_time")),
+            exit_code=_exit_code(data),
         )
 
     @property
     def retraining(self) -> bool:
         return self.submission_id.startswith(RETRAIN_PREFIX)
+
+
+def _exit_code(data: dict[str, Any]) -> int | None:
+    """The entrypoint's exit status: Ray's ``driver_exit_code``, or the one its message
+    states ("... failed with exit code 2 ...")."""
+    code = data.get("driver_exit_code")
+    if isinstance(code, int):
+        return code
+    found = re.search(r"exit code (-?\d+)", str(data.get("message") or ""))
+    return int(found.group(1)) if found else None
 
 
 def default_address(state_dir: str | os.PathLike[str] | None = None) -> str:
@@ -90,7 +108,7 @@ def _get(address: str, path: str, timeout: float = 10.0) -> Any:
             raise JobsError(f"no such job at {url}") from err
         raise JobsError(f"Ray Jobs API {url} answered {err.code}: {err.read()[:300]!r}") from err
     except OSError as err:
-        raise JobsError(f"Ray Jobs API at {address} unreachable: {err}") from err
+        raise JobsUnreachable(f"Ray Jobs API at {address} unreachable: {err}") from err
 
 
 def list_jobs(address: str, *, dataset: str | None = None, all_jobs: bool = False) -> list[JobInfo]:
@@ -182,4 +200,4 @@ def submit_job(
             return submission_id, False
         raise JobsError(f"Ray job submission to {address} failed ({err.code}): {text}") from err
     except OSError as err:
-        raise JobsError(f"Ray Jobs API at {address} unreachable: {err}") from err
+        raise JobsUnreachable(f"Ray Jobs API at {address} unreachable: {err}") from err

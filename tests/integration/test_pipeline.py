@@ -75,6 +75,7 @@ def stack(moto_server, tmp_path_factory):
         "ray_address": ray.address,
         "retrain_entrypoint": "python -c \"print('ok')\"",
         "retrain_debounce_seconds": DEBOUNCE_SECONDS,
+        "retrain_retry_seconds": 2,  # the job is watched every 2 s
         "functions": FUNCTIONS,
         "retrain_runtime_env": RUNTIME_ENV,
     }
@@ -428,6 +429,14 @@ def test_burst_of_ten_files_gives_one_training_job(stack, shared_data):
         lambda: [j for j in burst_jobs() if j["status"] in ("SUCCEEDED", "FAILED")], 60, 1
     )
     assert done[0]["status"] == "SUCCEEDED"
+    # the retrain step watched the job through delayed rechecks and recorded its end
+    key = stack.config.retrain_state_key("burst")
+    body = stack.s3.get_object(Bucket=stack.config.models_bucket, Key=key)["Body"]
+    state = json.loads(body.read())
+    assert state["status"] == "succeeded", state
+    assert [(a["submission_id"], a["status"]) for a in state["attempts"]] == [
+        (jobs[0]["submission_id"], "SUCCEEDED")
+    ]
 
 
 def test_destroy_leaves_nothing(stack, moto_server):
