@@ -59,6 +59,7 @@ locals {
       MLAAS4HEP_RETRAIN_QUEUE_URL        = module.queues["retrain"].url
       MLAAS4HEP_RETRAIN_MAX_ATTEMPTS     = tostring(var.retrain_max_attempts)
       MLAAS4HEP_RETRAIN_RETRY_SECONDS    = tostring(var.retrain_retry_seconds)
+      MLAAS4HEP_RAY_TOKEN_SECRET         = local.ray_token_arn == null ? "" : local.ray_token_arn
     })
   }
 
@@ -81,12 +82,23 @@ locals {
       { sid = "CheckDataVersions", actions = ["s3:GetObject"], resources = ["${local.data_arn}/${var.prefixes.data}*"] },
       { sid = "ListData", actions = ["s3:ListBucket"], resources = [local.data_arn], list_prefixes = [var.prefixes.data] },
     ]
-    retrain = [
+    retrain = concat([
       { sid = "ReadDatasetSpecs", actions = ["s3:GetObject"], resources = ["${local.specs_arn}/${var.prefixes.dataset_specs}*"] },
       { sid = "WriteRetrainState", actions = ["s3:GetObject", "s3:PutObject"], resources = ["${local.models_arn}/${var.prefixes.retrain_state}*"] },
       { sid = "ScheduleRecheck", actions = ["sqs:SendMessage"], resources = [module.queues["retrain"].arn] },
-    ]
+      ], local.ray_token_arn == null ? [] : [
+      { sid = "ReadRayToken", actions = ["secretsmanager:GetSecretValue"], resources = [local.ray_token_arn] },
+    ])
   }
+
+  # The Ray cluster's token (Ray's token authentication), sent with every Jobs API call.
+  ray_token_arn = var.ray_auth ? coalesce(var.ray_token_secret_arn, try(aws_secretsmanager_secret.ray_token[0].arn, null)) : null
+
+  # With a KMS key, the buckets and queues are encrypted with it: every function reads
+  # and writes both (data, specs, state; its own queue and the retrain queue).
+  kms_statements = var.kms_key_arn == null ? [] : [
+    { sid = "UseDataKey", actions = ["kms:Decrypt", "kms:GenerateDataKey"], resources = [var.kms_key_arn], list_prefixes = [] },
+  ]
 
   tags = merge({ Project = var.project, Environment = var.environment }, var.tags)
 
@@ -99,6 +111,18 @@ locals {
   retrain_runtime_env = merge(var.retrain_runtime_env, {
     env_vars = merge(local.registry_env, try(var.retrain_runtime_env.env_vars, {}))
   })
+}
+
+resource "aws_secretsmanager_secret" "ray_token" {
+  #checkov:skip=CKV2_AWS_57:The token is the Ray cluster's own: rotate it by restarting the cluster with a new RAY_AUTH_TOKEN and putting that value here.
+  #checkov:skip=CKV_AWS_149:Secrets Manager encrypts with its own KMS key unless kms_key_arn names a customer key.
+  count = var.ray_auth && var.ray_token_secret_arn == null ? 1 : 0
+
+  name                    = "${local.name_prefix}-ray-token"
+  description             = "Token of the Ray cluster's Jobs API (RAY_AUTH_TOKEN of a cluster started with RAY_AUTH_MODE=token): put its value with the AWS CLI, never in Terraform."
+  kms_key_id              = var.kms_key_arn
+  recovery_window_in_days = var.force_destroy_buckets ? 0 : 7
+  tags                    = local.tags
 }
 
 module "buckets" {
@@ -144,7 +168,9 @@ module "function" {
   maximum_batching_window_in_seconds = each.value.maximum_batching_window_in_seconds
   maximum_concurrency                = each.value.maximum_concurrency
   event_source_mapping_enabled       = var.event_source_mappings_enabled
-  policy_statements                  = local.policy_statements[each.key]
+  policy_statements                  = concat(local.policy_statements[each.key], local.kms_statements)
+  subnet_ids                         = var.function_subnet_ids
+  security_group_ids                 = var.function_security_group_ids
   log_retention_days                 = var.log_retention_days
   tracing_mode                       = var.tracing_mode
   tags                               = local.tags

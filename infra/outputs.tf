@@ -71,3 +71,8 @@ output "serving" {
     autoscaling            = module.serving[0].autoscaling
   } : null
 }
+
+output "ray_token_secret_arn" {
+  description = "The Secrets Manager secret the retrain function reads the Ray token from (null with ray_auth false): put the cluster's token there."
+  value       = local.ray_token_arn
+}

@@ -151,6 +151,23 @@ variable "ray_address" {
   }
 }
 
+variable "ray_auth" {
+  description = "Whether the retrain function sends a Ray token (Ray's token authentication, RAY_AUTH_MODE=token on the cluster) with every Jobs API call. The token is read from Secrets Manager: ray_token_secret_arn, or a secret this module creates, whose value you put (aws secretsmanager put-secret-value), the cluster's own token."
+  type        = bool
+  default     = true
+}
+
+variable "ray_token_secret_arn" {
+  description = "An existing Secrets Manager secret holding the Ray cluster's token; null: the module creates \"<prefix>-ray-token\" (empty until you put the token)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.ray_token_secret_arn == null || can(regex("^arn:aws[a-z-]*:secretsmanager:", var.ray_token_secret_arn))
+    error_message = "ray_token_secret_arn must be a Secrets Manager secret ARN or null."
+  }
+}
+
 variable "retrain_entrypoint" {
   description = "Command of the retraining job (ray_jobs/retrain.py: trains the recipe <models_url>train.yaml on the DatasetSpec's files, registers and promotes); {dataset}, {dataset_spec_url} and {models_url} are filled in at submission, each shell-quoted (so they must stand as whole words)."
   type        = string
@@ -217,6 +234,33 @@ variable "kms_key_arn" {
   description = "KMS key for buckets and queues; null uses the services' own keys (SSE-S3, SSE-SQS)."
   type        = string
   default     = null
+}
+
+variable "function_subnet_ids" {
+  description = "Subnets the functions run in (their vpc_config): those from which the Ray head's Jobs API is reachable when the cluster is private. The subnets need a route to S3 and SQS (VPC endpoints or a NAT gateway). None: the functions run outside any VPC."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for s in var.function_subnet_ids : can(regex("^subnet-[0-9a-f]+$", s))])
+    error_message = "function_subnet_ids must be subnet ids (subnet-...)."
+  }
+}
+
+variable "function_security_group_ids" {
+  description = "Security groups of the functions in the VPC: one that the Ray head's security group lets reach its Jobs API port. Required with function_subnet_ids."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for g in var.function_security_group_ids : can(regex("^sg-[0-9a-f]+$", g))])
+    error_message = "function_security_group_ids must be security group ids (sg-...)."
+  }
+
+  validation {
+    condition     = length(var.function_subnet_ids) == 0 || length(var.function_security_group_ids) > 0
+    error_message = "function_security_group_ids must name at least one security group when function_subnet_ids are given."
+  }
 }
 
 variable "alarm_actions" {

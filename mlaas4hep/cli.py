@@ -14,6 +14,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -127,7 +128,14 @@ def _add_client_commands(commands: argparse._SubParsersAction) -> None:
         "--address",
         help="Ray Jobs API, http://HOST:8265 (default: $MLAAS4HEP_RAY_ADDRESS or the local stack)",
     )
-    jobs = commands.add_parser("jobs", help="retraining jobs on Ray: list, status, logs")
+    ray.add_argument(
+        "--token-file",
+        help="file holding the cluster's Ray token (default: $MLAAS4HEP_RAY_TOKEN, "
+        "$RAY_AUTH_TOKEN or the local stack's .stack/ray_token)",
+    )
+    jobs = commands.add_parser(
+        "jobs", help="retraining jobs on Ray: list, status, logs; the Jobs API address"
+    )
     job_actions = jobs.add_subparsers(dest="action", required=True)
     job_list = job_actions.add_parser("list", parents=[ray], help="retraining jobs, newest first")
     job_list.add_argument("--dataset", help="only this dataset")
@@ -136,6 +144,12 @@ def _add_client_commands(commands: argparse._SubParsersAction) -> None:
     job_status.add_argument("job", help="submission id")
     job_logs = job_actions.add_parser("logs", parents=[ray], help="one job's log")
     job_logs.add_argument("job", help="submission id")
+    job_actions.add_parser(
+        "address",
+        parents=[ray],
+        help="the Ray Jobs API address these commands use (the local stack's by default), "
+        "for `ray job submit --address`",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -400,13 +414,17 @@ def _jobs(args: argparse.Namespace) -> int:
     from mlaas4hep.pipeline import jobs_api as jobs
 
     address = args.address or jobs.default_address()
+    token = Path(args.token_file).read_text().strip() if args.token_file else None
+    if args.action == "address":
+        print(address)
+        return 0
 
     def when(seconds: float | None) -> str:
         return datetime.fromtimestamp(seconds).isoformat(" ", "seconds") if seconds else ""
 
     if args.action == "list":
         table = Table("job", "dataset", "status", "started", "ended", "message")
-        for job in jobs.list_jobs(address, dataset=args.dataset, all_jobs=args.all):
+        for job in jobs.list_jobs(address, dataset=args.dataset, all_jobs=args.all, token=token):
             message = job.message.strip().splitlines()
             table.add_row(
                 job.submission_id, job.dataset, job.status, when(job.start_time),
@@ -415,12 +433,12 @@ def _jobs(args: argparse.Namespace) -> int:
         out.print(table)
         return 0
     if args.action == "status":
-        job = jobs.job_info(address, args.job)
+        job = jobs.job_info(address, args.job, token)
         out.print(f"{job.submission_id}: {job.status} ({job.dataset or 'no dataset'})")
         if job.message:
             out.print(job.message.strip())
         return 0 if job.status != "FAILED" else 1
-    out.print(jobs.job_logs(address, args.job), markup=False, highlight=False)
+    out.print(jobs.job_logs(address, args.job, token), markup=False, highlight=False)
     return 0
 
 

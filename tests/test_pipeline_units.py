@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from moto import mock_aws
 
 from mlaas4hep.errors import ReadError
-from mlaas4hep.pipeline import jobs_api, merge_step
+from mlaas4hep.pipeline import jobs_api, merge_step, retrain_step
 from mlaas4hep.pipeline.config import MAX_SQS_DELAY, PipelineConfig, PipelineError, RejectedKey
 from mlaas4hep.pipeline.merge_step import fold_file_specs, merge_into_dataset
 from mlaas4hep.pipeline.notifications import S3Notification, parse_s3_notifications
@@ -532,17 +532,20 @@ class FakeJobs:
         self.submitted: list[tuple[str, str, str]] = []
         self.ended: dict[str, tuple[str, int | None]] = {}
         self.down = False
+        self.tokens: list[str | None] = []
         monkeypatch.setattr(jobs_api, "submit_job", self.submit)
         monkeypatch.setattr(jobs_api, "job_info", self.info)
 
     def submit(self, address, entrypoint, submission_id, **kwargs):
+        self.tokens.append(kwargs.get("token"))
         if self.down:
             raise jobs_api.JobsUnreachable(f"Ray Jobs API at {address} unreachable: refused")
         known = any(s[2] == submission_id for s in self.submitted)
         self.submitted.append((address, entrypoint, submission_id))
         return submission_id, not known
 
-    def info(self, address, submission_id):
+    def info(self, address, submission_id, token=None):
+        self.tokens.append(token)
         if self.down:
             raise jobs_api.JobsUnreachable(f"Ray Jobs API at {address} unreachable: refused")
         if not any(s[2] == submission_id for s in self.submitted):
@@ -650,6 +653,41 @@ def test_an_old_state_without_attempts_counts_as_settled(s3, monkeypatch):
     s3.put_object(Bucket="models", Key=CONFIG.retrain_state_key("ds"), Body=json.dumps(old))
     assert retrain_if_quiet(CONFIG, "ds", s3=s3, now=lambda: 2000.0).status == "up-to-date"
     assert jobs.submitted == []
+
+
+def test_the_ray_token_comes_from_its_secret_and_goes_with_every_call(s3, monkeypatch):
+    monkeypatch.setattr(retrain_step, "_TOKENS", {})
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")  # the function's own client
+    sqs, jobs = FakeSQS(), FakeJobs(monkeypatch)
+    stored_dataset(s3, updated_at=1000.0)
+    secrets = boto3.client("secretsmanager", region_name="us-east-1")
+    arn = secrets.create_secret(Name="it-ray-token")["ARN"]
+    config = dataclasses.replace(CONFIG, ray_token_secret=arn)
+    # the secret without a value: refused, saying how to put one, and nothing submitted
+    with pytest.raises(PipelineError, match="has no value: put the cluster's token"):
+        retrain_if_quiet(config, "ds", s3=s3, sqs=sqs, now=lambda: 1010.0)
+    assert jobs.submitted == [] and sqs.sent == []
+    secrets.put_secret_value(SecretId=arn, SecretString="t0ken-of-the-cluster")
+    first = retrain_if_quiet(config, "ds", s3=s3, sqs=sqs, now=lambda: 1010.0)
+    assert first.status == "submitted"
+    retrain_if_quiet(config, "ds", s3=s3, sqs=sqs, now=lambda: 1100.0)  # the watch
+    assert jobs.tokens == ["t0ken-of-the-cluster"] * 2
+    # no secret configured: an empty token, so no header and no default token either
+    assert retrain_step.ray_token(CONFIG) == ""
+
+
+def test_jobs_api_calls_carry_the_token_as_a_bearer_header(monkeypatch, tmp_path):
+    for name in ("MLAAS4HEP_RAY_TOKEN", "RAY_AUTH_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert jobs_api._headers(None) == {} and jobs_api.default_token() == ""
+    (tmp_path / ".stack").mkdir()
+    (tmp_path / ".stack" / jobs_api.TOKEN_FILE).write_text("from-the-stack\n")
+    assert jobs_api._headers(None) == {"Authorization": "Bearer from-the-stack"}
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-ray-env")
+    assert jobs_api.default_token() == "from-ray-env"
+    assert jobs_api._headers("given") == {"Authorization": "Bearer given"}
+    assert jobs_api._headers("") == {}  # an explicit empty token sends none
 
 
 @pytest.mark.parametrize(

@@ -255,19 +255,19 @@ class Demo:
             str(runtime_log),
         )
         job_id = state["submission_id"]
-        address = self.stack.ray.address
+        address, token = self.stack.ray.address, self.stack.ray.auth_token
         log_path = self.options.out_dir / f"{job_id}.log"
 
         def ended() -> str | None:
-            status = job_info(address, job_id).status
+            status = job_info(address, job_id, token).status
             return status if status in ("SUCCEEDED", "FAILED", "STOPPED") else None
 
         status = wait_until(
             f"Ray job {job_id}", ended, self.options.timeout, f"`mlaas4hep jobs logs {job_id}`"
         )
-        log_path.write_text(job_logs(address, job_id))
+        log_path.write_text(job_logs(address, job_id, token))
         if status != "SUCCEEDED":
-            message = job_info(address, job_id).message.strip().splitlines()
+            message = job_info(address, job_id, token).message.strip().splitlines()
             raise StageFailed(
                 f"retraining job {job_id} {status}: {message[-1] if message else ''}; "
                 f"read {log_path} (or `mlaas4hep jobs logs {job_id}`)"

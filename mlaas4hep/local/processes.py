@@ -1,7 +1,9 @@
 """Managing the real local servers: start on a free loopback port, wait, stop by group.
 
 The servers themselves are in :mod:`.xrootd`, :mod:`.moto`, :mod:`.bento` and
-:mod:`.ray_head`; this module holds what they share.
+:mod:`.stack` (the Ray head); this module holds what they share, down to the sockets a
+process group listens on (read from ``/proc``, to check that a server binds loopback
+only).
 
 mlaas4hep reads ROOT files over ``root://`` (XRootD) and ``s3://``. Mocking those
 transports would test the mocks, so the integration tests and the local demo stack run
@@ -397,3 +399,81 @@ class ManagedServer:
 def no_proxy_opener() -> urllib.request.OpenerDirector:
     """An opener that ignores HTTP(S)_PROXY: a loopback server is never reached through one."""
     return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+# ------------------------------------------------------------- listening sockets (Linux)
+
+
+def process_group(root: int) -> set[int]:
+    """``root``, its descendants and every process of its process group (from /proc)."""
+    parent_of: dict[int, int] = {}
+    groups: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) "
+        parent_of[int(entry.name)], groups[int(entry.name)] = int(fields[1]), int(fields[2])
+    pids = {pid for pid, group in groups.items() if group == groups.get(root, root)} | {root}
+    grew = True
+    while grew:
+        children = {pid for pid, parent in parent_of.items() if parent in pids} - pids
+        pids |= children
+        grew = bool(children)
+    return pids
+
+
+def _decode_address(hex_address: str) -> str:
+    import ipaddress
+
+    raw = bytes.fromhex(hex_address)
+    # /proc/net/tcp{,6} print each 32-bit word of the address in host (little-endian) order.
+    raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    address = ipaddress.ip_address(raw)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return f"::ffff:{address.ipv4_mapped}"
+    return str(address)
+
+
+def listening_sockets(pids: set[int]) -> list[tuple[int, str, int]]:
+    """``(pid, address, port)`` of the TCP sockets in LISTEN state that ``pids`` hold open."""
+    listen: dict[str, tuple[str, int]] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] != "0A":  # TCP_LISTEN
+                continue
+            address, _, port = fields[1].partition(":")
+            listen[fields[9]] = (_decode_address(address), int(port, 16))
+    found = []
+    for pid in sorted(pids):
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        inodes = set()
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+        found += [(pid, *listen[inode]) for inode in sorted(inodes) if inode in listen]
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    """127.0.0.0/8, ::1, or an IPv4-mapped loopback address."""
+    import ipaddress
+
+    if address.startswith("::ffff:"):
+        address = address[len("::ffff:") :]
+    return ipaddress.ip_address(address).is_loopback

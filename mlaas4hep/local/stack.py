@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -32,16 +33,24 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlaas4hep.local.bento import BentoServer
 from mlaas4hep.local.moto import MotoServer
-from mlaas4hep.local.processes import ManagedServer, ServerError, free_ports
+from mlaas4hep.local.processes import (
+    ManagedServer,
+    ServerError,
+    free_ports,
+    listening_sockets,
+    process_group,
+)
 from mlaas4hep.local.project import infra_dir, project_dir
 from mlaas4hep.local.project import state_dir as default_state_dir
 from mlaas4hep.local.terraform import Terraform
 from mlaas4hep.local.xrootd import XRootDServer
+from mlaas4hep.pipeline.jobs_api import TOKEN_FILE
 
 if TYPE_CHECKING:
     from mlaas4hep.serve.registry import Registry
@@ -74,13 +83,30 @@ class RayHead(ManagedServer):
     """A single-node Ray head (``ray start --head --block``) with its dashboard and Jobs
     API on loopback. Every port Ray would otherwise take by default is chosen free, so
     two stacks (or a stack and a test session) never collide; its temporary folder is
-    short, as Ray's Unix sockets require."""
+    short, as Ray's Unix sockets require.
+
+    The head, and every job it runs, has this Python environment's ``bin`` first on its
+    ``PATH``: the Jobs API runs an entrypoint such as ``python ray_jobs/train.py``
+    through a shell, so without it ``python`` would be whichever one the PATH of the
+    shell that started the stack found (one without the project's packages, when the
+    virtualenv was not activated there). ``env`` adds variables for the head and its
+    jobs (the local stack's S3 endpoint, for jobs that read its buckets). With
+    ``auth_token`` the head runs with Ray's token authentication (``RAY_AUTH_MODE=token``):
+    the Jobs API then refuses every call without that token."""
 
     name = "ray"
 
-    def __init__(self, num_cpus: int = 1, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        num_cpus: int = 1,
+        env: Mapping[str, str] | None = None,
+        auth_token: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.num_cpus = num_cpus
+        self.extra_env = dict(env or {})
+        self.auth_token = auth_token
         # every port the head takes, distinct (the GCS port is the server's own)
         self.dashboard_port, self.client_port, self.agent_port, self.workers_port = free_ports(
             4, self.host, avoid=[self.port]
@@ -133,6 +159,15 @@ class RayHead(ManagedServer):
         # A local ray.init() elsewhere leaves ~/.ray/auth_token, which would turn token
         # authentication on for this head and refuse our unauthenticated Jobs API calls.
         env.setdefault("RAY_AUTH_MODE", "disabled")
+        env.pop("RAY_AUTH_TOKEN", None)
+        if self.auth_token:
+            env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.auth_token)
+        env.update(self.extra_env)
+        bin_dir = str(Path(sys.executable).parent)
+        rest = [p for p in env.get("PATH", "").split(os.pathsep) if p and p != bin_dir]
+        env["PATH"] = os.pathsep.join([bin_dir, *rest])
+        if sys.prefix != sys.base_prefix:
+            env["VIRTUAL_ENV"] = sys.prefix
         return env
 
     def listening(self) -> list[tuple[int, str, int]]:
@@ -140,9 +175,13 @@ class RayHead(ManagedServer):
         assert self._proc is not None, "the Ray head is not running"
         return listening_sockets(process_group(self._proc.pid))
 
+    def _request(self, path: str) -> urllib.request.Request:
+        headers = {"Authorization": f"Bearer {self.auth_token}"} if self.auth_token else {}
+        return urllib.request.Request(f"{self.address}{path}", headers=headers)
+
     def _protocol_ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.address}/api/version", timeout=2) as answer:
+            with urllib.request.urlopen(self._request("/api/version"), timeout=2) as answer:
                 return answer.status == 200
         except OSError:
             return False
@@ -161,91 +200,13 @@ class RayHead(ManagedServer):
 
     def jobs(self) -> list[dict[str, Any]]:
         """The jobs the Jobs API knows (submission id, status, metadata, ...)."""
-        with urllib.request.urlopen(f"{self.address}/api/jobs/", timeout=10) as answer:
+        with urllib.request.urlopen(self._request("/api/jobs/"), timeout=10) as answer:
             return json.loads(answer.read())
 
     def _cleanup(self) -> None:
         import shutil
 
         shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-
-# ------------------------------------------------------------- listening sockets (Linux)
-
-
-def process_group(root: int) -> set[int]:
-    """``root``, its descendants and every process of its process group (from /proc)."""
-    parent_of: dict[int, int] = {}
-    groups: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) "
-        parent_of[int(entry.name)], groups[int(entry.name)] = int(fields[1]), int(fields[2])
-    pids = {pid for pid, group in groups.items() if group == groups.get(root, root)} | {root}
-    grew = True
-    while grew:
-        children = {pid for pid, parent in parent_of.items() if parent in pids} - pids
-        pids |= children
-        grew = bool(children)
-    return pids
-
-
-def _decode_address(hex_address: str) -> str:
-    import ipaddress
-
-    raw = bytes.fromhex(hex_address)
-    # /proc/net/tcp{,6} print each 32-bit word of the address in host (little-endian) order.
-    raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-    address = ipaddress.ip_address(raw)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return f"::ffff:{address.ipv4_mapped}"
-    return str(address)
-
-
-def listening_sockets(pids: set[int]) -> list[tuple[int, str, int]]:
-    """``(pid, address, port)`` of the TCP sockets in LISTEN state that ``pids`` hold open."""
-    listen: dict[str, tuple[str, int]] = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if fields[3] != "0A":  # TCP_LISTEN
-                continue
-            address, _, port = fields[1].partition(":")
-            listen[fields[9]] = (_decode_address(address), int(port, 16))
-    found = []
-    for pid in sorted(pids):
-        try:
-            fds = list(Path(f"/proc/{pid}/fd").iterdir())
-        except OSError:
-            continue
-        inodes = set()
-        for fd in fds:
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[len("socket:[") : -1])
-        found += [(pid, *listen[inode]) for inode in sorted(inodes) if inode in listen]
-    return found
-
-
-def is_loopback(address: str) -> bool:
-    """127.0.0.0/8, ::1, or an IPv4-mapped loopback address."""
-    import ipaddress
-
-    if address.startswith("::ffff:"):
-        address = address[len("::ffff:") :]
-    return ipaddress.ip_address(address).is_loopback
 
 
 class LocalStack:
@@ -344,7 +305,19 @@ class LocalStack:
         export = Path(tempfile.mkdtemp(prefix="mlaas4hep-stack-export-"))
         export.chmod(0o755)
         self.moto = MotoServer(workdir=self._workdir("moto")).start()
-        self.ray = RayHead(num_cpus=2 if self.serve else 1, workdir=self._workdir("ray")).start()
+        # Ray's token authentication, as a deployment should run it: the token is the
+        # stack's own (its state directory, mode 0600), put in the Secrets Manager secret
+        # the retrain function reads it from once Terraform has created it.
+        token = secrets.token_urlsafe(32)
+        token_file = self.state_dir / TOKEN_FILE
+        token_file.touch(mode=0o600)
+        token_file.write_text(token)
+        self.ray = RayHead(
+            num_cpus=2 if self.serve else 1,
+            env=self.moto.env(),
+            auth_token=token,
+            workdir=self._workdir("ray"),
+        ).start()
         # Its own (temporary, traversable) work directory: the state directory may sit
         # under a private home that the daemon's user cannot reach.
         self.xrootd = XRootDServer(export).start()
@@ -355,6 +328,12 @@ class LocalStack:
         # it holds from a create whose answer was lost is imported, then applied again.
         self.terraform.apply_adopting(self._var_files(), self.tf_variables())
         outputs = self.outputs = self.terraform.output()
+        if outputs.get("ray_token_secret_arn"):
+            import boto3
+
+            boto3.client("secretsmanager", **_client_args(self.moto.env())).put_secret_value(
+                SecretId=outputs["ray_token_secret_arn"], SecretString=token
+            )
         (self.state_dir / "outputs.json").write_text(json.dumps(outputs, indent=1))
         runtime_log = open(self.state_dir / "runtime.log", "ab")  # noqa: SIM115 - child's log
         worker_args = [f"{name}={count}" for name, count in self.workers.items()]
@@ -429,6 +408,7 @@ class LocalStack:
                 "pid": self.ray.pid,
                 "gcs_port": self.ray.port,
                 "address": self.ray.address,
+                "token_file": str(self.state_dir / TOKEN_FILE),
             },
             "runtime": {"pid": self.runtime.pid},
             "bento": None

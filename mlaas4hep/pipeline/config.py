@@ -81,6 +81,9 @@ class PipelineConfig:
     #: How often a submitted job is checked, and the first retry's delay (doubling per
     #: attempt, as the re-arm while Ray cannot be reached does; both capped by SQS).
     retrain_retry_seconds: float = 60.0
+    #: The Secrets Manager secret (ARN or name) holding the Ray cluster's token; "" for a
+    #: cluster without token authentication.
+    ray_token_secret: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PipelineConfig:
@@ -117,6 +120,7 @@ class PipelineConfig:
             retrain_queue_url=get("RETRAIN_QUEUE_URL", ""),
             retrain_max_attempts=_whole(get, "RETRAIN_MAX_ATTEMPTS", "3"),
             retrain_retry_seconds=float(get("RETRAIN_RETRY_SECONDS", "60")),
+            ray_token_secret=get("RAY_TOKEN_SECRET", ""),
         )
 
     def retry_delay(self, attempt: int) -> int:

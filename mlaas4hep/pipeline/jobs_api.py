@@ -6,6 +6,11 @@ no Ray installed. Retraining jobs
 are the ones the retrain function submitted (submission ids ``mlaas4hep-retrain-…``,
 with the dataset in their metadata); a job that failed shows its status, its message
 and the tail of its log, and the serving model is untouched by it.
+
+On a cluster with Ray's token authentication (``RAY_AUTH_MODE=token``) every call sends
+``Authorization: Bearer <token>``: the ``token`` argument, or by default
+:func:`default_token` (``$MLAAS4HEP_RAY_TOKEN``, ``$RAY_AUTH_TOKEN``, the local stack's
+``.stack/ray_token``); an empty token sends none.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from mlaas4hep.errors import MlaasError
 from mlaas4hep.serve.protocol import JSON
 
 RETRAIN_PREFIX = "mlaas4hep-retrain-"
+#: The file of a local stack's state directory that holds its Ray head's token.
+TOKEN_FILE = "ray_token"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
@@ -98,22 +105,54 @@ def default_address(state_dir: str | os.PathLike[str] | None = None) -> str:
     )
 
 
-def _get(address: str, path: str, timeout: float = 10.0) -> Any:
+def default_token(state_dir: str | os.PathLike[str] | None = None) -> str:
+    """The Ray token sent by default: ``$MLAAS4HEP_RAY_TOKEN``, ``$RAY_AUTH_TOKEN`` (Ray's
+    own variable), or the local stack's (``<state dir>/ray_token``); "" when none."""
+    for name in ("MLAAS4HEP_RAY_TOKEN", "RAY_AUTH_TOKEN"):
+        if os.environ.get(name):
+            return os.environ[name]
+    path = Path(state_dir or ".stack") / TOKEN_FILE
+    return path.read_text().strip() if path.is_file() else ""
+
+
+def _headers(token: str | None) -> dict[str, str]:
+    token = default_token() if token is None else token
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _refused(err: urllib.error.HTTPError, address: str) -> str:
+    if err.code == 401:
+        return f"the Ray Jobs API at {address} wants a token (token authentication is on)"
+    if err.code == 403:
+        return f"the Ray Jobs API at {address} refused the token sent"
+    return ""
+
+
+def _get(address: str, path: str, timeout: float = 10.0, token: str | None = None) -> Any:
     url = address.rstrip("/") + path
+    request = urllib.request.Request(url, headers=_headers(token))
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as answer:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
             return json.loads(answer.read() or b"null")
     except urllib.error.HTTPError as err:
         if err.code == 404:
             raise JobsError(f"no such job at {url}") from err
+        if refused := _refused(err, address):
+            raise JobsError(refused) from err
         raise JobsError(f"Ray Jobs API {url} answered {err.code}: {err.read()[:300]!r}") from err
     except OSError as err:
         raise JobsUnreachable(f"Ray Jobs API at {address} unreachable: {err}") from err
 
 
-def list_jobs(address: str, *, dataset: str | None = None, all_jobs: bool = False) -> list[JobInfo]:
+def list_jobs(
+    address: str,
+    *,
+    dataset: str | None = None,
+    all_jobs: bool = False,
+    token: str | None = None,
+) -> list[JobInfo]:
     """Jobs of the cluster, newest first: retraining jobs only unless ``all_jobs``."""
-    jobs = [JobInfo.from_api(item) for item in _get(address, "/api/jobs/")]
+    jobs = [JobInfo.from_api(item) for item in _get(address, "/api/jobs/", token=token)]
     if not all_jobs:
         jobs = [job for job in jobs if job.retraining]
     if dataset is not None:
@@ -121,26 +160,29 @@ def list_jobs(address: str, *, dataset: str | None = None, all_jobs: bool = Fals
     return sorted(jobs, key=lambda job: job.start_time or 0.0, reverse=True)
 
 
-def job_info(address: str, submission_id: str) -> JobInfo:
+def job_info(address: str, submission_id: str, token: str | None = None) -> JobInfo:
     quoted = urllib.parse.quote(submission_id, safe="")
-    return JobInfo.from_api(_get(address, f"/api/jobs/{quoted}"))
+    return JobInfo.from_api(_get(address, f"/api/jobs/{quoted}", token=token))
 
 
-def job_logs(address: str, submission_id: str) -> str:
+def job_logs(address: str, submission_id: str, token: str | None = None) -> str:
     quoted = urllib.parse.quote(submission_id, safe="")
-    return str(_get(address, f"/api/jobs/{quoted}/logs").get("logs", ""))
+    return str(_get(address, f"/api/jobs/{quoted}/logs", token=token).get("logs", ""))
 
 
-def job_status(address: str, submission_id: str) -> str:
+def job_status(address: str, submission_id: str, token: str | None = None) -> str:
     """``PENDING``, ``RUNNING``, ``SUCCEEDED``, ``FAILED`` or ``STOPPED``."""
-    return job_info(address, submission_id).status
+    return job_info(address, submission_id, token).status
 
 
-def stop_job(address: str, submission_id: str) -> bool:
+def stop_job(address: str, submission_id: str, token: str | None = None) -> bool:
     """Ask Ray to stop a job; whether it was running."""
     quoted = urllib.parse.quote(submission_id, safe="")
     request = urllib.request.Request(
-        f"{address.rstrip('/')}/api/jobs/{quoted}/stop", data=b"", method="POST"
+        f"{address.rstrip('/')}/api/jobs/{quoted}/stop",
+        data=b"",
+        headers=_headers(token),
+        method="POST",
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as answer:
@@ -150,16 +192,20 @@ def stop_job(address: str, submission_id: str) -> bool:
 
 
 def wait_for_job(
-    address: str, submission_id: str, timeout: float = 600.0, poll: float = 1.0
+    address: str,
+    submission_id: str,
+    timeout: float = 600.0,
+    poll: float = 1.0,
+    token: str | None = None,
 ) -> tuple[str, str]:
     """Poll until the job ends (stopping it after ``timeout`` s); its status and logs."""
     deadline = time.monotonic() + timeout
-    while (status := job_status(address, submission_id)) not in TERMINAL:
+    while (status := job_status(address, submission_id, token)) not in TERMINAL:
         if time.monotonic() > deadline:
-            stop_job(address, submission_id)
+            stop_job(address, submission_id, token)
             raise TimeoutError(f"job {submission_id} still {status} after {timeout:.0f} s")
         time.sleep(poll)
-    return status, job_logs(address, submission_id)
+    return status, job_logs(address, submission_id, token)
 
 
 def submit_job(
@@ -170,6 +216,7 @@ def submit_job(
     metadata: Mapping[str, str] | None = None,
     runtime_env: Mapping[str, Any] | None = None,
     timeout: float = 30.0,
+    token: str | None = None,
 ) -> tuple[str, bool]:
     """Submit a job through the Ray Jobs REST API; ``(submission_id, created)``.
 
@@ -187,7 +234,7 @@ def submit_job(
     request = urllib.request.Request(
         address.rstrip("/") + "/api/jobs/",
         data=json.dumps(payload).encode(),
-        headers={"Content-Type": JSON},
+        headers={"Content-Type": JSON, **_headers(token)},
         method="POST",
     )
     try:
@@ -198,6 +245,8 @@ def submit_job(
         text = err.read().decode(errors="replace")
         if "already exists" in text or "already been used" in text:
             return submission_id, False
+        if refused := _refused(err, address):
+            raise JobsError(refused) from err
         raise JobsError(f"Ray job submission to {address} failed ({err.code}): {text}") from err
     except OSError as err:
         raise JobsUnreachable(f"Ray Jobs API at {address} unreachable: {err}") from err

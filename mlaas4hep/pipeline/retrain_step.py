@@ -21,12 +21,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mlaas4hep.io.aws import aws_client, is_missing
+from mlaas4hep.io.aws import aws_client, error_code, is_missing
 from mlaas4hep.pipeline import jobs_api
 from mlaas4hep.pipeline.config import (
     MAX_SQS_DELAY,
     RECHECK_KIND,
     PipelineConfig,
+    PipelineError,
     safe_name,
 )
 from mlaas4hep.pipeline.notifications import parse_s3_notifications
@@ -121,6 +122,33 @@ def retrain_if_quiet(
     return _submit(config, fresh, s3=s3, sqs=sqs, now=now)
 
 
+_TOKENS: dict[str, str] = {}
+
+
+def ray_token(config: PipelineConfig, secrets: Any = None) -> str:
+    """The Ray cluster's token from Secrets Manager (``ray_token_secret``), read once per
+    process; "" when none is configured. A secret without a value is a PipelineError that
+    says how to put one (the retrain message is then retried, and dead-lettered)."""
+    name = config.ray_token_secret
+    if not name:
+        return ""
+    if name not in _TOKENS:
+        client = secrets or aws_client("secretsmanager")
+        try:
+            value = client.get_secret_value(SecretId=name).get("SecretString") or ""
+        except Exception as err:
+            if error_code(err) != "ResourceNotFoundException":  # no secret or no value
+                raise
+            value = ""
+        if not value.strip():
+            raise PipelineError(
+                f"the Ray token secret {name} has no value: put the cluster's token "
+                "(RAY_AUTH_TOKEN) with `aws secretsmanager put-secret-value`"
+            )
+        _TOKENS[name] = value.strip()
+    return _TOKENS[name]
+
+
 def _recheck(config: PipelineConfig, dataset: str, delay: int, sqs: Any) -> None:
     """A recheck of ``dataset`` in ``delay`` seconds, through the function's own queue."""
     (sqs or aws_client("sqs")).send_message(
@@ -158,6 +186,7 @@ def _submit(
             submission_id,
             metadata={"dataset": dataset, "dataset_spec": spec_url, "dataset_etag": etag},
             runtime_env=config.retrain_runtime_env,
+            token=ray_token(config),
         )
     except jobs_api.JobsUnreachable as err:
         unreachable = int(state.get("unreachable", 0)) + 1
@@ -214,7 +243,7 @@ def _follow(
         _recheck(config, dataset, min(MAX_SQS_DELAY, wait), sqs)
         return RetrainOutcome("deferred", dataset, submission_id, min(MAX_SQS_DELAY, wait))
     try:
-        info = jobs_api.job_info(config.ray_address, submission_id)
+        info = jobs_api.job_info(config.ray_address, submission_id, token=ray_token(config))
         ended, exit_code, message = info.status, info.exit_code, info.message
     except jobs_api.JobsUnreachable:
         _recheck(config, dataset, config.retry_delay(1), sqs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import secrets
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ from mlaas4hep.cli import main as cli_main
 from mlaas4hep.io.tree import open_tree
 from mlaas4hep.local.project import infra_dir
 from mlaas4hep.local.stack import LOCAL_STACK_VARS, RayHead
-from mlaas4hep.local.terraform import Terraform
+from mlaas4hep.local.terraform import Terraform, TerraformError
 from mlaas4hep.pipeline.config import PipelineConfig
 from mlaas4hep.pipeline.merge_step import merge_into_dataset, read_dataset_spec
 from mlaas4hep.pipeline.spec_step import read_quarantine
@@ -61,7 +62,8 @@ def wait_for(predicate, timeout: float, interval: float = 0.3, what: str = "cond
 @pytest.fixture(scope="module")
 def stack(moto_server, tmp_path_factory):
     subprocess.run([sys.executable, "-m", "mlaas4hep.local.lambda_package"], check=True)
-    ray = RayHead().start()
+    token = secrets.token_urlsafe(24)  # Ray's token authentication, as deployed
+    ray = RayHead(auth_token=token).start()
     state_dir = tmp_path_factory.mktemp("terraform")
     tf = Terraform(state_dir=state_dir, env=moto_server.env())
     # The pipeline without the ECS/ALB serving deployment (only its image repository):
@@ -85,6 +87,10 @@ def stack(moto_server, tmp_path_factory):
         tf.init()
         tf.apply(var_files, variables)
         outputs = tf.output()
+        # the cluster's token, put in the secret Terraform created (as the README says)
+        moto_server.client("secretsmanager").put_secret_value(
+            SecretId=outputs["ray_token_secret_arn"], SecretString=token
+        )
         runtime = LocalRuntime(outputs["functions"]).start()
         config = PipelineConfig.from_env(outputs["functions"]["merge_specs"]["environment"])
         yield SimpleNamespace(
@@ -95,6 +101,7 @@ def stack(moto_server, tmp_path_factory):
             config=config,
             runtime=runtime,
             ray=ray,
+            token=token,
             s3=moto_server.client("s3"),
             sqs=moto_server.client("sqs"),
             destroyed=destroyed,
@@ -204,6 +211,50 @@ def test_retraining_jobs_write_to_the_registry_the_replicas_follow(stack):
 def test_second_plan_has_no_drift(stack):
     code, text = stack.tf.plan_exit_code(stack.var_files, stack.variables)
     assert code == 0, text[-3000:]
+
+
+def planned(plan: dict, kind: str) -> dict[str, dict]:
+    """The planned values of every resource of one type, by address."""
+    return {
+        change["address"]: change["change"]["after"]
+        for change in plan["resource_changes"]
+        if change["type"] == kind
+    }
+
+
+def test_functions_in_a_vpc_and_with_a_kms_key_have_what_they_need(stack, moto_server):
+    """With subnets and security groups the functions run in the VPC (where a private Ray
+    head is reached) and their roles may attach network interfaces; with a KMS key every
+    role may use it for the buckets and queues it touches. Planned, not applied."""
+    ec2 = moto_server.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.42.1.0/24")["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(GroupName="it-fn", Description="functions", VpcId=vpc)
+    key = moto_server.client("kms").create_key(Description="it")["KeyMetadata"]["Arn"]
+    variables = {
+        **stack.variables,
+        "function_subnet_ids": [subnet],
+        "function_security_group_ids": [group["GroupId"]],
+        "kms_key_arn": key,
+    }
+    plan = stack.tf.plan_json(stack.var_files, variables)
+    functions = planned(plan, "aws_lambda_function")
+    assert len(functions) == len(FUNCTIONS)
+    for after in functions.values():
+        (vpc_config,) = after["vpc_config"]
+        assert vpc_config["subnet_ids"] == [subnet]
+        assert vpc_config["security_group_ids"] == [group["GroupId"]]
+    policies = planned(plan, "aws_iam_role_policy")
+    assert len(policies) == len(FUNCTIONS)
+    for after in policies.values():
+        statements = {st["Sid"]: st for st in json.loads(after["policy"])["Statement"]}
+        kms = statements["UseDataKey"]
+        assert set(kms["Action"]) == {"kms:Decrypt", "kms:GenerateDataKey"}
+        assert kms["Resource"] == key
+        assert "ec2:CreateNetworkInterface" in statements["AttachToVpc"]["Action"]
+    # subnets without a security group: refused, naming the variable
+    with pytest.raises(TerraformError, match="function_security_group_ids"):
+        stack.tf.plan_json(stack.var_files, {**stack.variables, "function_subnet_ids": [subnet]})
 
 
 def test_uploads_yield_the_dataset_spec_of_the_files(stack, shared_data, tmp_path):
@@ -439,6 +490,23 @@ def test_burst_of_ten_files_gives_one_training_job(stack, shared_data):
     ]
 
 
+def test_the_jobs_api_refuses_calls_without_the_clusters_token(stack):
+    """The functions' submissions above carried the token from Secrets Manager; without
+    it (or with another) the Jobs API refuses, and says so."""
+    from mlaas4hep.pipeline import jobs_api
+
+    for token, answer in (("", "wants a token"), ("not-the-token", "refused the token")):
+        with pytest.raises(jobs_api.JobsError, match=answer):
+            jobs_api.list_jobs(stack.ray.address, token=token)
+        with pytest.raises(jobs_api.JobsError, match=answer):
+            jobs_api.submit_job(stack.ray.address, "python -c 1", "intruder", token=token)
+    assert [j for j in jobs_api.list_jobs(stack.ray.address, token=stack.token, all_jobs=True)]
+    assert not [j for j in stack.ray.jobs() if j.get("submission_id") == "intruder"]
+    environment = stack.outputs["functions"]["retrain"]["environment"]
+    assert environment["MLAAS4HEP_RAY_TOKEN_SECRET"] == stack.outputs["ray_token_secret_arn"]
+    assert stack.token not in json.dumps(stack.outputs)  # the value is never in Terraform
+
+
 def test_destroy_leaves_nothing(stack, moto_server):
     stack.runtime.stop()
     stack.tf.destroy(stack.var_files, stack.variables)
@@ -454,3 +522,5 @@ def test_destroy_leaves_nothing(stack, moto_server):
     assert not [r for r in roles if r["RoleName"].startswith(prefix)]
     alarms = moto_server.client("cloudwatch").describe_alarms(AlarmNamePrefix=prefix)
     assert not alarms["MetricAlarms"]
+    listed = moto_server.client("secretsmanager").list_secrets()["SecretList"]
+    assert not [s for s in listed if s["Name"].startswith(prefix)]

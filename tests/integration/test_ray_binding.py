@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from mlaas4hep.local.stack import RayHead, is_loopback, listening_sockets, process_group
+from mlaas4hep.local.processes import is_loopback, listening_sockets, process_group
+from mlaas4hep.local.stack import RayHead
 
 pytestmark = [
     pytest.mark.integration,

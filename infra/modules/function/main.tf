@@ -47,6 +47,24 @@ data "aws_iam_policy_document" "this" {
     resources = [var.queue_arn]
   }
 
+  # In a VPC, Lambda attaches the function through network interfaces it manages with the
+  # function's role (the permissions of AWSLambdaVPCAccessExecutionRole).
+  dynamic "statement" {
+    for_each = length(var.subnet_ids) > 0 ? [1] : []
+    content {
+      sid = "AttachToVpc"
+      actions = [
+        "ec2:CreateNetworkInterface",
+        "ec2:DescribeNetworkInterfaces",
+        "ec2:DescribeSubnets",
+        "ec2:DeleteNetworkInterface",
+        "ec2:AssignPrivateIpAddresses",
+        "ec2:UnassignPrivateIpAddresses",
+      ]
+      resources = ["*"] # EC2 has no resource-level permissions for these actions.
+    }
+  }
+
   statement {
     sid       = "XRayTraces"
     actions   = ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
@@ -80,7 +98,7 @@ resource "aws_iam_role_policy" "this" {
 
 resource "aws_lambda_function" "this" {
   #checkov:skip=CKV_AWS_116:Failed SQS messages go to the queue's dead-letter queue; a function DLQ only applies to asynchronous invocations, which this function never gets.
-  #checkov:skip=CKV_AWS_117:The function talks only to S3, SQS and the Ray head over TLS; a VPC adds NAT/endpoint costs without protecting more. Add vpc_config where the Ray head is private.
+  #checkov:skip=CKV_AWS_117:vpc_config is set whenever subnet_ids are given (a private Ray head); without them the function reaches only S3, SQS and a public Ray head, over TLS.
   #checkov:skip=CKV_AWS_173:The environment holds bucket names, prefixes and addresses, no secrets; Lambda encrypts it at rest with its own key.
   #checkov:skip=CKV_AWS_272:Code signing needs an AWS Signer profile per account; the package is built reproducibly by scripts/build_lambda_package.py and its hash pinned by source_code_hash.
   function_name                  = var.name
@@ -101,6 +119,15 @@ resource "aws_lambda_function" "this" {
 
   tracing_config {
     mode = var.tracing_mode
+  }
+
+  # In the VPC (where the Ray head's Jobs API is private) when subnets are given.
+  dynamic "vpc_config" {
+    for_each = length(var.subnet_ids) > 0 ? [1] : []
+    content {
+      subnet_ids         = var.subnet_ids
+      security_group_ids = var.security_group_ids
+    }
   }
 
   depends_on = [aws_cloudwatch_log_group.this, aws_iam_role_policy.this]

@@ -176,3 +176,20 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "subnet_ids" {
+  description = "Subnets the function runs in (its vpc_config), e.g. those from which the Ray head's Jobs API is reachable; none: outside any VPC."
+  type        = list(string)
+  default     = []
+}
+
+variable "security_group_ids" {
+  description = "Security groups of the function in the VPC (required with subnet_ids)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = length(var.security_group_ids) == 0 || alltrue([for g in var.security_group_ids : can(regex("^sg-[0-9a-f]+$", g))])
+    error_message = "security_group_ids must be security group ids (sg-...)."
+  }
+}
