@@ -45,6 +45,14 @@ FUNCTIONS = {
 }
 DEBOUNCE_SECONDS = 3
 #: The user's own runtime_env of the retraining jobs: kept beside the registry Terraform adds.
+#: The retraining job of these tests: it succeeds at once, except for a dataset whose name
+#: starts with "flaky", whose first attempt fails (exit status 1, not the job's
+#: configuration status 2), as a node lost or a spot instance reclaimed would.
+ENTRYPOINT = (
+    'python -c "import pathlib, sys; m = pathlib.Path(sys.argv[2], sys.argv[1]); '
+    "first = not m.exists(); m.touch(); sys.exit(int(first and sys.argv[1].startswith('flaky')))\""
+    " {dataset} MARKERS"
+)
 RUNTIME_ENV = {"env_vars": {"MLAAS4HEP_PIPELINE_TEST": "1"}}
 
 
@@ -62,6 +70,7 @@ def wait_for(predicate, timeout: float, interval: float = 0.3, what: str = "cond
 @pytest.fixture(scope="module")
 def stack(moto_server, tmp_path_factory):
     subprocess.run([sys.executable, "-m", "mlaas4hep.local.lambda_package"], check=True)
+    markers = tmp_path_factory.mktemp("job-markers")
     token = secrets.token_urlsafe(24)  # Ray's token authentication, as deployed
     ray = RayHead(auth_token=token).start()
     state_dir = tmp_path_factory.mktemp("terraform")
@@ -75,7 +84,7 @@ def stack(moto_server, tmp_path_factory):
         "environment": "it",
         "aws_endpoint_url": moto_server.endpoint_url,
         "ray_address": ray.address,
-        "retrain_entrypoint": "python -c \"print('ok')\"",
+        "retrain_entrypoint": ENTRYPOINT.replace("MARKERS", str(markers)),
         "retrain_debounce_seconds": DEBOUNCE_SECONDS,
         "retrain_retry_seconds": 2,  # the job is watched every 2 s
         "functions": FUNCTIONS,
@@ -102,6 +111,7 @@ def stack(moto_server, tmp_path_factory):
             runtime=runtime,
             ray=ray,
             token=token,
+            entrypoint=ENTRYPOINT.replace("MARKERS", str(markers)),
             s3=moto_server.client("s3"),
             sqs=moto_server.client("sqs"),
             destroyed=destroyed,
@@ -475,7 +485,7 @@ def test_burst_of_ten_files_gives_one_training_job(stack, shared_data):
     assert len(jobs) == 1, jobs
     _, etag = read_dataset_spec(stack.config, "burst")
     assert jobs[0]["metadata"]["dataset_etag"] == etag.strip('"')  # the final spec version
-    assert jobs[0]["entrypoint"] == "python -c \"print('ok')\""
+    assert jobs[0]["entrypoint"] == stack.entrypoint.replace("{dataset}", "burst")
     done = wait_for(
         lambda: [j for j in burst_jobs() if j["status"] in ("SUCCEEDED", "FAILED")], 60, 1
     )
@@ -488,6 +498,27 @@ def test_burst_of_ten_files_gives_one_training_job(stack, shared_data):
     assert [(a["submission_id"], a["status"]) for a in state["attempts"]] == [
         (jobs[0]["submission_id"], "SUCCEEDED")
     ]
+
+
+def test_a_job_that_fails_once_is_retried_once_and_succeeds(stack, shared_data):
+    upload(stack, shared_data / "uproot-Zmumu.root", "datasets/flaky/file.root")
+    key = stack.config.retrain_state_key("flaky")
+
+    def settled():
+        try:
+            body = stack.s3.get_object(Bucket=stack.config.models_bucket, Key=key)["Body"]
+        except stack.s3.exceptions.NoSuchKey:
+            return None
+        state = json.loads(body.read())
+        return state if state.get("status") in ("succeeded", "failed") else None
+
+    state = wait_for(settled, 120, 0.5, "the flaky dataset's retraining to settle")
+    assert state["status"] == "succeeded", state
+    attempts = [(a["submission_id"], a["status"], a["exit_code"]) for a in state["attempts"]]
+    first = attempts[0][0]
+    assert attempts == [(first, "FAILED", 1), (f"{first}-a2", "SUCCEEDED", 0)]
+    ray_jobs = {j["submission_id"]: j["status"] for j in stack.ray.jobs()}
+    assert (ray_jobs[first], ray_jobs[f"{first}-a2"]) == ("FAILED", "SUCCEEDED")
 
 
 def test_the_jobs_api_refuses_calls_without_the_clusters_token(stack):
