@@ -521,6 +521,39 @@ def test_a_job_that_fails_once_is_retried_once_and_succeeds(stack, shared_data):
     assert (ray_jobs[first], ray_jobs[f"{first}-a2"]) == ("FAILED", "SUCCEEDED")
 
 
+def retrain_state(stack, dataset: str) -> dict:
+    key = stack.config.retrain_state_key(dataset)
+    try:
+        body = stack.s3.get_object(Bucket=stack.config.models_bucket, Key=key)["Body"]
+    except stack.s3.exceptions.NoSuchKey:
+        return {}
+    return json.loads(body.read())
+
+
+def test_a_version_that_lands_while_ray_is_down_is_trained_once_ray_is_back(stack, shared_data):
+    """Ray stopped: each check re-arms itself with a new delayed message (2, 4, 8 s …)
+    instead of failing its delivery, so no message piles up deliveries towards the
+    dead-letter queue however long Ray is away; the version is submitted once the head
+    answers again (same address)."""
+    stack.ray.stop()
+    try:
+        upload(stack, shared_data / "uproot-HZZ.root", "datasets/outage/file.root")
+        wait_for(
+            lambda: retrain_state(stack, "outage").get("unreachable", 0) >= 4,
+            120, 0.5, "rechecks while Ray is down",
+        )  # fmt: skip
+        assert retrain_state(stack, "outage")["status"] == "unreachable"
+    finally:
+        stack.ray.start()
+    state = wait_for(
+        lambda: (s := retrain_state(stack, "outage")).get("status") == "succeeded" and s,
+        180, 0.5, "the outage dataset trained after Ray came back",
+    )  # fmt: skip
+    assert [a["status"] for a in state["attempts"]] == ["SUCCEEDED"]
+    dlq = stack.outputs["functions"]["retrain"]["dlq_url"]
+    assert queue_depth(stack, dlq) == 0  # nothing was given up
+
+
 def test_the_jobs_api_refuses_calls_without_the_clusters_token(stack):
     """The functions' submissions above carried the token from Secrets Manager; without
     it (or with another) the Jobs API refuses, and says so."""
