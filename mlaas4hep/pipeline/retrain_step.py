@@ -253,10 +253,11 @@ def _follow(
     if ended not in (*jobs_api.TERMINAL, "LOST"):
         _recheck(config, dataset, config.retry_delay(1), sqs)
         return RetrainOutcome("running", dataset, submission_id)
-    state["attempts"][-1:] = [
-        {**(state["attempts"] or [{}])[-1], "status": ended, "exit_code": exit_code,
-         "message": message[-500:], "checked_at": now()}
-    ]  # fmt: skip
+    if not state["attempts"]:
+        state["attempts"].append({"submission_id": submission_id})
+    state["attempts"][-1].update(
+        status=ended, exit_code=exit_code, message=message[-500:], checked_at=now()
+    )
     tried = len(state["attempts"])
     if ended == "SUCCEEDED":
         _write_state(s3, config, {**state, "status": "succeeded"})
