@@ -87,6 +87,12 @@ resource "aws_ecr_repository" "this" {
 
 resource "aws_ecr_lifecycle_policy" "this" {
   repository = aws_ecr_repository.this.name
+
+  # A repository replaced under the same name (its encryption changed) comes back
+  # without a policy, while the policy's own arguments did not change: replace it too.
+  lifecycle {
+    replace_triggered_by = [aws_ecr_repository.this]
+  }
   policy = jsonencode({
     rules = [
       {
@@ -188,7 +194,7 @@ resource "aws_ecs_service" "fixed" {
 
   network_configuration {
     subnets          = local.task_subnet_ids
-    security_groups  = [aws_security_group.tasks[0].id]
+    security_groups  = concat([aws_security_group.tasks[0].id], var.task_security_group_ids)
     assign_public_ip = local.assign_public_ip
   }
 
@@ -228,7 +234,7 @@ resource "aws_ecs_service" "autoscaled" {
 
   network_configuration {
     subnets          = local.task_subnet_ids
-    security_groups  = [aws_security_group.tasks[0].id]
+    security_groups  = concat([aws_security_group.tasks[0].id], var.task_security_group_ids)
     assign_public_ip = local.assign_public_ip
   }
 

@@ -88,6 +88,16 @@ output "vpc_id" {
   value       = local.deploy ? local.vpc_id : null
 }
 
+output "task_subnet_ids" {
+  description = "Subnets of the tasks (null before an image_tag is set): the Ray cluster joins them by default."
+  value       = local.deploy ? local.task_subnet_ids : null
+}
+
+output "assign_public_ip" {
+  description = "Whether the tasks get public IPs (their subnets have no NAT gateway)."
+  value       = local.deploy ? local.assign_public_ip : null
+}
+
 output "security_group_ids" {
   description = "Security groups of the load balancer and of the tasks."
   value       = local.deploy ? { load_balancer = aws_security_group.load_balancer[0].id, tasks = aws_security_group.tasks[0].id } : null

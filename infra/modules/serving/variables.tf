@@ -343,6 +343,18 @@ variable "task_subnet_ids" {
   }
 }
 
+variable "task_security_group_ids" {
+  description = "Further security groups of the tasks besides their own (e.g. the Ray cluster's clients group, whose members may call its Jobs API)."
+  type        = list(string)
+  default     = []
+  nullable    = false
+
+  validation {
+    condition     = alltrue([for g in var.task_security_group_ids : can(regex("^sg-[0-9a-f]+$", g))])
+    error_message = "task_security_group_ids must be security group ids (sg-...)."
+  }
+}
+
 variable "assign_public_ip" {
   description = "Give tasks a public IP so that they reach ECR and AWS APIs without a NAT gateway; null = true in the minimal VPC (public subnets only), false in a given VPC. Their security group still admits only the load balancer."
   type        = bool
