@@ -13,7 +13,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +150,34 @@ def _add_client_commands(commands: argparse._SubParsersAction) -> None:
         help="the Ray Jobs API address these commands use (the local stack's by default), "
         "for `ray job submit --address`",
     )
+    cluster = commands.add_parser(
+        "cluster", help="a node of the Ray cluster infra/modules/ray_cluster declares"
+    )
+    cluster_actions = cluster.add_subparsers(dest="action", required=True)
+    node = cluster_actions.add_parser(
+        "start-node",
+        help="read the cluster's token from Secrets Manager, then run `ray start --block` "
+        "with token authentication (the nodes' systemd unit runs this)",
+    )
+    node.add_argument("--role", choices=["head", "worker"], required=True)
+    node.add_argument("--head-address", default="", help="host:port of the head's GCS (workers)")
+    node.add_argument("--gcs-port", type=int, default=6379, help="the head's GCS port")
+    node.add_argument("--dashboard-port", type=int, default=8265, help="the Jobs API port")
+    node.add_argument("--num-cpus", type=int, help="CPUs offered to Ray (default: detected)")
+    node.add_argument("--num-gpus", type=int, help="GPUs offered to Ray (default: detected)")
+    node.add_argument("--token-secret", default="", help="Secrets Manager secret of the token")
+    node.add_argument(
+        "--create-token",
+        action="store_true",
+        help="the head: put a fresh token in the secret when it has no value",
+    )
+    node.add_argument("--region", help="AWS region of the secret (default: the SDK's)")
+    node.add_argument("--env-file", help="JSON object of further environment variables")
+    node.add_argument(
+        "--print",
+        action="store_true",
+        help="print the `ray start` command (without the token) instead of running it",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -161,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "predict": _predict,
         "models": _models,
         "jobs": _jobs,
+        "cluster": _cluster,
     }[args.command]
     try:
         return handler(args)
@@ -440,6 +469,33 @@ def _jobs(args: argparse.Namespace) -> int:
         return 0 if job.status != "FAILED" else 1
     out.print(jobs.job_logs(address, args.job, token), markup=False, highlight=False)
     return 0
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from mlaas4hep.cluster import node
+    from mlaas4hep.extras import boto3
+
+    settings = node.NodeSettings(
+        role=args.role,
+        head_address=args.head_address,
+        gcs_port=args.gcs_port,
+        dashboard_port=args.dashboard_port,
+        num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
+        token_secret=args.token_secret,
+        create_token=args.create_token,
+        environment=node.read_environment_file(args.env_file) if args.env_file else {},
+    )
+    region = {"region_name": args.region} if args.region else {}
+    client = boto3().client("secretsmanager", **region) if settings.token_secret else None
+
+    def show(executable: str, command: Sequence[str], env: Mapping[str, str]) -> int:
+        auth = env.get("RAY_AUTH_MODE", "disabled")
+        out.print(" ".join(command), highlight=False, soft_wrap=True)
+        out.print(f"RAY_AUTH_MODE={auth}", highlight=False)
+        return 0
+
+    return node.start_node(settings, client, execute=show if args.print else os.execve)
 
 
 if __name__ == "__main__":  # pragma: no cover

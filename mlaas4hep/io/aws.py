@@ -55,6 +55,19 @@ def is_missing(err: BaseException) -> bool:
     return http_status(err) == 404 or error_code(err) in ("NoSuchKey", "404", "NotFound")
 
 
+def secret_string(client: Any, secret_id: str) -> str:
+    """The current string value of a Secrets Manager secret, stripped; "" when the secret
+    exists without a value yet (or does not exist), so that the caller can say how to put
+    one. Other errors (access denied, throttling) are raised."""
+    try:
+        value = client.get_secret_value(SecretId=secret_id).get("SecretString") or ""
+    except Exception as err:
+        if error_code(err) != "ResourceNotFoundException":  # no secret or no value
+            raise
+        return ""
+    return value.strip()
+
+
 def object_exists(s3: Any, bucket: str, key: str) -> bool:
     try:
         s3.head_object(Bucket=bucket, Key=key)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mlaas4hep.io.aws import aws_client, error_code, is_missing
+from mlaas4hep.io.aws import aws_client, is_missing, secret_string
 from mlaas4hep.pipeline import jobs_api
 from mlaas4hep.pipeline.config import (
     MAX_SQS_DELAY,
@@ -133,19 +133,13 @@ def ray_token(config: PipelineConfig, secrets: Any = None) -> str:
     if not name:
         return ""
     if name not in _TOKENS:
-        client = secrets or aws_client("secretsmanager")
-        try:
-            value = client.get_secret_value(SecretId=name).get("SecretString") or ""
-        except Exception as err:
-            if error_code(err) != "ResourceNotFoundException":  # no secret or no value
-                raise
-            value = ""
-        if not value.strip():
+        value = secret_string(secrets or aws_client("secretsmanager"), name)
+        if not value:
             raise PipelineError(
                 f"the Ray token secret {name} has no value: put the cluster's token "
                 "(RAY_AUTH_TOKEN) with `aws secretsmanager put-secret-value`"
             )
-        _TOKENS[name] = value.strip()
+        _TOKENS[name] = value
     return _TOKENS[name]
 
 

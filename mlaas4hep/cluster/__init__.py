@@ -1,0 +1,1 @@
+"""The Ray cluster Terraform declares (``infra/modules/ray_cluster``): what runs on its nodes."""
