@@ -52,7 +52,7 @@ locals {
     })
     merge_specs = local.common_environment
     retrain = merge(local.common_environment, {
-      MLAAS4HEP_RAY_ADDRESS              = var.ray_address == null ? "" : var.ray_address
+      MLAAS4HEP_RAY_ADDRESS              = local.ray_address == null ? "" : local.ray_address
       MLAAS4HEP_RETRAIN_ENTRYPOINT       = var.retrain_entrypoint
       MLAAS4HEP_RETRAIN_RUNTIME_ENV      = jsonencode(local.retrain_runtime_env)
       MLAAS4HEP_RETRAIN_DEBOUNCE_SECONDS = tostring(var.retrain_debounce_seconds)
@@ -90,6 +90,13 @@ locals {
       { sid = "ReadRayToken", actions = ["secretsmanager:GetSecretValue"], resources = [local.ray_token_arn] },
     ])
   }
+
+  # Where the retrain function submits: the cluster's head, or the given address.
+  ray_address = var.ray_cluster.enabled ? module.ray_cluster[0].jobs_address : var.ray_address
+  # The functions (in the VPC) and the serving tasks join the cluster's clients group.
+  ray_clients_group = var.ray_cluster.enabled ? [module.ray_cluster[0].client_security_group_id] : []
+  # The pinned package the nodes install: this very version of mlaas4hep.
+  package_version = regex("(?m)^version = \"([^\"]+)\"", file("${path.module}/../pyproject.toml"))[0]
 
   # The Ray cluster's token (Ray's token authentication), sent with every Jobs API call.
   ray_token_arn = var.ray_auth ? coalesce(var.ray_token_secret_arn, try(aws_secretsmanager_secret.ray_token[0].arn, null)) : null
@@ -170,7 +177,7 @@ module "function" {
   event_source_mapping_enabled       = var.event_source_mappings_enabled
   policy_statements                  = concat(local.policy_statements[each.key], local.kms_statements)
   subnet_ids                         = var.function_subnet_ids
-  security_group_ids                 = var.function_security_group_ids
+  security_group_ids                 = length(var.function_subnet_ids) == 0 ? [] : concat(var.function_security_group_ids, local.ray_clients_group)
   log_retention_days                 = var.log_retention_days
   tracing_mode                       = var.tracing_mode
   tags                               = local.tags
@@ -254,4 +261,38 @@ module "serving" {
   deletion_protection               = var.serving.deletion_protection
   container_insights                = var.serving.container_insights
   force_delete                      = var.serving.force_delete
+  task_security_group_ids           = local.ray_clients_group
+}
+
+# The Ray cluster the retraining jobs run on: a head and GPU workers in the VPC of the
+# functions and the serving tasks, started with the token the retrain function sends.
+module "ray_cluster" {
+  source = "./modules/ray_cluster"
+  count  = var.ray_cluster.enabled ? 1 : 0
+
+  name                 = "${local.name_prefix}-ray"
+  vpc_id               = coalesce(var.ray_cluster.vpc_id, try(module.serving[0].vpc_id, null), "none")
+  subnet_ids           = coalesce(var.ray_cluster.subnet_ids, try(module.serving[0].task_subnet_ids, null), ["none"])
+  associate_public_ip  = coalesce(var.ray_cluster.associate_public_ip, var.ray_cluster.vpc_id == null ? try(module.serving[0].assign_public_ip, false) : false)
+  ami_id               = var.ray_cluster.ami_id
+  ami_ssm_parameter    = var.ray_cluster.ami_ssm_parameter
+  head_instance_type   = var.ray_cluster.head_instance_type
+  head_cpus            = var.ray_cluster.head_cpus
+  worker_instance_type = var.ray_cluster.worker_instance_type
+  gpu_workers          = var.ray_cluster.gpu_workers
+  min_workers          = var.ray_cluster.min_workers
+  max_workers          = var.ray_cluster.max_workers
+  root_volume_gb       = var.ray_cluster.root_volume_gb
+  package              = coalesce(var.ray_cluster.package, var.ray_cluster.wheel_s3_uri == null ? "mlaas4hep[ray,torch,s3,xrootd]==${local.package_version}" : "[ray,torch,s3,xrootd]")
+  wheel_s3_uri         = var.ray_cluster.wheel_s3_uri
+  python_version       = var.ray_cluster.python_version
+  token_secret_arn     = local.ray_token_arn
+  # the serving tasks' group comes in through the module's clients group they join
+  client_security_group_ids = var.ray_cluster.client_security_group_ids
+  egress_cidr_blocks        = var.ray_cluster.egress_cidr_blocks
+  readable_bucket_arns      = [local.data_arn, local.specs_arn]
+  writable_bucket_arns      = [local.models_arn, module.buckets.arns["cache"]]
+  environment               = merge(local.registry_env, coalesce(var.ray_cluster.environment, {}))
+  kms_key_arn               = var.kms_key_arn
+  tags                      = local.tags
 }

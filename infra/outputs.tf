@@ -76,3 +76,17 @@ output "ray_token_secret_arn" {
   description = "The Secrets Manager secret the retrain function reads the Ray token from (null with ray_auth false): put the cluster's token there."
   value       = local.ray_token_arn
 }
+
+output "ray_cluster" {
+  description = "The Ray cluster (null unless ray_cluster.enabled): jobs_address (what the retrain function submits to), head_address, head_instance_id, workers_autoscaling_group_name, client_security_group_id, security_group_ids, role_arns, ami_id."
+  value = var.ray_cluster.enabled ? {
+    jobs_address                   = module.ray_cluster[0].jobs_address
+    head_address                   = module.ray_cluster[0].head_address
+    head_instance_id               = module.ray_cluster[0].head_instance_id
+    workers_autoscaling_group_name = module.ray_cluster[0].workers_autoscaling_group_name
+    client_security_group_id       = module.ray_cluster[0].client_security_group_id
+    security_group_ids             = module.ray_cluster[0].security_group_ids
+    role_arns                      = module.ray_cluster[0].role_arns
+    ami_id                         = module.ray_cluster[0].ami_id
+  } : null
+}

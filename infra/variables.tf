@@ -258,8 +258,8 @@ variable "function_security_group_ids" {
   }
 
   validation {
-    condition     = length(var.function_subnet_ids) == 0 || length(var.function_security_group_ids) > 0
-    error_message = "function_security_group_ids must name at least one security group when function_subnet_ids are given."
+    condition     = length(var.function_subnet_ids) == 0 || length(var.function_security_group_ids) > 0 || var.ray_cluster.enabled
+    error_message = "function_security_group_ids must name at least one security group when function_subnet_ids are given (with ray_cluster enabled, its clients group is enough)."
   }
 }
 
@@ -364,4 +364,56 @@ variable "serving" {
   })
   default  = {}
   nullable = false
+}
+
+variable "ray_cluster" {
+  description = "The Ray cluster on EC2 the retraining jobs run on (modules/ray_cluster): with enabled, the functions submit to its head (ray_address must then be null) and join its clients group, and the serving tasks too. Each other setting is optional (null = the module's default, see modules/ray_cluster/variables.tf): vpc_id and subnet_ids (default: the serving deployment's VPC and task subnets), associate_public_ip, ami_id, ami_ssm_parameter, head_instance_type, head_cpus, worker_instance_type, gpu_workers, min_workers, max_workers, root_volume_gb, package (default: this version of mlaas4hep with the ray, torch, s3 and xrootd extras), wheel_s3_uri, python_version, client_security_group_ids, egress_cidr_blocks, environment."
+  type = object({
+    enabled                   = optional(bool, false)
+    vpc_id                    = optional(string)
+    subnet_ids                = optional(list(string))
+    associate_public_ip       = optional(bool)
+    ami_id                    = optional(string)
+    ami_ssm_parameter         = optional(string)
+    head_instance_type        = optional(string)
+    head_cpus                 = optional(number)
+    worker_instance_type      = optional(string)
+    gpu_workers               = optional(bool)
+    min_workers               = optional(number)
+    max_workers               = optional(number)
+    root_volume_gb            = optional(number)
+    package                   = optional(string)
+    wheel_s3_uri              = optional(string)
+    python_version            = optional(string)
+    client_security_group_ids = optional(list(string))
+    egress_cidr_blocks        = optional(list(string))
+    environment               = optional(map(string))
+  })
+  default  = {}
+  nullable = false
+
+  validation {
+    condition     = !var.ray_cluster.enabled || var.ray_address == null
+    error_message = "ray_cluster.enabled and ray_address exclude each other: the functions submit to the cluster's head, or to ray_address."
+  }
+
+  validation {
+    condition     = !var.ray_cluster.enabled || var.ray_cluster.vpc_id != null || (var.serving_enabled && var.serving_image_tag != null)
+    error_message = "ray_cluster needs a VPC: set ray_cluster.vpc_id and ray_cluster.subnet_ids, or deploy the serving service (serving_image_tag) whose VPC the cluster then joins."
+  }
+
+  validation {
+    condition     = !var.ray_cluster.enabled || (var.ray_cluster.vpc_id == null) == (var.ray_cluster.subnet_ids == null)
+    error_message = "ray_cluster.vpc_id and ray_cluster.subnet_ids go together: give both, or neither (the serving deployment's VPC)."
+  }
+
+  validation {
+    condition     = !var.ray_cluster.enabled || var.ray_cluster.vpc_id == null || var.serving.vpc_id == null || var.ray_cluster.vpc_id == var.serving.vpc_id
+    error_message = "ray_cluster.vpc_id and serving.vpc_id differ: the cluster, the functions and the serving tasks share one VPC."
+  }
+
+  validation {
+    condition     = !var.ray_cluster.enabled || length(var.function_subnet_ids) > 0
+    error_message = "ray_cluster is enabled but function_subnet_ids is empty: the functions reach the head's Jobs API inside the VPC, so they need subnets there (private ones with a NAT gateway, or VPC endpoints for S3, SQS and Secrets Manager)."
+  }
 }

@@ -9,6 +9,7 @@ real local Ray head.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import secrets
@@ -571,6 +572,81 @@ def test_the_jobs_api_refuses_calls_without_the_clusters_token(stack):
     assert stack.token not in json.dumps(stack.outputs)  # the value is never in Terraform
 
 
+def test_the_stack_with_the_ray_cluster_in_a_vpc_applies_and_plans_clean(stack, moto_server):
+    """The whole root module with the Ray cluster module and the functions in its VPC,
+    applied to moto: the retrain function submits to the cluster's head, every function
+    joins the cluster's clients group (the one group its head admits to the Jobs API),
+    the nodes start with the token of the secret the function reads; a second plan is
+    clean. The variables' rules on the cluster are checked on plans first, and the KMS
+    key on a plan (moto drops a queue's policy when its encryption is switched in place;
+    test_functions_in_a_vpc_and_with_a_kms_key_have_what_they_need checks the roles).
+    Applied last, before the destroy: the pipeline's own jobs go to the local Ray head."""
+    ec2 = moto_server.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.43.0.0/16")["Vpc"]["VpcId"]
+    subnets = [
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.43.{i}.0/24")["Subnet"]["SubnetId"]
+        for i in range(2)
+    ]
+    key = moto_server.client("kms").create_key(Description="it-cluster")["KeyMetadata"]["Arn"]
+    ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    cluster = {"enabled": True, "vpc_id": vpc, "subnet_ids": subnets, "ami_id": ami}
+    variables = {
+        **{name: value for name, value in stack.variables.items() if name != "ray_address"},
+        "ray_cluster": cluster,
+        "function_subnet_ids": subnets,
+    }
+    for wrong, named in [
+        ({"ray_address": stack.ray.address}, "exclude each other"),
+        ({"function_subnet_ids": []}, "function_subnet_ids is empty"),
+        ({"ray_cluster": {"enabled": True, "ami_id": ami}}, "ray_cluster needs a VPC"),
+    ]:
+        with pytest.raises(TerraformError, match=named):
+            stack.tf.plan_json(stack.var_files, {**variables, **wrong})
+    # with the key, the nodes' volumes and roles use it
+    plan = stack.tf.plan_json(stack.var_files, {**variables, "kms_key_arn": key})
+    templates = planned(plan, "aws_launch_template")
+    assert len(templates) == 2
+    for after in templates.values():
+        assert after["block_device_mappings"][0]["ebs"][0]["kms_key_id"] == key
+    for address, after in planned(plan, "aws_iam_role_policy").items():
+        if ".ray_cluster[0]." in address:
+            statements = {st["Sid"]: st for st in json.loads(after["policy"])["Statement"]}
+            assert statements["UseDataKey"]["Resource"] == key
+
+    stack.runtime.stop()  # nothing may submit to the cluster's (unreachable) address
+    stack.tf.apply(stack.var_files, variables)
+    stack.variables = variables  # what the destroy that follows is planned with
+    outputs = stack.tf.output()
+    ray = outputs["ray_cluster"]
+    functions = outputs["functions"]
+    assert functions["retrain"]["environment"]["MLAAS4HEP_RAY_ADDRESS"] == ray["jobs_address"]
+    assert ray["jobs_address"] == "http://10.43.0.10:8265"
+    lambdas = moto_server.client("lambda")
+    for function in functions.values():
+        config = lambdas.get_function(FunctionName=function["function_name"])["Configuration"]
+        assert config["VpcConfig"]["SubnetIds"] == subnets
+        assert config["VpcConfig"]["SecurityGroupIds"] == [ray["client_security_group_id"]]
+    (head,) = ec2.describe_instances(InstanceIds=[ray["head_instance_id"]])["Reservations"][0][
+        "Instances"
+    ]
+    assert head["VpcId"] == vpc and head["PrivateIpAddress"] == "10.43.0.10"
+    templates = ec2.describe_launch_templates(
+        Filters=[{"Name": "launch-template-name", "Values": ["mlaas4hep-it-ray-*"]}]
+    )["LaunchTemplates"]
+    assert len(templates) == 2
+    for template in templates:
+        (version,) = ec2.describe_launch_template_versions(
+            LaunchTemplateId=template["LaunchTemplateId"], Versions=["$Default"]
+        )["LaunchTemplateVersions"]
+        data = version["LaunchTemplateData"]
+        script = base64.b64decode(data["UserData"]).decode()
+        assert f'"--token-secret" "{outputs["ray_token_secret_arn"]}"' in script
+        assert '"mlaas4hep[ray,torch,s3,xrootd]==' in script
+        assert data["BlockDeviceMappings"][0]["Ebs"]["Encrypted"] is True
+    code, text = stack.tf.plan_exit_code(stack.var_files, variables)
+    assert code == 0, text[-3000:]
+
+
 def test_destroy_leaves_nothing(stack, moto_server):
     stack.runtime.stop()
     stack.tf.destroy(stack.var_files, stack.variables)
@@ -588,3 +664,10 @@ def test_destroy_leaves_nothing(stack, moto_server):
     assert not alarms["MetricAlarms"]
     listed = moto_server.client("secretsmanager").list_secrets()["SecretList"]
     assert not [s for s in listed if s["Name"].startswith(prefix)]
+    running = moto_server.client("ec2").describe_instances(
+        Filters=[
+            {"Name": "tag:Name", "Values": [f"{prefix}ray-head", f"{prefix}ray-workers"]},
+            {"Name": "instance-state-name", "Values": ["pending", "running"]},
+        ]
+    )["Reservations"]
+    assert running == []
