@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from mlaas4hep.pipeline.config import PipelineConfig
-from mlaas4hep.pipeline.spec_step import spec_batch
+from mlaas4hep.pipeline.spec_function import spec_batch
 
 logging.getLogger("mlaas4hep").setLevel(logging.INFO)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlaas4hep.errors import MlaasError
+from mlaas4hep.pipeline.manifests import ENTRY_FOLDER, url_of_entry_path
 
 log = logging.getLogger("mlaas4hep.pipeline")
 
@@ -84,6 +85,9 @@ class PipelineConfig:
     #: The Secrets Manager secret (ARN or name) holding the Ray cluster's token; "" for a
     #: cluster without token authentication.
     ray_token_secret: str = ""
+    #: The spec function's own queue: a manifest's entries are sent there, one message
+    #: each (:mod:`mlaas4hep.pipeline.manifests`).
+    spec_queue_url: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PipelineConfig:
@@ -121,6 +125,7 @@ class PipelineConfig:
             retrain_max_attempts=_whole(get, "RETRAIN_MAX_ATTEMPTS", "3"),
             retrain_retry_seconds=float(get("RETRAIN_RETRY_SECONDS", "60")),
             ray_token_secret=get("RAY_TOKEN_SECRET", ""),
+            spec_queue_url=get("SPEC_QUEUE_URL", ""),
         )
 
     def retry_delay(self, attempt: int) -> int:
@@ -145,18 +150,28 @@ class PipelineConfig:
         dataset, sep, path = data_key[len(self.data_prefix) :].partition("/")
         if not sep or not dataset or not path:
             raise ValueError(f"{data_key!r} is not <data prefix><dataset>/<file>")
-        return check_dataset_name(dataset, data_key), path
+        check_dataset_name(dataset, data_key)
+        if path.split("/", 1)[0] == ENTRY_FOLDER:
+            raise RejectedKey(
+                f"{data_key!r}: {ENTRY_FOLDER}/ within a dataset is kept for the entries "
+                "of its manifest; store the file elsewhere in the dataset"
+            )
+        return dataset, path
 
     def file_spec_key(self, dataset: str, path: str, version: str) -> str:
         return f"{self.file_specs_prefix}{dataset}/{path}@{safe_name(version)}.json"
 
     def source_of_file_spec(self, spec_key: str) -> str:
-        """The ``s3://`` URL of the data object a FileSpec key was computed from."""
+        """The URL of the file a FileSpec key was computed from: the ``s3://`` data
+        object, or the URL of a manifest entry."""
         dataset = self.dataset_of_file_spec(spec_key)
         rest = spec_key[len(self.file_specs_prefix) + len(dataset) + 1 :]
         path, sep, _ = rest.rpartition("@")
         if not sep or not path:
             raise ValueError(f"{spec_key!r} is not <file specs prefix><dataset>/<file>@<version>")
+        url = url_of_entry_path(path)
+        if url is not None:
+            return url
         return f"s3://{self.data_bucket}/{self.data_prefix}{dataset}/{path}"
 
     def quarantine_key(self, dataset: str, path: str, version: str) -> str:

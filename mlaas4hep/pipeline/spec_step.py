@@ -12,15 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from mlaas4hep.errors import ReadError, SpecError
 from mlaas4hep.io.aws import aws_client, is_missing, is_precondition_failure, object_exists
 from mlaas4hep.pipeline.config import PipelineConfig, RejectedKey
-from mlaas4hep.pipeline.notifications import S3Notification, parse_s3_notifications
-from mlaas4hep.pipeline.sqs import handle_batch, queued_seconds, receive_count
+from mlaas4hep.pipeline.notifications import S3Notification
 from mlaas4hep.serve.protocol import JSON
 from mlaas4hep.spec.compute import compute_file_spec
 from mlaas4hep.spec.documents import FileSpec
@@ -184,7 +183,7 @@ def compute_and_store_file_spec(
     try:
         dataset, path = config.locate(notification.key)
     except RejectedKey as err:
-        _write_rejection(s3, config, notification, err)
+        write_rejection(s3, config, notification, err)
         return FileSpecOutcome("rejected", source)
     except ValueError as err:
         log.warning("ignoring %s: %s", source, err)
@@ -215,8 +214,8 @@ def compute_and_store_file_spec(
             )
         raise
     computed = clock()
-    spec_key, status = _store_spec(s3, config, dataset, path, version, spec)
-    _clear_quarantine(s3, config, dataset, path, notification.version)
+    spec_key, status = store_file_spec(s3, config, dataset, path, version, spec)
+    clear_quarantine(s3, config, dataset, path, notification.version)
     if leased:
         release_spec_claim(config, dataset, path, version, s3=s3)
     return FileSpecOutcome(
@@ -250,7 +249,7 @@ def _stored_or_taken(
     return None
 
 
-def _store_spec(
+def store_file_spec(
     s3: Any, config: PipelineConfig, dataset: str, path: str, version: str, spec: FileSpec
 ) -> tuple[str, str]:
     """Write the spec once (``IfNoneMatch='*'``); ``(key, "written" | "exists")``.
@@ -297,7 +296,7 @@ def resolve_version(event: S3Notification, s3: Any) -> str:
     return str(head.get("ETag") or event.etag).strip('"')
 
 
-def _write_rejection(
+def write_rejection(
     s3: Any, config: PipelineConfig, notification: S3Notification, error: RejectedKey
 ) -> None:
     """Record an object the pipeline refuses to read (its key), so that a person sees why
@@ -343,12 +342,7 @@ def _write_quarantine(
         "last_receive": last_receive,
         "recorded_at": time.time(),
     }
-    s3.put_object(
-        Bucket=config.specs_bucket,
-        Key=config.quarantine_key(dataset, path, event.version or "unknown"),
-        Body=json.dumps(record, indent=1).encode(),
-        ContentType=JSON,
-    )
+    put_quarantine(s3, config, dataset, path, event.version, record)
     if error is None:
         log.warning(
             "%s: last delivery (%d of %d), quarantine record written before computing",
@@ -360,7 +354,19 @@ def _write_quarantine(
         log.error("quarantined %s (delivery %d): %s", record["source"], receive_count, error)
 
 
-def _clear_quarantine(
+def put_quarantine(
+    s3: Any, config: PipelineConfig, dataset: str, path: str, version: str, record: dict
+) -> None:
+    """Store the quarantine ``record`` of one file version (why it has no spec)."""
+    s3.put_object(
+        Bucket=config.specs_bucket,
+        Key=config.quarantine_key(dataset, path, version or "unknown"),
+        Body=json.dumps(record, indent=1).encode(),
+        ContentType=JSON,
+    )
+
+
+def clear_quarantine(
     s3: Any, config: PipelineConfig, dataset: str, path: str, version: str
 ) -> None:
     # A file that failed once (e.g. read while still being written) and now succeeds
@@ -394,6 +400,13 @@ def remove_file_specs(
         return FileSpecOutcome("skipped", source)
     if object_exists(s3, notification.bucket, notification.key):
         return FileSpecOutcome("superseded", source)
+    keys = delete_file_specs(s3, config, dataset, path)
+    return FileSpecOutcome("removed", source, ", ".join(keys))
+
+
+def delete_file_specs(s3: Any, config: PipelineConfig, dataset: str, path: str) -> list[str]:
+    """Delete every version of the FileSpecs and quarantine records of one file of a
+    dataset (its ``path`` within the dataset); the keys that were deleted."""
     # Every version of each (the specs bucket keeps versions): a deletion of the last
     # one is notified as ObjectRemoved:Delete, where a bare delete would leave a delete
     # marker, which not every S3 implementation notifies of.
@@ -415,8 +428,7 @@ def remove_file_specs(
         s3.delete_objects(
             Bucket=config.specs_bucket, Delete={"Objects": versions[start : start + 1000]}
         )
-    keys = sorted({v["Key"] for v in versions})
-    return FileSpecOutcome("removed", source, ", ".join(keys))
+    return sorted({v["Key"] for v in versions})
 
 
 def read_quarantine(config: PipelineConfig, dataset: str, *, s3: Any = None) -> list[dict]:
@@ -430,38 +442,3 @@ def read_quarantine(config: PipelineConfig, dataset: str, *, s3: Any = None) -> 
             body = s3.get_object(Bucket=config.specs_bucket, Key=item["Key"])["Body"].read()
             records.append(json.loads(body))
     return records
-
-
-def spec_batch(event: Mapping[str, Any], config: PipelineConfig, *, s3: Any = None) -> dict:
-    """The ``spec_file`` step for one SQS batch: a FileSpec per new ROOT object, and the
-    FileSpecs of a removed one deleted."""
-    s3 = s3 or aws_client("s3")
-
-    def process(record: Mapping[str, Any]) -> None:
-        waited = queued_seconds(record)
-        for item in parse_s3_notifications(record["body"]):
-            if item.event_name.startswith("ObjectRemoved"):
-                removed = remove_file_specs(item, config, s3=s3)
-                log.info("%s: %s (%s)", removed.source, removed.status, item.event_name)
-                continue
-            outcome = compute_and_store_file_spec(
-                item,
-                config,
-                s3=s3,
-                receive_count=receive_count(record),
-                owner=str(record.get("messageId", "")),
-            )
-            log.info(
-                "%s: %s %s (%s, queued %.3f s, checks %.3f s, computed in %.3f s, "
-                "stored in %.3f s)",
-                outcome.source,
-                outcome.status,
-                outcome.spec_key,
-                item.event_name,
-                waited,
-                outcome.checks_seconds,
-                outcome.seconds,
-                outcome.store_seconds,
-            )
-
-    return handle_batch(event, process)
