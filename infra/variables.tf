@@ -408,8 +408,8 @@ variable "ray_cluster" {
   }
 
   validation {
-    condition     = !var.ray_cluster.enabled || var.ray_cluster.vpc_id == null || var.serving.vpc_id == null || var.ray_cluster.vpc_id == var.serving.vpc_id
-    error_message = "ray_cluster.vpc_id and serving.vpc_id differ: the cluster, the functions and the serving tasks share one VPC."
+    condition     = !var.ray_cluster.enabled || var.ray_cluster.vpc_id == null || !(var.serving_enabled && var.serving_image_tag != null) || var.ray_cluster.vpc_id == var.serving.vpc_id
+    error_message = "ray_cluster.vpc_id is not serving.vpc_id (null: a VPC of its own) while the serving tasks are deployed: the cluster, the functions and the serving tasks share one VPC (set serving.vpc_id to the cluster's, or leave ray_cluster.vpc_id out to use the serving VPC)."
   }
 
   validation {

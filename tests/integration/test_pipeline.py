@@ -599,6 +599,7 @@ def test_the_stack_with_the_ray_cluster_in_a_vpc_applies_and_plans_clean(stack, 
         ({"ray_address": stack.ray.address}, "exclude each other"),
         ({"function_subnet_ids": []}, "function_subnet_ids is empty"),
         ({"ray_cluster": {"enabled": True, "ami_id": ami}}, "ray_cluster needs a VPC"),
+        ({"serving_image_tag": "v1"}, "share one VPC"),
     ]:
         with pytest.raises(TerraformError, match=named):
             stack.tf.plan_json(stack.var_files, {**variables, **wrong})
