@@ -37,7 +37,12 @@ from typing import Any
 
 import numpy as np
 
-from mlaas4hep.serve.payloads import EventColumns, RequestError, typed_column
+from mlaas4hep.serve.payloads import (
+    EventColumns,
+    RequestError,
+    check_event_count,
+    typed_column,
+)
 from mlaas4hep.transform.vectorizer import Vectorizer
 
 FEATURES, MASK, SCORES = "features", "mask", "scores"
@@ -391,14 +396,7 @@ def _one_dimensional(tensors: dict[str, np.ndarray], name: str, branch: str) -> 
 
 
 def _check_events(n: int, max_events: int, field: str) -> None:
-    if n == 0:
-        raise RequestError("empty batch: no events to score", field=field)
-    if n > max_events:
-        raise RequestError(
-            f"{n} events exceed the limit of {max_events} per request (limits.bulk_events)",
-            field=field,
-            status=413,
-        )
+    check_event_count(n, max_events, field, "per request", "limits.bulk_events")
 
 
 # ---------------------------------------------------------------------------- answers

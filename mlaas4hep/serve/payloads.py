@@ -220,16 +220,23 @@ def from_columns(columns: Any, vectorizer: Vectorizer, max_events: int) -> Event
     return EventColumns(out, n)
 
 
-def _check_count(n: int, max_events: int, field: str) -> None:
+def check_event_count(
+    n: int, max_events: int, field: str, per: str = "per JSON request", hint: str = ""
+) -> None:
+    """A 400 for an empty batch, a 413 for more than ``max_events`` events (``per`` says
+    which limit, ``hint`` what to do instead), both naming ``field``."""
     if n == 0:
         raise RequestError("empty batch: no events to score", field=field)
     if n > max_events:
         raise RequestError(
-            f"{n} events exceed the limit of {max_events} per JSON request "
-            "(send more with POST /predict_arrow)",
+            f"{n} events exceed the limit of {max_events} {per}" + (f" ({hint})" if hint else ""),
             field=field,
             status=413,
         )
+
+
+def _check_count(n: int, max_events: int, field: str) -> None:
+    check_event_count(n, max_events, field, hint="send more with POST /predict_arrow")
 
 
 def _column(block: FeatureBlock, values: list[Any], where: Any) -> Column:
