@@ -1,6 +1,7 @@
 # The event pipeline of mlaas4hep, declared once for AWS and for the local moto stack:
 #
 #   data bucket (*.root under prefixes.data)   -> spec_file queue   -> spec_file
+#   data bucket (<dataset>/files.txt, .json)   -> spec_file queue   -> spec_file (entries: to its own queue)
 #   specs bucket (*.json under file_specs)     -> merge_specs queue -> merge_specs
 #   (created and removed objects both: a removed file leaves the dataset spec)
 #   specs bucket (dataset.json, dataset_specs) -> retrain queue     -> retrain -> Ray Jobs API
@@ -49,6 +50,7 @@ locals {
     spec_file = merge(local.common_environment, {
       MLAAS4HEP_SPEC_LEASE_SECONDS = tostring(try(var.functions["spec_file"].timeout, 900))
       MLAAS4HEP_MAX_RECEIVE_COUNT  = tostring(module.queues["spec_file"].max_receive_count)
+      MLAAS4HEP_SPEC_QUEUE_URL     = module.queues["spec_file"].url
     })
     merge_specs = local.common_environment
     retrain = merge(local.common_environment, {
@@ -75,12 +77,16 @@ locals {
       { sid = "DeleteFileSpecs", actions = ["s3:DeleteObject", "s3:DeleteObjectVersion"], resources = ["${local.specs_arn}/${var.prefixes.file_specs}*", "${local.specs_arn}/${var.prefixes.quarantine}*"] },
       { sid = "ListFileSpecs", actions = ["s3:ListBucket", "s3:ListBucketVersions"], resources = [local.specs_arn], list_prefixes = [var.prefixes.file_specs, var.prefixes.quarantine] },
       { sid = "ListData", actions = ["s3:ListBucket"], resources = [local.data_arn], list_prefixes = [var.prefixes.data] },
+      # A manifest's entries, one message each, to its own queue (pipeline.manifest_step).
+      { sid = "FanOutManifestEntries", actions = ["sqs:SendMessage"], resources = [module.queues["spec_file"].arn] },
     ]
     merge_specs = [
       { sid = "ReadFileSpecs", actions = ["s3:GetObject", "s3:GetObjectVersion"], resources = ["${local.specs_arn}/${var.prefixes.file_specs}*"] },
       { sid = "WriteDatasetSpecs", actions = ["s3:GetObject", "s3:PutObject"], resources = ["${local.specs_arn}/${var.prefixes.dataset_specs}*"] },
       { sid = "CheckDataVersions", actions = ["s3:GetObject"], resources = ["${local.data_arn}/${var.prefixes.data}*"] },
       { sid = "ListData", actions = ["s3:ListBucket"], resources = [local.data_arn], list_prefixes = [var.prefixes.data] },
+      # A manifest entry's FileSpecs stand for its file (pipeline.merge_step._still_listed).
+      { sid = "ListFileSpecs", actions = ["s3:ListBucket"], resources = [local.specs_arn], list_prefixes = [var.prefixes.file_specs] },
     ]
     retrain = concat([
       { sid = "ReadDatasetSpecs", actions = ["s3:GetObject"], resources = ["${local.specs_arn}/${var.prefixes.dataset_specs}*"] },
@@ -115,8 +121,11 @@ locals {
   # kept, and an MLAAS4HEP_REGISTRY_URL in its env_vars wins over this one.
   registry_url = var.serving_enabled ? module.serving[0].models_url : null
   registry_env = var.serving_enabled ? tomap({ MLAAS4HEP_REGISTRY_URL = local.registry_url }) : tomap({})
+  # A recipe's staging without a cache copies root:// files (a manifest's entries) into
+  # the cache bucket (pipeline.retraining.recipe_config).
+  staging_env = { MLAAS4HEP_STAGING_CACHE = "s3://${module.buckets.names["cache"]}/staged/" }
   retrain_runtime_env = merge(var.retrain_runtime_env, {
-    env_vars = merge(local.registry_env, try(var.retrain_runtime_env.env_vars, {}))
+    env_vars = merge(local.registry_env, local.staging_env, try(var.retrain_runtime_env.env_vars, {}))
   })
 }
 
@@ -192,6 +201,19 @@ resource "aws_s3_bucket_notification" "data" {
     events        = ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]
     filter_prefix = var.prefixes.data
     filter_suffix = ".root"
+  }
+
+  # A dataset's manifest of root:// and https:// URLs (pipeline.manifests): the spec
+  # function fans its entries out to its own queue.
+  dynamic "queue" {
+    for_each = ["files.txt", "files.json"]
+    content {
+      id            = "manifest-${replace(queue.value, ".", "-")}"
+      queue_arn     = module.queues["spec_file"].arn
+      events        = ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]
+      filter_prefix = var.prefixes.data
+      filter_suffix = "/${queue.value}"
+    }
   }
 
   depends_on = [module.queues]

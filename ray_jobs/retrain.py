@@ -36,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
         "$MLAAS4HEP_REGISTRY_URL; none: the local model store)",
     )
     parser.add_argument(
+        "--staging-cache",
+        default=os.environ.get("MLAAS4HEP_STAGING_CACHE") or None,
+        help="where a recipe's staging without a cache copies root:// files (default "
+        "$MLAAS4HEP_STAGING_CACHE, the deployment's cache bucket)",
+    )
+    parser.add_argument(
         "--margin",
         type=float,
         default=DEFAULT_MARGIN,
@@ -51,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             alias=args.alias,
             margin=args.margin,
             registry_url=args.registry,
+            staging_cache=args.staging_cache,
             log=lambda line: print(line, flush=True),
         )
     )

@@ -4,10 +4,12 @@ the pipeline test runs a manifest of root:// URLs through the real stack)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import quote_plus
 
 import boto3
 import pytest
@@ -29,8 +31,10 @@ from mlaas4hep.pipeline.manifests import (
     parse_manifest,
     url_of_entry_path,
 )
+from mlaas4hep.pipeline.merge_step import merge_batch, read_dataset_spec
 from mlaas4hep.pipeline.notifications import S3Notification
 from mlaas4hep.pipeline.spec_function import spec_batch
+from mlaas4hep.spec.compute import compute_file_spec
 
 _AWS_ELSEWHERE = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_DEFAULT_PROFILE")
 
@@ -38,7 +42,7 @@ hosts = st.from_regex(r"[a-z][a-z0-9-]{0,12}(\.[a-z]{2,5})?(:[1-9][0-9]{1,4})?",
 segments = st.lists(st.from_regex(r"[A-Za-z0-9_.+=-]{1,12}", fullmatch=True), max_size=4)
 urls = st.builds(
     lambda scheme, host, parts, name: f"{scheme}://{host}/{'/'.join(['', *parts, name])}.root",
-    st.sampled_from(["root", "roots", "https"]),
+    st.sampled_from(["root", "https", "davs"]),
     hosts,
     segments,
     st.from_regex(r"[A-Za-z0-9_-]{1,12}", fullmatch=True),
@@ -253,3 +257,38 @@ def test_the_spec_function_dispatches_manifests_and_their_entries(aws):
     ]
     answer = spec_batch({"Records": records}, aws.config, s3=aws.s3, sqs=aws.sqs)
     assert {f["itemIdentifier"] for f in answer["batchItemFailures"]} == {"e0", "e1"}
+
+
+def test_the_merge_step_follows_a_manifests_entries_in_and_out(aws, shared_data):
+    """The merge step adds an entry's FileSpec under its URL and takes the URL out when
+    the entry's FileSpecs are deleted, not while one is still there."""
+    url = "root://127.0.0.1:1094//data/Zmumu.root"
+    spec = dataclasses.replace(compute_file_spec(shared_data / "uproot-Zmumu.root"), source=url)
+    key = aws.config.file_spec_key("ds", entry_path("files.txt", url), "adler32-1")
+    version = aws.s3.put_object(Bucket="specs", Key=key, Body=spec.to_json().encode())
+
+    def notify(event: str) -> dict:
+        body = {
+            "Records": [
+                {
+                    "eventName": event,
+                    "s3": {
+                        "bucket": {"name": "specs"},
+                        # keys come URL-encoded, as S3 sends them
+                        "object": {"key": quote_plus(key), "versionId": version.get("VersionId")},
+                    },
+                }
+            ]
+        }
+        return {"Records": [{"messageId": "m", "body": json.dumps(body)}]}
+
+    assert (
+        merge_batch(notify("ObjectCreated:Put"), aws.config, s3=aws.s3)["batchItemFailures"] == []
+    )
+    assert set(read_dataset_spec(aws.config, "ds", s3=aws.s3)[0].files) == {url}
+    # a removal notified while a FileSpec of the entry is still there changes nothing
+    merge_batch(notify("ObjectRemoved:Delete"), aws.config, s3=aws.s3)
+    assert set(read_dataset_spec(aws.config, "ds", s3=aws.s3)[0].files) == {url}
+    aws.s3.delete_object(Bucket="specs", Key=key)
+    merge_batch(notify("ObjectRemoved:Delete"), aws.config, s3=aws.s3)
+    assert read_dataset_spec(aws.config, "ds", s3=aws.s3)[0].files == {}

@@ -71,6 +71,20 @@ def test_recipe_trains_on_the_spec_files_with_a_run_per_spec(small_spec: Dataset
     assert other.output.run_name != config.output.run_name
 
 
+def test_a_recipe_that_stages_without_a_cache_stages_into_the_deployments(
+    small_spec: DatasetSpec,
+) -> None:
+    staged = yaml.safe_dump({**RECIPE, "staging": {"enabled": True, "mode": "while"}})
+    config = recipe_config(staged, "tth", small_spec, "u", "s3://m/tth/", "s3://cache/staged/")
+    assert config.staging.enabled and config.staging.cache == "s3://cache/staged/tth/"
+    own = yaml.safe_dump({**RECIPE, "staging": {"enabled": True, "cache": "/scratch/c"}})
+    assert recipe_config(own, "tth", small_spec, "u", "m", "s3://c/").staging.cache == "/scratch/c"
+    plain = recipe_config(yaml.safe_dump(RECIPE), "tth", small_spec, "u", "m", "s3://c/")
+    assert not plain.staging.enabled and plain.staging.cache is None
+    with pytest.raises(ConfigError, match="staging.cache"):
+        recipe_config(staged, "tth", small_spec, "u", "m")
+
+
 def test_recipe_errors_name_the_problem(small_spec: DatasetSpec) -> None:
     with pytest.raises(ConfigError, match="not valid YAML"):
         recipe_config("a: [", "tth", small_spec, "u", "s3://m/")

@@ -16,9 +16,10 @@ no entry of it is used.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import urlsplit
 
 #: The object names a manifest may have, directly under its dataset's folder.
 MANIFEST_NAMES = ("files.txt", "files.json")
@@ -31,8 +32,9 @@ MAX_URL_LENGTH = 512
 #: The message kind of one manifest entry sent to the spec function's own queue.
 ENTRY_KIND = "mlaas4hep.manifest-entry"
 
-SCHEMES = ("root", "roots", "https")
+SCHEMES = ("root", "https", "davs")
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class ManifestError(ValueError):
@@ -45,7 +47,7 @@ def is_manifest(path: str) -> bool:
 
 
 def check_url(url: str, where: str) -> str:
-    """``url`` if it can be a manifest entry: a ``root://``, ``roots://`` or ``https://``
+    """``url`` if it can be a manifest entry: a ``root://``, ``https://`` or ``davs://``
     URL with a host and a path to a ``.root`` file, no whitespace or control characters,
     at most :data:`MAX_URL_LENGTH` characters; else :class:`ManifestError` naming ``where``.
     """
@@ -110,8 +112,10 @@ def entry_folder(manifest: str) -> str:
 
 def entry_path(manifest: str, url: str) -> str:
     """Where within the dataset's FileSpecs the entry ``url`` of ``manifest`` is kept:
-    the URL quoted whole (no ``/`` or ``@`` left), so that it reads back exactly."""
-    return entry_folder(manifest) + quote(url, safe="")
+    the URL in URL-safe base64 (letters, digits, ``-`` and ``_``: no ``/``, ``@`` or
+    ``%`` that a key's encoding could change), so that it reads back exactly."""
+    encoded = base64.urlsafe_b64encode(url.encode()).decode().rstrip("=")
+    return entry_folder(manifest) + encoded
 
 
 def url_of_entry_path(path: str) -> str | None:
@@ -119,10 +123,13 @@ def url_of_entry_path(path: str) -> str | None:
     folder, sep, rest = path.partition("/")
     if folder != ENTRY_FOLDER or not sep:
         return None
-    manifest, sep, quoted = rest.partition("/")
-    if not is_manifest(manifest) or not sep or not quoted or "/" in quoted:
+    manifest, sep, encoded = rest.partition("/")
+    if not is_manifest(manifest) or not sep or not _BASE64URL.fullmatch(encoded):
         return None
-    return unquote(quoted)
+    try:
+        return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 def identity_version(identity: dict[str, object]) -> str:

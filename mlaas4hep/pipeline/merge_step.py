@@ -183,11 +183,11 @@ def merge_batch(event: Mapping[str, Any], config: PipelineConfig, *, s3: Any = N
                 dataset = config.dataset_of_file_spec(item.key)
                 if item.event_name.startswith("ObjectRemoved"):
                     change: FileSpec | str = config.source_of_file_spec(item.key)
-                    if _data_object_exists(s3, change):
+                    if _still_listed(s3, config, item.key, change):
                         continue  # the key holds an object again: its own spec follows
                 else:
                     change = load_file_spec(item.bucket, item.key, item.version_id, s3=s3)
-                    if not _data_object_exists(s3, change.key):
+                    if not _still_listed(s3, config, item.key, change.key):
                         log.info("not adding %s: the object is gone", change.key)
                         change = change.key
                 by_dataset.setdefault(dataset, []).append((record["messageId"], change))
@@ -221,9 +221,13 @@ def merge_batch(event: Mapping[str, Any], config: PipelineConfig, *, s3: Any = N
     return batch_response(failed)
 
 
-def _data_object_exists(s3: Any, source: str) -> bool:
-    """Whether an ``s3://`` data object exists (other sources: assumed to)."""
-    if not source.startswith("s3://"):
-        return True
-    bucket, _, key = source[len("s3://") :].partition("/")
-    return object_exists(s3, bucket, key)
+def _still_listed(s3: Any, config: PipelineConfig, spec_key: str, source: str) -> bool:
+    """Whether the file of a FileSpec belongs to the dataset now: its ``s3://`` data
+    object exists, or, for a manifest entry (a remote URL), some FileSpec of the entry
+    does (the manifest step deletes them all when the entry leaves the manifest)."""
+    if source.startswith("s3://"):
+        bucket, _, key = source[len("s3://") :].partition("/")
+        return object_exists(s3, bucket, key)
+    stem = spec_key.rpartition("@")[0] + "@"
+    found = s3.list_objects_v2(Bucket=config.specs_bucket, Prefix=stem, MaxKeys=1)
+    return bool(found.get("Contents"))

@@ -155,9 +155,19 @@ def compare_on_test(
 
 
 def recipe_config(
-    recipe_text: str, dataset: str, spec: DatasetSpec, spec_url: str, models_url: str
+    recipe_text: str,
+    dataset: str,
+    spec: DatasetSpec,
+    spec_url: str,
+    models_url: str,
+    staging_cache: str | None = None,
 ) -> Any:
-    """The training config of one retraining: the recipe, on the DatasetSpec's files."""
+    """The training config of one retraining: the recipe, on the DatasetSpec's files.
+
+    A recipe that enables ``staging`` without a ``cache`` stages the dataset's
+    ``root://`` files (a manifest's entries) into ``staging_cache``: the deployment's
+    cache bucket, which Terraform gives every job as ``MLAAS4HEP_STAGING_CACHE``.
+    """
     import yaml
 
     from mlaas4hep.training import TrainConfig
@@ -173,6 +183,10 @@ def recipe_config(
     data = json.loads(json.dumps(data))
     data.setdefault("dataset", {})["files"] = sorted(spec.files)
     data["spec"] = spec_url
+    staging = data.get("staging")
+    enabled = isinstance(staging, dict) and staging.get("enabled")
+    if enabled and staging_cache and not staging.get("cache"):
+        staging["cache"] = f"{staging_cache.rstrip('/')}/{dataset}/"
     output = data.setdefault("output", {})
     output.setdefault("location", f"{models_url.rstrip('/')}/runs")
     output.setdefault("name", _model_name(dataset))
@@ -208,11 +222,14 @@ def retrain(
     log: Callable[[str], None] = print,
     train: Callable[[Any], dict[str, Any]] | None = None,
     registry_url: str | None = None,
+    staging_cache: str | None = None,
 ) -> dict[str, Any]:
     """Train the dataset's recipe on its DatasetSpec, register, decide the promotion.
 
     ``registry_url``: the shared registry's ``s3://`` prefix, where the promotion is
     written for every serving replica (None: the local store's registry).
+    ``staging_cache``: where a recipe's ``staging`` without a cache stages the files
+    (:func:`recipe_config`).
 
     (The story of one retraining in the order it happens: recipe, training, registration,
     comparison, promotion, record; each step is a call of its own.)
@@ -230,7 +247,7 @@ def retrain(
             f"YAML there (its dataset.files are replaced by the DatasetSpec's files)"
         ) from err
     spec = DatasetSpec.from_json(read_text(spec_url))
-    config = recipe_config(recipe_text, dataset, spec, spec_url, models_url)
+    config = recipe_config(recipe_text, dataset, spec, spec_url, models_url, staging_cache)
     run = config.output.run_name
     log(f"retraining {dataset}: {len(spec.files)} files, {spec.entries} events, run {run}")
     if train is None:

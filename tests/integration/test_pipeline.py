@@ -201,8 +201,10 @@ def test_retraining_jobs_write_to_the_registry_the_replicas_follow(stack):
     assert registry == f"s3://{stack.outputs['buckets']['models']}/registry/"
     assert stack.outputs["serving"]["models_url"] == registry  # the tasks' MLAAS4HEP_MODELS_BUCKET
     runtime_env = retrain_runtime_env(stack.outputs["functions"]["retrain"]["environment"])
+    staging_cache = f"s3://{stack.outputs['buckets']['cache']}/staged/"
     assert runtime_env["env_vars"] == {
         "MLAAS4HEP_REGISTRY_URL": registry,
+        "MLAAS4HEP_STAGING_CACHE": staging_cache,  # a recipe's staging without a cache
         **RUNTIME_ENV["env_vars"],
     }
     # A registry the user names in retrain_runtime_env wins; the rest of it is kept.
@@ -216,7 +218,10 @@ def test_retraining_jobs_write_to_the_registry_the_replicas_follow(stack):
         for change in plan["resource_changes"]
         if change["address"] == 'module.function["retrain"].aws_lambda_function.this'
     ]
-    assert retrain_runtime_env(retrain["environment"][0]["variables"]) == own
+    assert retrain_runtime_env(retrain["environment"][0]["variables"]) == {
+        **own,
+        "env_vars": {**own["env_vars"], "MLAAS4HEP_STAGING_CACHE": staging_cache},
+    }
 
 
 def test_second_plan_has_no_drift(stack):
@@ -316,6 +321,65 @@ def test_a_file_that_leaves_or_changes_leaves_or_changes_the_dataset_spec(
         return len(spec.files) == 3 and ours is not None and ours.entries == 900
 
     wait_for(counted_once, 60, what="the overwritten file counted once, with its new events")
+    wait_for(lambda: pipeline_idle(stack), 60, what="the pipeline idle")
+
+
+def test_a_manifest_of_root_urls_goes_through_specs_and_retraining(
+    stack, shared_data, publish_to_xrootd
+):
+    """A dataset given as a manifest of root:// URLs on the local XRootD server: its
+    entries fanned out, their specs computed over XRootD, the DatasetSpec made of the
+    URLs (equal to computing them directly) and a retraining submitted that succeeds; a
+    new version of the manifest drops an entry and a malformed one changes nothing; the
+    deleted manifest empties the DatasetSpec."""
+    urls = [publish_to_xrootd(shared_data / name, f"manifest/{name}") for name in GOOD_FILES]
+    key = f"{stack.config.data_prefix}remote/files.txt"
+    put = lambda text: stack.s3.put_object(  # noqa: E731
+        Bucket=stack.config.data_bucket, Key=key, Body=text.encode()
+    )
+    put("# three files on the local XRootD server\n" + "\n".join(urls) + "\n")
+
+    def files() -> set[str]:
+        return set(read_dataset_spec(stack.config, "remote")[0].files)
+
+    wait_for(lambda: files() == set(urls), 90, what="the manifest's 3 URLs in the spec")
+    spec, _ = read_dataset_spec(stack.config, "remote")
+    assert spec == DatasetSpec.empty().merge(*map(compute_file_spec, urls))
+    state = wait_for(
+        lambda: (
+            retrain_state(stack, "remote").get("status") == "succeeded"
+            and retrain_state(stack, "remote")
+        ),
+        90,
+        0.5,
+        "the remote dataset's retraining",
+    )
+    (job,) = [
+        j for j in stack.ray.jobs() if j["submission_id"] == state["attempts"][0]["submission_id"]
+    ]
+    assert job["entrypoint"] == stack.entrypoint.replace("{dataset}", "remote")
+
+    put("\n".join(urls[1:]) + "\n")  # the first file leaves the dataset
+    wait_for(lambda: files() == set(urls[1:]), 60, what="the dropped entry out of the spec")
+    put(urls[0] + "\nroot://elsewhere//x.root; rm -rf /\n")  # malformed: nothing changes
+    records = wait_for(
+        lambda: [
+            r
+            for r in read_quarantine(stack.config, "remote")
+            if r["source"].endswith("/files.txt") and "line 2" in r["error"]
+        ],
+        60,
+        what="the malformed manifest quarantined",
+    )
+    assert records[0]["error_type"] == "ManifestError"
+    assert files() == set(urls[1:])
+    # every version (moto notifies the deletion of a version, not a delete marker)
+    versions = stack.s3.list_object_versions(Bucket=stack.config.data_bucket, Prefix=key)
+    for item in versions.get("Versions", []):
+        stack.s3.delete_object(
+            Bucket=stack.config.data_bucket, Key=key, VersionId=item["VersionId"]
+        )
+    wait_for(lambda: files() == set(), 60, what="the deleted manifest's entries out")
     wait_for(lambda: pipeline_idle(stack), 60, what="the pipeline idle")
 
 
