@@ -138,23 +138,9 @@ output "serving" {
 """
 
 
-def var_args(variables: dict[str, Any]) -> list[str]:
-    """``-var`` arguments: strings as they are, everything else as JSON (HCL accepts it)."""
-    return [f"-var={k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in variables.items()]
-
-
 def planned_changes(stack, variables: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """``terraform plan`` with these variables: the planned resource changes by address."""
-    plan = stack.workdir / "serving.tfplan"
-    stack.tf.run(
-        "plan",
-        "-input=false",
-        "-no-color",
-        f"-out={plan}",
-        f"-state={stack.tf.state_path}",
-        *var_args({**stack.variables, **variables}),
-    )
-    shown = json.loads(stack.tf.run("show", "-json", str(plan)).stdout)
+    shown = stack.tf.plan_json((), {**stack.variables, **variables})
     return {change["address"]: change for change in shown.get("resource_changes", [])}
 
 
