@@ -68,6 +68,12 @@ def secret_string(client: Any, secret_id: str) -> str:
     return value.strip()
 
 
+def first_key(s3: Any, bucket: str, prefix: str) -> str:
+    """The first key under ``prefix`` in ``bucket`` (one LIST of one key), "" if none."""
+    found = s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+    return found["Contents"][0]["Key"] if found.get("Contents") else ""
+
+
 def object_exists(s3: Any, bucket: str, key: str) -> bool:
     try:
         s3.head_object(Bucket=bucket, Key=key)

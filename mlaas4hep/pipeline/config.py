@@ -161,6 +161,11 @@ class PipelineConfig:
     def file_spec_key(self, dataset: str, path: str, version: str) -> str:
         return f"{self.file_specs_prefix}{dataset}/{path}@{safe_name(version)}.json"
 
+    def file_spec_stem(self, spec_key: str) -> str:
+        """What the keys of every version of one file's FileSpec start with
+        (``<prefix><dataset>/<path>@``), from any one of them."""
+        return spec_key.rpartition("@")[0] + "@"
+
     def source_of_file_spec(self, spec_key: str) -> str:
         """The URL of the file a FileSpec key was computed from: the ``s3://`` data
         object, or the URL of a manifest entry."""

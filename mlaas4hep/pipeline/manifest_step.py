@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlaas4hep.errors import ReadError, SpecError
-from mlaas4hep.io.aws import aws_client, is_missing, object_exists
+from mlaas4hep.io.aws import aws_client, first_key, is_missing, object_exists
 from mlaas4hep.pipeline.config import (
     PipelineConfig,
     PipelineError,
@@ -151,7 +151,8 @@ def apply_manifest(
         if etag is None:  # deleted since the notification: its removal follows
             return ManifestOutcome("skipped", source)
     stored = _stored_entries(s3, config, dataset, path)
-    dropped = [url for url in stored if url not in set(wanted)]
+    listed = set(wanted)
+    dropped = sorted(url for url in stored if url not in listed)
     for url in dropped:
         delete_file_specs(s3, config, dataset, entry_path(path, url))
     new = [url for url in wanted if url not in stored]
@@ -262,10 +263,10 @@ def compute_manifest_entry(
     manifest_key = f"{config.data_prefix}{dataset}/{manifest}"
     if not _manifest_is(s3, config, manifest_key, entry["etag"]):
         return FileSpecOutcome("superseded", url)
-    stem = config.file_spec_key(dataset, path, "").removesuffix(".json")
-    found = s3.list_objects_v2(Bucket=config.specs_bucket, Prefix=stem, MaxKeys=1)
-    if found.get("Contents"):
-        return FileSpecOutcome("exists", url, found["Contents"][0]["Key"])
+    any_version = config.file_spec_key(dataset, path, "")
+    stored = first_key(s3, config.specs_bucket, config.file_spec_stem(any_version))
+    if stored:
+        return FileSpecOutcome("exists", url, stored)
     record = {
         "source": url,
         "dataset": dataset,

@@ -13,7 +13,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mlaas4hep.io.aws import aws_client, is_missing, is_precondition_failure, object_exists
+from mlaas4hep.io.aws import (
+    aws_client,
+    first_key,
+    is_missing,
+    is_precondition_failure,
+    object_exists,
+)
 from mlaas4hep.pipeline.config import PipelineConfig, PipelineError
 from mlaas4hep.pipeline.notifications import parse_s3_notifications
 from mlaas4hep.pipeline.sqs import batch_response, queued_seconds
@@ -228,6 +234,4 @@ def _still_listed(s3: Any, config: PipelineConfig, spec_key: str, source: str) -
     if source.startswith("s3://"):
         bucket, _, key = source[len("s3://") :].partition("/")
         return object_exists(s3, bucket, key)
-    stem = spec_key.rpartition("@")[0] + "@"
-    found = s3.list_objects_v2(Bucket=config.specs_bucket, Prefix=stem, MaxKeys=1)
-    return bool(found.get("Contents"))
+    return bool(first_key(s3, config.specs_bucket, config.file_spec_stem(spec_key)))
