@@ -22,6 +22,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from terraform_roots import moto_root
 
 from mlaas4hep.local.project import infra_dir
 from mlaas4hep.local.terraform import Terraform, TerraformError
@@ -31,14 +32,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600
 NAME = "mlaas4hep-rayit"
 PACKAGE = "mlaas4hep[ray,torch,s3,xrootd]==0.1.0"
 
-ROOT_MODULE = """
-terraform {
-  required_providers {
-    aws = { source = "hashicorp/aws", version = "= 5.100.0" }
-  }
-}
-
-variable "endpoint" { type = string }
+ROOT_MODULE = (
+    moto_root("autoscaling", "ec2", "iam", "secretsmanager", "ssm")
+    + """
 variable "vpc_id" { type = string }
 variable "subnet_ids" { type = list(string) }
 variable "ami_id" { type = string }
@@ -59,24 +55,6 @@ variable "min_workers" {
 variable "max_workers" {
   type    = number
   default = 3
-}
-
-provider "aws" {
-  region                      = "us-east-1"
-  access_key                  = "test"
-  secret_key                  = "test"
-  skip_credentials_validation = true
-  skip_requesting_account_id  = true
-  skip_metadata_api_check     = true
-  max_retries                 = 2
-  endpoints {
-    autoscaling    = var.endpoint
-    ec2            = var.endpoint
-    iam            = var.endpoint
-    secretsmanager = var.endpoint
-    ssm            = var.endpoint
-    sts            = var.endpoint
-  }
 }
 
 module "ray" {
@@ -116,6 +94,7 @@ output "ray" {
   }
 }
 """
+)
 
 
 @pytest.fixture(scope="module")

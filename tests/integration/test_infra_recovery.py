@@ -20,6 +20,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from terraform_roots import moto_root
 
 from mlaas4hep.local.moto import MotoServer
 from mlaas4hep.local.project import infra_dir
@@ -30,32 +31,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420
 NAME = "mlaas4hep-recovery"
 ADDRESS = "module.function.aws_lambda_function.this"
 
-ROOT_MODULE = """
-terraform {
-  required_providers {
-    aws = { source = "hashicorp/aws", version = "= 5.100.0" }
-  }
-}
-
-variable "endpoint" { type = string }
+ROOT_MODULE = (
+    moto_root("cloudwatchlogs", "iam", "lambda", "sqs")
+    + """
 variable "package_path" { type = string }
-
-provider "aws" {
-  region                      = "us-east-1"
-  access_key                  = "test"
-  secret_key                  = "test"
-  skip_credentials_validation = true
-  skip_requesting_account_id  = true
-  skip_metadata_api_check     = true
-  max_retries                 = 2
-  endpoints {
-    cloudwatchlogs = var.endpoint
-    iam            = var.endpoint
-    lambda         = var.endpoint
-    sqs            = var.endpoint
-    sts            = var.endpoint
-  }
-}
 
 resource "aws_sqs_queue" "work" {
   name = "NAME"
@@ -74,6 +53,7 @@ module "function" {
   log_retention_days           = 1
 }
 """
+)
 
 
 @pytest.fixture

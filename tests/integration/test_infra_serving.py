@@ -16,6 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from terraform_roots import moto_root
 
 from mlaas4hep.local.project import infra_dir
 from mlaas4hep.local.terraform import Terraform, TerraformError
@@ -25,14 +26,20 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600
 NAME = "mlaas4hep-servingit"
 MODELS_BUCKET = "mlaas4hep-servingit-models"
 
-ROOT_MODULE = """
-terraform {
-  required_providers {
-    aws = { source = "hashicorp/aws", version = "= 5.100.0" }
-  }
-}
-
-variable "endpoint" { type = string }
+ROOT_MODULE = (
+    moto_root(
+        "appautoscaling",
+        "cloudwatchlogs",
+        "ec2",
+        "ecr",
+        "ecs",
+        "elbv2",
+        "iam",
+        "secretsmanager",
+        "ssm",
+        s3_path_style=True,
+    )
+    + """
 variable "image_tag" {
   type    = string
   default = null
@@ -68,29 +75,6 @@ variable "environment" {
 variable "certificate_arn" {
   type    = string
   default = null
-}
-
-provider "aws" {
-  region                      = "us-east-1"
-  access_key                  = "test"
-  secret_key                  = "test"
-  skip_credentials_validation = true
-  skip_requesting_account_id  = true
-  skip_metadata_api_check     = true
-  s3_use_path_style           = true
-  max_retries                 = 2
-  endpoints {
-    appautoscaling = var.endpoint
-    cloudwatchlogs = var.endpoint
-    ec2            = var.endpoint
-    ecr            = var.endpoint
-    ecs            = var.endpoint
-    elbv2          = var.endpoint
-    iam            = var.endpoint
-    secretsmanager = var.endpoint
-    ssm            = var.endpoint
-    sts            = var.endpoint
-  }
 }
 
 module "serving" {
@@ -136,6 +120,7 @@ output "serving" {
   }
 }
 """
+)
 
 
 def planned_changes(stack, variables: dict[str, Any]) -> dict[str, dict[str, Any]]:
