@@ -101,8 +101,10 @@ locals {
   ray_address = var.ray_cluster.enabled ? module.ray_cluster[0].jobs_address : var.ray_address
   # The functions (in the VPC) and the serving tasks join the cluster's clients group.
   ray_clients_group = var.ray_cluster.enabled ? [module.ray_cluster[0].client_security_group_id] : []
-  # The pinned package the nodes install: this very version of mlaas4hep.
+  # The pinned package the nodes install: this very version of mlaas4hep, with the extras
+  # a training node needs (also those a wheel_s3_uri is installed with).
   package_version = regex("(?m)^version = \"([^\"]+)\"", file("${path.module}/../pyproject.toml"))[0]
+  node_extras     = "[ray,torch,s3,xrootd]"
 
   # The Ray cluster's token (Ray's token authentication), sent with every Jobs API call.
   ray_token_arn = var.ray_auth ? coalesce(var.ray_token_secret_arn, try(aws_secretsmanager_secret.ray_token[0].arn, null)) : null
@@ -305,7 +307,7 @@ module "ray_cluster" {
   min_workers          = var.ray_cluster.min_workers
   max_workers          = var.ray_cluster.max_workers
   root_volume_gb       = var.ray_cluster.root_volume_gb
-  package              = coalesce(var.ray_cluster.package, var.ray_cluster.wheel_s3_uri == null ? "mlaas4hep[ray,torch,s3,xrootd]==${local.package_version}" : "[ray,torch,s3,xrootd]")
+  package              = coalesce(var.ray_cluster.package, var.ray_cluster.wheel_s3_uri == null ? "mlaas4hep${local.node_extras}==${local.package_version}" : local.node_extras)
   wheel_s3_uri         = var.ray_cluster.wheel_s3_uri
   python_version       = var.ray_cluster.python_version
   token_secret_arn     = local.ray_token_arn
