@@ -689,7 +689,8 @@ def test_the_stack_with_the_ray_cluster_in_a_vpc_applies_and_plans_clean(stack, 
     lambdas = moto_server.client("lambda")
     for function in functions.values():
         config = lambdas.get_function(FunctionName=function["function_name"])["Configuration"]
-        assert config["VpcConfig"]["SubnetIds"] == subnets
+        # a set in Terraform (subnet_ids): its order is the provider's, not the input's
+        assert sorted(config["VpcConfig"]["SubnetIds"]) == sorted(subnets)
         assert config["VpcConfig"]["SecurityGroupIds"] == [ray["client_security_group_id"]]
     (head,) = ec2.describe_instances(InstanceIds=[ray["head_instance_id"]])["Reservations"][0][
         "Instances"
