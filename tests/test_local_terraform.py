@@ -14,7 +14,13 @@ from typing import Any
 
 import pytest
 
-from mlaas4hep.local.terraform import Orphan, Terraform, TerraformError, orphaned_resources
+from mlaas4hep.local.terraform import (
+    Orphan,
+    Terraform,
+    TerraformError,
+    orphaned_resources,
+    security_group_ids,
+)
 
 RETRAIN = 'module.function["retrain"].aws_lambda_function.this'
 
@@ -109,3 +115,49 @@ def test_the_recovery_is_bounded_to_one_more_apply():
     with pytest.raises(TerraformError):
         tf.apply_adopting(log=lambda line: None)
     assert [call[0] for call in tf.calls] == ["apply", "import", "apply"]
+
+
+DUPLICATE_GROUP = """\
+
+Error: creating Security Group (mlaas4hep-it-ray-workers): operation error EC2: \
+CreateSecurityGroup, https response error StatusCode: 400, RequestID: 7a1c0d2e, api error \
+InvalidGroup.Duplicate: The security group 'mlaas4hep-it-ray-workers' already exists
+
+  with module.ray_cluster[0].aws_security_group.workers,
+  on modules/ray_cluster/network.tf line 42, in resource "aws_security_group" "workers":
+  42: resource "aws_security_group" "workers" {
+
+"""
+WORKERS = "module.ray_cluster[0].aws_security_group.workers"
+
+
+class Groups:
+    """A boto3 EC2 client's ``describe_security_groups`` over a fixed set of groups."""
+
+    def __init__(self, groups: list[tuple[str, str]]) -> None:
+        self.groups = groups
+
+    def describe_security_groups(self, Filters):
+        (wanted,) = [f["Values"][0] for f in Filters if f["Name"] == "group-name"]
+        found = [{"GroupId": gid, "GroupName": n} for gid, n in self.groups if n == wanted]
+        return {"SecurityGroups": found}
+
+
+def test_a_duplicate_group_is_adopted_by_the_id_its_name_looks_up():
+    ids = {"aws_security_group": security_group_ids(Groups([("sg-1", "mlaas4hep-it-ray-workers")]))}
+    assert orphaned_resources(DUPLICATE_GROUP, ids) == [Orphan(WORKERS, "sg-1")]
+    tf = ScriptedTerraform([DUPLICATE_GROUP, None])
+    assert tf.apply_adopting(log=lambda line: None, import_ids=ids) == [Orphan(WORKERS, "sg-1")]
+    assert tf.calls == [("apply",), ("import", WORKERS, "sg-1"), ("apply",)]
+
+
+def test_a_group_without_a_lookup_or_with_an_ambiguous_name_is_not_adopted():
+    assert orphaned_resources(DUPLICATE_GROUP) == []
+    twice = Groups([("sg-1", "mlaas4hep-it-ray-workers"), ("sg-2", "mlaas4hep-it-ray-workers")])
+    assert (
+        orphaned_resources(DUPLICATE_GROUP, {"aws_security_group": security_group_ids(twice)}) == []
+    )
+    tf = ScriptedTerraform([DUPLICATE_GROUP])
+    with pytest.raises(TerraformError):
+        tf.apply_adopting()
+    assert tf.calls == [("apply",)]

@@ -48,7 +48,7 @@ from mlaas4hep.local.processes import (
 )
 from mlaas4hep.local.project import infra_dir, project_dir
 from mlaas4hep.local.project import state_dir as default_state_dir
-from mlaas4hep.local.terraform import Terraform
+from mlaas4hep.local.terraform import Terraform, security_group_ids
 from mlaas4hep.local.xrootd import XRootDServer
 from mlaas4hep.pipeline.jobs_api import TOKEN_FILE
 
@@ -325,12 +325,18 @@ class LocalStack:
         self.terraform.extra_env.update(self.moto.env())
         self.terraform.init()
         # The one recovery a fresh moto needs (see mlaas4hep.local.terraform): a function
-        # it holds from a create whose answer was lost is imported, then applied again.
-        self.terraform.apply_adopting(self._var_files(), self.tf_variables())
+        # or a security group it holds from a create whose answer was lost is imported,
+        # then applied again.
+        import boto3
+
+        ec2 = boto3.client("ec2", **_client_args(self.moto.env()))
+        self.terraform.apply_adopting(
+            self._var_files(),
+            self.tf_variables(),
+            import_ids={"aws_security_group": security_group_ids(ec2)},
+        )
         outputs = self.outputs = self.terraform.output()
         if outputs.get("ray_token_secret_arn"):
-            import boto3
-
             boto3.client("secretsmanager", **_client_args(self.moto.env())).put_secret_value(
                 SecretId=outputs["ray_token_secret_arn"], SecretString=token
             )

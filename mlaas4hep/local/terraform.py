@@ -15,7 +15,9 @@ Lambda function that moto holds and the state lacks. The provider's create retri
 means "still initialising") for 5 minutes; when an earlier attempt of the same create did
 reach moto but its answer was lost, every retry is refused with "Function already exist"
 and the apply fails. The function then holds what this very apply asked for: it is
-imported into the state and the apply runs once more.
+imported into the state and the apply runs once more. A security group whose
+``CreateSecurityGroup`` answer was lost fails the same way (``InvalidGroup.Duplicate``); its
+import id is the group's id, which the caller looks up by name (:func:`security_group_ids`).
 """
 
 from __future__ import annotations
@@ -67,16 +69,43 @@ class Orphan:
     import_id: str  # what ``terraform import`` takes for it (a function's name)
 
 
-#: Per resource type, the refusal that means "it exists already", with its import id.
+#: Per resource type, the refusal that means "it exists already", with the name it exists by.
 _ALREADY_EXISTS = {
     "aws_lambda_function": re.compile(r"ResourceConflictException: Function already exist: (\S+)"),
+    "aws_security_group": re.compile(
+        r"InvalidGroup\.Duplicate: The security group '([^']+)' already exists"
+    ),
 }
+#: Turns the name a refusal gives into what ``terraform import`` takes (None: not adoptable).
+ImportId = Callable[[str], str | None]
+#: A function is imported by its name; other kinds need a lookup from the caller.
+_IMPORT_BY_NAME: dict[str, ImportId] = {"aws_lambda_function": lambda name: name}
+
+
+def security_group_ids(ec2: Any) -> ImportId:
+    """An :data:`ImportId` for ``aws_security_group`` from a boto3 EC2 client: the id of
+    the one group of that name (None when there is none, or several in different VPCs,
+    which is not a lost answer to adopt)."""
+
+    def group_id(name: str) -> str | None:
+        groups = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [name]}])[
+            "SecurityGroups"
+        ]
+        return groups[0]["GroupId"] if len(groups) == 1 else None
+
+    return group_id
+
+
 _ADDRESS = re.compile(r"^\s*with (\S+),$", re.MULTILINE)
 
 
-def orphaned_resources(output: str) -> list[Orphan]:
+def orphaned_resources(
+    output: str, import_ids: Mapping[str, ImportId] | None = None
+) -> list[Orphan]:
     """The resources that an apply's ``output`` says it could not create because they
-    exist already (each from its own ``Error:`` block: the refusal and the address)."""
+    exist already (each from its own ``Error:`` block: the refusal and the address), for
+    the kinds whose import id is known: functions by name, others by ``import_ids``."""
+    resolvers = {**_IMPORT_BY_NAME, **(import_ids or {})}
     found = []
     for block in output.split("Error: ")[1:]:
         address = _ADDRESS.search(block)
@@ -84,9 +113,10 @@ def orphaned_resources(output: str) -> list[Orphan]:
             continue
         kind = address.group(1).split(".")[-2]
         refusal = _ALREADY_EXISTS.get(kind)
-        match = refusal.search(block) if refusal else None
-        if match:
-            found.append(Orphan(address.group(1), match.group(1)))
+        match = refusal.search(block) if refusal and kind in resolvers else None
+        import_id = resolvers[kind](match.group(1)) if match else None
+        if import_id:
+            found.append(Orphan(address.group(1), import_id))
     return found
 
 
@@ -250,15 +280,17 @@ class Terraform:
         var_files: Sequence[str | Path] = (),
         variables: Mapping[str, Any] | None = None,
         log: Callable[[str], None] | None = None,
+        import_ids: Mapping[str, ImportId] | None = None,
     ) -> list[Orphan]:
         """:meth:`apply`; if it fails only where resources it was creating exist already
         (see the module docstring), :meth:`adopt` them and apply once more. Returns what
-        was adopted; a second failure, or any other, is raised."""
+        was adopted; a second failure, or any other, is raised. ``import_ids``: see
+        :func:`orphaned_resources`."""
         try:
             self.apply(var_files, variables)
             return []
         except TerraformError as err:
-            orphans = orphaned_resources(err.output)
+            orphans = orphaned_resources(err.output, import_ids)
             if not orphans:
                 raise
         self.adopt(orphans, var_files, variables, log)

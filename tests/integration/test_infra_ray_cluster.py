@@ -22,7 +22,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from terraform_roots import moto_root
+from terraform_roots import apply_on_moto, moto_root
 
 from mlaas4hep.local.project import infra_dir
 from mlaas4hep.local.terraform import Terraform, TerraformError
@@ -128,7 +128,7 @@ def stack(moto_server, tmp_path_factory):
         tf=tf, variables=variables, subnets=subnets, vpc=vpc, secret=secret, destroyed=False
     )
     try:
-        tf.apply((), variables)
+        apply_on_moto(tf, moto_server, (), variables)
         state.outputs = tf.output()["ray"]
         yield state
     finally:

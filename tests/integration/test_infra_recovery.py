@@ -1,4 +1,5 @@
-"""Recovering an apply to moto from a Lambda function that moto holds and the state lacks.
+"""Recovering an apply to moto from a Lambda function (or a security group) that moto
+holds and the state lacks.
 
 That is what a ``CreateFunction`` leaves behind when moto created the function but the
 provider never saw the answer: each of the provider's retries is refused with 409
@@ -7,7 +8,9 @@ provider never saw the answer: each of the provider's retries is refused with 40
 :meth:`Terraform.apply_adopting` does with it). Here the function is created beforehand
 with boto3, which reaches that state of affairs without a timing window, and the
 recovery step itself (import, then apply) runs for real; ``modules/function`` is applied
-on its own from a small root module, on a moto server of the test's own.
+on its own from a small root module, on a moto server of the test's own. A security group
+refused as a duplicate fails the apply at once (no retries), and is adopted by the id its
+name looks up.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from terraform_roots import moto_root
 
 from mlaas4hep.local.moto import MotoServer
 from mlaas4hep.local.project import infra_dir
-from mlaas4hep.local.terraform import Orphan, Terraform
+from mlaas4hep.local.terraform import Orphan, Terraform, security_group_ids
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -32,9 +35,14 @@ NAME = "mlaas4hep-recovery"
 ADDRESS = "module.function.aws_lambda_function.this"
 
 ROOT_MODULE = (
-    moto_root("cloudwatchlogs", "iam", "lambda", "sqs")
+    moto_root("cloudwatchlogs", "ec2", "iam", "lambda", "sqs")
     + """
 variable "package_path" { type = string }
+
+resource "aws_security_group" "clients" {
+  name        = "NAME-clients"
+  description = "the clients of the recovered function"
+}
 
 resource "aws_sqs_queue" "work" {
   name = "NAME"
@@ -111,5 +119,27 @@ def test_an_adopted_function_is_the_declared_one_and_the_state_agrees(root):
     function = root.moto.client("lambda").get_function(FunctionName=NAME)["Configuration"]
     assert function["Environment"]["Variables"] == {"ROLE": "recovered"}
     assert function["Role"].endswith(f"/{NAME}")  # the module's role, not the stray one
+    code, text = root.tf.plan_exit_code((), root.variables)
+    assert code == 0, text[-3000:]
+
+
+def test_a_duplicate_security_group_is_adopted_by_apply_adopting(root):
+    ec2 = root.moto.client("ec2")
+    group = ec2.create_security_group(
+        GroupName=f"{NAME}-clients", Description="the clients of the recovered function"
+    )["GroupId"]
+    said: list[str] = []
+    adopted = root.tf.apply_adopting(
+        (),
+        root.variables,
+        log=said.append,
+        import_ids={"aws_security_group": security_group_ids(ec2)},
+    )
+    assert adopted == [Orphan("aws_security_group.clients", group)]
+    assert len(said) == 1 and group in said[0]
+    groups = ec2.describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": [f"{NAME}-clients"]}]
+    )["SecurityGroups"]
+    assert [g["GroupId"] for g in groups] == [group]  # adopted, not created twice
     code, text = root.tf.plan_exit_code((), root.variables)
     assert code == 0, text[-3000:]

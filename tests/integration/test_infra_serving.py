@@ -16,7 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from terraform_roots import moto_root
+from terraform_roots import apply_on_moto, moto_root
 
 from mlaas4hep.local.project import infra_dir
 from mlaas4hep.local.terraform import Terraform, TerraformError
@@ -152,7 +152,9 @@ def stack(moto_server, tmp_path_factory):
     tf = Terraform(workdir=workdir, state_dir=workdir / "state", env=moto_server.env())
     variables = {"endpoint": moto_server.endpoint_url}
     tf.init()
-    state = SimpleNamespace(tf=tf, workdir=workdir, variables=variables, destroyed=False)
+    state = SimpleNamespace(
+        tf=tf, workdir=workdir, variables=variables, moto=moto_server, destroyed=False
+    )
     try:
         yield state
     finally:
@@ -163,7 +165,7 @@ def stack(moto_server, tmp_path_factory):
 def apply(stack, variables: dict[str, Any]) -> dict[str, Any]:
     """Apply the root module with these variables (remembered for later plans); its output."""
     stack.applied = variables
-    stack.tf.apply((), {**stack.variables, **variables})
+    apply_on_moto(stack.tf, stack.moto, (), {**stack.variables, **variables})
     return stack.tf.output()["serving"]
 
 

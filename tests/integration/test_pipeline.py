@@ -22,6 +22,7 @@ from types import SimpleNamespace
 
 import pytest
 from rootfiles import write_events
+from terraform_roots import apply_on_moto
 
 from functions.local_runtime import LocalRuntime
 from mlaas4hep.cli import main as cli_main
@@ -95,7 +96,7 @@ def stack(moto_server, tmp_path_factory):
     destroyed = []
     try:
         tf.init()
-        tf.apply(var_files, variables)
+        apply_on_moto(tf, moto_server, var_files, variables)
         outputs = tf.output()
         # the cluster's token, put in the secret Terraform created (as the README says)
         moto_server.client("secretsmanager").put_secret_value(
@@ -679,7 +680,7 @@ def test_the_stack_with_the_ray_cluster_in_a_vpc_applies_and_plans_clean(stack, 
             assert statements["UseDataKey"]["Resource"] == key
 
     stack.runtime.stop()  # nothing may submit to the cluster's (unreachable) address
-    stack.tf.apply(stack.var_files, variables)
+    apply_on_moto(stack.tf, moto_server, stack.var_files, variables)
     stack.variables = variables  # what the destroy that follows is planned with
     outputs = stack.tf.output()
     ray = outputs["ray_cluster"]
