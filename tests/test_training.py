@@ -69,6 +69,10 @@ def test_config_typo_names_the_key_and_a_suggestion(tth: Path) -> None:
         ("vectorizer__clip", ["p1"], "vectorizer.clip: two quantiles"),
         ("vectorizer__robust_clip", 0, "robust_clip must be > 0"),
         ("training__precision", "half", "training.precision must be one of 32, bf16, fp16"),
+        ("vectorizer__representation", "matrix", "representation must be one of vector, image"),
+        ("vectorizer__x", "Jet_eta", "vectorizer.x belongs to the image representation"),
+        ("vectorizer__bins", [32, 32.5], "vectorizer.bins must be list"),
+        ("vectorizer__range", [[0, 1], "x"], "vectorizer.range must be list"),
     ],
 )
 def test_config_values_are_checked(tth: Path, key: str, value: object, message: str) -> None:
@@ -467,3 +471,63 @@ def test_startup_parts_split_the_fit_outside_its_units() -> None:
     units = sum(h["seconds"] for h in history)
     assert sum(parts.values()) + units == 190.0 - 100.0  # every second of the fit, once
     assert startup_parts([{"seconds": 1.0}], 0.0, 2.0) == {}  # older records: no parts
+
+
+IMAGE = {
+    "padding": 6,
+    "representation": "image",
+    "x": "Jet_eta",
+    "y": "Jet_phi",
+    "weight": "Jet_pt",
+    "bins": [8, 8],
+    "range": [[-2.5, 2.5], [-3.141592653589793, 3.141592653589793]],
+}
+
+
+@pytest.mark.parametrize(
+    ("vectorizer", "message"),
+    [
+        ({"representation": "image", "x": "Jet_eta"}, "needs vectorizer.x and vectorizer.y"),
+        ({**IMAGE, "bins": [8]}, "vectorizer.bins: two positive integers"),
+        ({**IMAGE, "range": [[1, 0], [0, 1]]}, "vectorizer.range: two .low, high. pairs"),
+        ({**IMAGE, "periodic": [True]}, "vectorizer.periodic: two booleans"),
+    ],
+)
+def test_image_options_are_checked(tth: Path, vectorizer: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_dict(config([str(tth)], vectorizer=vectorizer))
+
+
+@pytest.mark.parametrize("framework", ["torch", "tensorflow"])
+def test_images_train_with_the_default_cnn_and_serve_from_raw_events(
+    tth: Path, tmp_path: Path, framework: str
+) -> None:
+    """``representation: image``: the job trains the default CNN on eta-phi images of the
+    jets (plus HT), exports it to ONNX, and serving turns raw events into the same images
+    and the same scores, with no model code run."""
+    pytest.importorskip("torch" if framework == "torch" else "tf_keras")
+    from mlaas4hep.io.tree import open_tree
+    from mlaas4hep.model.bundle import ModelBundle
+    from mlaas4hep.serve.payloads import EventColumns
+    from mlaas4hep.serve.predictor import Predictor
+    from mlaas4hep.training.local import run_local
+
+    data = config([str(tth)], framework=framework, vectorizer=IMAGE)
+    data["dataset"]["include"] = ["HT"]
+    data["output"] = {"location": str(tmp_path / "out"), "name": "img", "bentoml_store": False}
+    summary = run_local(TrainConfig.from_dict(data), log=lambda _: None)
+    bundle = ModelBundle.load(summary["bundle"]["output"])
+    v = bundle.vectorizer
+    assert v.n_features == 1 + 64 and v.image_input == (1, 8, 8)
+    assert v.branches == ["HT", "Jet_eta", "Jet_phi", "Jet_pt"]
+    assert bundle.onnx is not None and bundle.onnx["max_abs_diff"] <= 1e-5
+    with open_tree(tth / "ttH_signal.root") as tree:
+        events = tree.arrays(v.branches, entry_stop=500)
+    columns = {name: events[name] for name in v.branches}
+    out = v(columns)
+    assert out.X[:, 1:].sum() > 0 and out.mask.all()
+    expected = bundle.predict_vectorized(out.X, out.mask)
+    served = Predictor.load(summary["bundle"]["output"], "img:1")
+    assert served.mode == "onnx"
+    scores = served.score(EventColumns(columns, len(events)))
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)

@@ -7,6 +7,13 @@ the configuration names it. A model that wants the padding mask declares
 gets ``{"features": X, "mask": mask}`` instead of ``X``. Models output one probability
 per event (a sigmoid), trained with binary cross-entropy.
 
+For the image representation (:mod:`mlaas4hep.transform.images`) the default model is a
+small CNN: it takes the same ``features`` input, cuts the image out of it (its first
+column and bins, :attr:`Vectorizer.image_input`), runs conv 16 → pool → conv 32 → pool
+on it and joins the flattened maps with the flat features before dense 64 → dropout 0.5
+→ sigmoid. The model's signature stays ``features`` ``[n, F]``, so the ONNX export,
+the bundle and serving treat it as any other model.
+
 Keras here means tf-keras (Keras 2): Keras 3 fails under Ray Train's
 MultiWorkerMirroredStrategy, so :func:`keras` sets ``TF_USE_LEGACY_KERAS=1`` before
 TensorFlow is first imported.
@@ -50,6 +57,78 @@ def default_keras_model(n_features: int, with_mask: bool = False) -> Any:
     # the score in float32 under any precision policy (mixed precision: see keras_loop)
     out = k.layers.Dense(1, activation="sigmoid", dtype="float32")(x)
     return k.Model(inputs=inputs, outputs=out, name="mlaas4hep_default")
+
+
+ImageInput = tuple[int, int, int]  # first column of the image in X, bins x, bins y
+
+
+def default_keras_image_model(n_features: int, image: ImageInput, with_mask: bool = False) -> Any:
+    """The default image model in Keras (see the module docstring)."""
+    k = keras()
+    column, nx, ny = image
+    features = k.Input(shape=(n_features,), name=FEATURES)
+    x = features
+    inputs: Any = features
+    if with_mask:
+        mask = k.Input(shape=(n_features,), name=MASK, dtype="bool")
+        x = k.layers.Multiply()([x, k.layers.Lambda(lambda m: k.backend.cast(m, "float32"))(mask)])
+        inputs = model_inputs(features, mask, with_mask)
+    pixels = k.layers.Lambda(lambda t: t[:, column : column + nx * ny], name="image")(x)
+    maps = k.layers.Reshape((nx, ny, 1))(pixels)
+    maps = k.layers.Conv2D(16, 3, padding="same", activation="relu")(maps)
+    maps = k.layers.MaxPooling2D(2, padding="same")(maps)
+    maps = k.layers.Conv2D(32, 3, padding="same", activation="relu")(maps)
+    maps = k.layers.MaxPooling2D(2, padding="same")(maps)
+    joined = k.layers.Flatten()(maps)
+    if column:
+        flat = k.layers.Lambda(lambda t: t[:, :column], name="flat_features")(x)
+        joined = k.layers.Concatenate()([flat, joined])
+    hidden = k.layers.Dense(64, activation="relu")(joined)
+    hidden = k.layers.Dropout(0.5)(hidden)
+    out = k.layers.Dense(1, activation="sigmoid", dtype="float32")(hidden)
+    return k.Model(inputs=inputs, outputs=out, name="mlaas4hep_default_image")
+
+
+def default_torch_image_model(n_features: int, image: ImageInput, with_mask: bool = False) -> Any:
+    """The same image model in PyTorch."""
+    torch = extras.torch()
+    nn = torch.nn
+    column, nx, ny = image
+
+    def pooled(n: int) -> int:  # a 2-wide pool that keeps a last odd row (ceil_mode)
+        return (n + 1) // 2
+
+    class DefaultImageClassifier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Sequential(
+                nn.Conv2d(1, 16, 3, padding=1),
+                nn.ReLU(),
+                nn.MaxPool2d(2, ceil_mode=True),
+                nn.Conv2d(16, 32, 3, padding=1),
+                nn.ReLU(),
+                nn.MaxPool2d(2, ceil_mode=True),
+                nn.Flatten(),
+            )
+            maps = 32 * pooled(pooled(nx)) * pooled(pooled(ny))
+            self.head = nn.Sequential(
+                nn.Linear(column + maps, 64),
+                nn.ReLU(),
+                nn.Dropout(0.5),
+                nn.Linear(64, 1),
+                nn.Sigmoid(),
+            )
+
+        def forward(self, x: Any) -> Any:
+            if isinstance(x, dict):
+                x = x[FEATURES] * x[MASK].to(x[FEATURES].dtype)
+            pixels = x[:, column : column + nx * ny].reshape(-1, 1, nx, ny)
+            joined = self.conv(pixels)
+            if column:
+                joined = torch.cat([x[:, :column], joined], dim=1)
+            return self.head(joined).squeeze(-1)
+
+    return DefaultImageClassifier()
 
 
 def default_torch_model(n_features: int, with_mask: bool = False) -> Any:
@@ -136,9 +215,20 @@ def _declared(text: str) -> str | None:
     return None
 
 
-def build_model(code: str | None, framework: str, n_features: int, with_mask: bool) -> Any:
-    """A fresh model: the default one, or the user's ``build_model(n_features)``."""
+def build_model(
+    code: str | None,
+    framework: str,
+    n_features: int,
+    with_mask: bool,
+    image: ImageInput | None = None,
+) -> Any:
+    """A fresh model: the default one (the CNN when the features hold an ``image``), or
+    the user's ``build_model(n_features)``."""
     if code is None:
+        if image is not None:
+            if framework == "torch":
+                return default_torch_image_model(n_features, image, with_mask)
+            return default_keras_image_model(n_features, image, with_mask)
         if framework == "torch":
             return default_torch_model(n_features, with_mask)
         return default_keras_model(n_features, with_mask)

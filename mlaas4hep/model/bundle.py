@@ -139,7 +139,11 @@ class ModelBundle:
         vectorizer = Vectorizer.from_dict(json.loads((path / "vectorizer.json").read_text()))
         framework = manifest["framework"]
         model = architectures.build_model(
-            code, framework, vectorizer.n_features, manifest["with_mask"]
+            code,
+            framework,
+            vectorizer.n_features,
+            manifest["with_mask"],
+            image=vectorizer.image_input,
         )
         load_weights(model, framework, path)
         reference = {}

@@ -90,9 +90,9 @@ def model_metadata(tag: str, vectorizer: Vectorizer) -> dict[str, Any]:
     and the ``scores`` output."""
     name, _, version = tag.partition(":")
     inputs: list[dict[str, Any]] = []
-    flat = {b.name for b in vectorizer.blocks if b.kind == "flat"}
+    flat = {b.name for b in vectorizer.inputs if b.kind == "flat"}
     listed: set[str] = set()
-    for block in vectorizer.blocks:
+    for block in vectorizer.inputs:
         entry: dict[str, Any] = {"name": block.name, "datatype": datatype_of(block.dtype)}
         if block.kind == "flat":
             entry["shape"] = [-1]
@@ -116,7 +116,7 @@ def model_metadata(tag: str, vectorizer: Vectorizer) -> dict[str, Any]:
                 {"name": FEATURES, "datatype": "FP32", "shape": [-1, n]},
                 {"name": MASK, "datatype": "BOOL", "shape": [-1, n], "optional": True},
             ],
-            "feature_names": [f for b in vectorizer.blocks for f in b.feature_names()],
+            "feature_names": vectorizer.feature_names,
         },
     }
 
@@ -340,8 +340,8 @@ def events_of(
 ) -> EventColumns:
     """The events of a raw-branch request: flat branches as they are, jagged ones from
     their content and their collection's counts."""
-    needed = {b.name for b in vectorizer.blocks}
-    needed |= {counts_name(b.name) for b in vectorizer.blocks if b.kind != "flat"}
+    needed = {b.name for b in vectorizer.inputs}
+    needed |= {counts_name(b.name) for b in vectorizer.inputs if b.kind != "flat"}
     unknown = sorted(set(tensors) - needed)
     if unknown:
         raise RequestError(
@@ -351,7 +351,7 @@ def events_of(
     n: int | None = None
     first = ""
     columns: dict[str, Any] = {}
-    for block in vectorizer.blocks:
+    for block in vectorizer.inputs:
         per_event = block.name if block.kind == "flat" else counts_name(block.name)
         tensor = _one_dimensional(tensors, per_event, block.name)
         if n is None:

@@ -35,7 +35,7 @@ from mlaas4hep.errors import ColumnError, MlaasError
 from mlaas4hep.io.columns import JaggedView, check_offsets
 from mlaas4hep.serve.arrow_extent import Extent, ipc_extent, parquet_extent
 from mlaas4hep.serve.protocol import ARROW_STREAM, JSON, PARQUET
-from mlaas4hep.transform.vectorizer import FeatureBlock, Vectorizer
+from mlaas4hep.transform.vectorizer import InputBranch, Vectorizer
 
 Column = np.ndarray | JaggedView
 
@@ -175,7 +175,7 @@ def from_records(records: Any, vectorizer: Vectorizer, max_events: int) -> Event
             field=f"events[{i}]",
         )
     columns: dict[str, Column] = {}
-    for block in vectorizer.blocks:
+    for block in vectorizer.inputs:
         try:
             values = list(map(itemgetter(block.name), records))
         except KeyError:
@@ -197,7 +197,7 @@ def from_columns(columns: Any, vectorizer: Vectorizer, max_events: int) -> Event
     out: dict[str, Column] = {}
     first: str | None = None
     n = 0
-    for block in vectorizer.blocks:
+    for block in vectorizer.inputs:
         name = block.name
         if name not in columns:
             raise RequestError(_missing(name, columns), field=f"columns.{name}")
@@ -239,7 +239,7 @@ def _check_count(n: int, max_events: int, field: str) -> None:
     check_event_count(n, max_events, field, hint="send more with POST /predict_arrow")
 
 
-def _column(block: FeatureBlock, values: list[Any], where: Any) -> Column:
+def _column(block: InputBranch, values: list[Any], where: Any) -> Column:
     if block.kind == "flat":
         try:
             return _cast(block, _numbers(values), where)
@@ -281,7 +281,7 @@ def _numbers(values: list[Any]) -> np.ndarray:
     return array
 
 
-def _cast(block: FeatureBlock, array: np.ndarray, where: Any) -> np.ndarray:
+def _cast(block: InputBranch, array: np.ndarray, where: Any) -> np.ndarray:
     target = np.dtype(block.dtype)
     if target.kind in "iu" and array.dtype.kind in "fiu":
         # an integer branch takes whole numbers its dtype holds: never a cast to INT_MIN
@@ -306,7 +306,7 @@ def _cast(block: FeatureBlock, array: np.ndarray, where: Any) -> np.ndarray:
 
 
 def typed_column(
-    block: FeatureBlock, values: np.ndarray, offsets: np.ndarray | None, field: str
+    block: InputBranch, values: np.ndarray, offsets: np.ndarray | None, field: str
 ) -> Column:
     """``values`` of ``block``'s branch in its dtype (whole numbers for an integer branch),
     as a jagged column when ``offsets`` are given (checked against the values)."""
@@ -426,7 +426,7 @@ def from_table(table: Any, vectorizer: Vectorizer) -> EventColumns:
     if table.num_rows == 0:
         raise RequestError("empty batch: the table holds no rows", field="body")
     columns: dict[str, Column] = {}
-    for block in vectorizer.blocks:
+    for block in vectorizer.inputs:
         if block.name not in names:
             raise RequestError(_missing(block.name, dict.fromkeys(names)), field=block.name)
         chunked = table.column(block.name)

@@ -17,7 +17,9 @@ only what cannot run code:
   code runs. This is the path every bundle the job writes takes; the numpy one stays for
   bundles from before ONNX, or a server without onnxruntime;
 * a bundle with user code and no graph only when the service is configured to trust it
-  (``trust_user_code``); otherwise :class:`UnsafeBundleError` says how to allow it.
+  (``trust_user_code``); otherwise :class:`UnsafeBundleError` says how to allow it. The
+  default image model (a CNN) without a graph is rebuilt by its framework: it is the
+  project's own code.
 
 :class:`Predictor` holds the Vectorizer and the forward pass of one model version; it
 turns event columns (from :mod:`mlaas4hep.serve.payloads`) into one probability per event.
@@ -182,7 +184,7 @@ class Predictor:
                 where=f"model {tag}: {graph['file']}",
             )
             mode = "onnx"
-        elif is_default_model(manifest):
+        elif is_default_model(manifest) and vectorizer.image is None:
             n = vectorizer.n_features
             if manifest.get("framework") == "torch":
                 layers = torch_dense_layers(path / weights_of(manifest), n)
@@ -190,7 +192,7 @@ class Predictor:
                 layers = keras_dense_layers(path / weights_of(manifest), n)
             forward = DenseNetwork(layers, bool(manifest.get("with_mask", False)))
             mode = "numpy"
-        elif not trust_user_code:
+        elif not trust_user_code and not is_default_model(manifest):
             raise UnsafeBundleError(
                 f"model {tag} holds user code (model.py) and no ONNX graph; loading it "
                 "would run arbitrary code on the server, so safe mode refuses it. Train it "
@@ -198,7 +200,7 @@ class Predictor:
                 "you trust its author, set MLAAS4HEP_SERVE_TRUST_USER_CODE=1 "
                 "(trust_user_code: true)"
             )
-        else:
+        else:  # the user's code, trusted; or the default image model (the project's code)
             from mlaas4hep.model.bundle import ModelBundle
 
             bundle = ModelBundle.load(path)
@@ -289,7 +291,7 @@ def _empty_event(vectorizer: Vectorizer, writeable: bool) -> dict[str, Any]:
         return values
 
     events: dict[str, Any] = {}
-    for block in vectorizer.blocks:
+    for block in vectorizer.inputs:
         if block.kind == "flat":
             events[block.name] = array(1, block.dtype)
         else:

@@ -242,7 +242,7 @@ class ModelServer:
                         f"branch(es) {', '.join(missing)} the model needs"
                     )
                 step = min(limits.file_step_events, limits.bulk_events)
-                blocks = predictor.vectorizer.blocks
+                blocks = predictor.vectorizer.inputs
                 for chunk in root_tree.iterate(predictor.branches, step_size=step):
                     n = len(next(iter(chunk.values())))
                     if n:

@@ -143,7 +143,7 @@ class _Cursor:
         vectorizer = self.stream.vectorizer
         columns = {}
         if vectorizer is not None:
-            columns = {b.name: numpy_column(arrays[b.name], b.kind) for b in vectorizer.blocks}
+            columns = {b.name: numpy_column(arrays[b.name], b.kind) for b in vectorizer.inputs}
         entries = np.arange(block.start, block.stop, dtype=np.int64)
         members = np.flatnonzero(self.stream._members(self.layout.key, entries))
         awkward = {name: arrays[name] for name in self.stream.awkward_branches}

@@ -27,6 +27,7 @@ STAGING_MODES = ("before", "while")
 PRECISIONS = ("32", "bf16", "fp16")
 NORMALIZATIONS = ("minmax", "zscore", "robust", "none")
 NONFINITE = ("mask", "keep", "zero", "raise")
+REPRESENTATIONS = ("vector", "image")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -59,6 +60,18 @@ class VectorizerConfig:
     clip: list[str] | None = None
     #: With ``normalization: robust``, normalised values are clipped to [-x, x].
     robust_clip: float | None = 5.0
+    #: ``vector``: the branches' padded values. ``image``: the paper's matrix
+    #: representation, a 2-D histogram per event of jagged ``x`` against jagged ``y``
+    #: (weighted by ``weight``, else counts) in ``bins`` over ``range`` (default: the
+    #: spec's min/max), axes ``periodic`` where their range is 2π wide unless given; the
+    #: branches of ``dataset.include`` (none by default) are added as flat features.
+    representation: str = "vector"
+    x: str | None = None
+    y: str | None = None
+    weight: str | None = None
+    bins: list[int] = field(default_factory=lambda: [32, 32])
+    range: list[list[float]] | None = None
+    periodic: list[bool] | None = None
 
 
 @dataclass
@@ -193,6 +206,7 @@ class TrainConfig:
             )
         if self.vectorizer.robust_clip is not None and self.vectorizer.robust_clip <= 0:
             raise ConfigError("vectorizer.robust_clip must be > 0 (or empty: no clip)")
+        _check_image(self.vectorizer)
         _choice("framework", self.framework, FRAMEWORKS)
         t = self.training
         _choice("training.mode", t.mode, MODES)
@@ -239,6 +253,30 @@ class TrainConfig:
     def worker_chunk_size(self) -> int:
         """Events per chunk on each worker: together the workers' chunks are one chunk."""
         return max(self.training.chunk_size // self.scaling.num_workers, 1)
+
+
+def _check_image(v: VectorizerConfig) -> None:
+    _choice("vectorizer.representation", v.representation, REPRESENTATIONS)
+    if v.representation == "vector":
+        given = [k for k in ("x", "y", "weight", "range", "periodic") if getattr(v, k) is not None]
+        if given:
+            raise ConfigError(
+                f"vectorizer.{given[0]} belongs to the image representation: "
+                "set vectorizer.representation: image"
+            )
+        return
+    if v.x is None or v.y is None:
+        raise ConfigError("vectorizer.representation image needs vectorizer.x and vectorizer.y")
+    if len(v.bins) != 2 or min(v.bins) <= 0:
+        raise ConfigError(f"vectorizer.bins: two positive integers such as [32, 32], not {v.bins}")
+    if v.range is not None and (
+        len(v.range) != 2 or any(len(r) != 2 or r[1] <= r[0] for r in v.range)
+    ):
+        raise ConfigError(
+            f"vectorizer.range: two [low, high] pairs with high > low (x, then y), not {v.range}"
+        )
+    if v.periodic is not None and len(v.periodic) != 2:
+        raise ConfigError(f"vectorizer.periodic: two booleans (x, then y), not {v.periodic}")
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -303,6 +341,19 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
             return [value]
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return value
+    elif text.startswith("list[int]"):
+        if isinstance(value, list) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            return value
+    elif text.startswith("list[bool]"):
+        if isinstance(value, list) and all(isinstance(v, bool) for v in value):
+            return value
+    elif text.startswith("list[list[float]]"):
+        if isinstance(value, list) and all(
+            isinstance(r, list) and all(_is_number(v) for v in r) for r in value
+        ):
+            return [[float(v) for v in r] for r in value]
     elif text.startswith("list[float]"):
         if isinstance(value, list) and all(_is_number(v) for v in value):
             return [float(v) for v in value]

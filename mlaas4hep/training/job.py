@@ -42,6 +42,7 @@ from mlaas4hep.stream.chunks import ChunkStream
 from mlaas4hep.stream.options import Selection, Split
 from mlaas4hep.training.config import TrainConfig
 from mlaas4hep.training.plan import StepPlan, make_plan
+from mlaas4hep.transform import images
 from mlaas4hep.transform.vectorizer import Vectorizer
 
 #: Held-out rows the ONNX export is checked on against the framework's own outputs.
@@ -155,9 +156,16 @@ def prepare(config: TrainConfig, staging: StagingRun | None = None) -> PreparedJ
         read = [table.targets[f] if table and f in table.staged else f for f in files]
         spec = load_or_compute_spec(config, read)
     v = config.vectorizer
+    include, image = config.dataset.include, None
+    if v.representation == "image":
+        assert v.x is not None and v.y is not None  # checked by the config
+        image = images.from_spec(
+            spec, v.x, v.y, weight=v.weight, bins=v.bins, ranges=v.range, periodic=v.periodic
+        )
+        include = [] if include is None else include
     vectorizer = Vectorizer(
         spec,
-        config.dataset.include,
+        include,
         config.dataset.exclude,
         normalization=v.normalization,  # type: ignore[arg-type]
         padding=v.padding,
@@ -165,6 +173,7 @@ def prepare(config: TrainConfig, staging: StagingRun | None = None) -> PreparedJ
         nonfinite=v.nonfinite,  # type: ignore[arg-type]
         clip=v.clip,
         robust_clip=v.robust_clip,
+        image=image,
     )
     streams = build_streams(config, files, vectorizer, table)
     with timed(timings, "open_files"):
@@ -205,6 +214,7 @@ def worker_config(job: PreparedJob) -> dict[str, Any]:
         "framework": job.framework,
         "with_mask": job.with_mask,
         "n_features": job.vectorizer.n_features,
+        "image": job.vectorizer.image_input,
         "learning_rate": job.config.training.learning_rate,
         "seed": job.config.training.seed,
         "prefetch_batches": job.config.training.prefetch_batches,
@@ -278,7 +288,11 @@ def load_trained_model(job: PreparedJob, checkpoint_dir: Path) -> Any:
     from mlaas4hep.model.frameworks import load_weights
 
     model = models.build_model(
-        job.model_code, job.framework, job.vectorizer.n_features, job.with_mask
+        job.model_code,
+        job.framework,
+        job.vectorizer.n_features,
+        job.with_mask,
+        image=job.vectorizer.image_input,
     )
     load_weights(model, job.framework, checkpoint_dir)
     return model

@@ -207,7 +207,11 @@ class KerasRun:
         k.utils.set_random_seed(worker.seed)  # the same initial weights everywhere
         with self.strategy.scope(), precision_policy(self.precision):
             self.model = models.build_model(
-                config["model_code"], "tensorflow", worker.n_features, worker.with_mask
+                config["model_code"],
+                "tensorflow",
+                worker.n_features,
+                worker.with_mask,
+                image=worker.image,
             )
             self.model.compile(  # fp16: compile wraps Adam in a LossScaleOptimizer
                 optimizer=k.optimizers.Adam(learning_rate=config["learning_rate"]),

@@ -78,6 +78,12 @@ class Worker:
     def n_features(self) -> int:
         return int(self.config["n_features"])
 
+    @property
+    def image(self) -> tuple[int, int, int] | None:
+        """Where the default image model finds the image in ``X`` (None: no image)."""
+        image = self.config.get("image")
+        return None if image is None else tuple(image)  # type: ignore[return-value]
+
     def feed(self, first_unit: int) -> BatchFeed:
         """The training batches from ``first_unit`` on, made ahead in a background thread."""
         source = plan_batches(self.train, self.plan, first_unit, self.seed)

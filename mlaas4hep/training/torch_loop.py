@@ -183,7 +183,7 @@ class TorchRun:
         self.precision = Precision(str(config.get("precision", "32")), device)
         self.steps_taken = int(state.get("optimizer_steps", 0))
         self.bare = models.build_model(
-            config["model_code"], "torch", worker.n_features, worker.with_mask
+            config["model_code"], "torch", worker.n_features, worker.with_mask, image=worker.image
         )
         self.bare.to(device)
         self._optimizer_state: Any = None

@@ -14,6 +14,11 @@ counted. ``inverse`` gives the awkward arrays back.
 Its whole configuration is a small JSON-able dict (``to_dict``/``from_dict``), saved in
 the model bundle so that serving applies exactly the preprocessing used in training,
 without needing the dataset spec or any code from the user.
+
+With an ``image`` (:class:`~mlaas4hep.transform.images.ImageLayout`, the paper's matrix
+representation), each event's 2-D histogram of two jagged branches is appended after the
+branches' columns as ``image[i,j]`` features (mask True throughout), so that the stream,
+the model bundle and serving carry images exactly as they carry any other feature.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from mlaas4hep.spec.documents import DatasetSpec
 from mlaas4hep.spec.statistics import BranchStats
 from mlaas4hep.transform import kernels
 from mlaas4hep.transform.buffers import POOL
+from mlaas4hep.transform.images import ImageLayout
 
 Normalization = Literal["minmax", "zscore", "robust", "none"]
 NonFinite = Literal["mask", "keep", "zero", "raise"]
@@ -42,10 +48,11 @@ _NONFINITE_CODES = {
     "zero": kernels.NONFINITE_ZERO,
     "raise": kernels.NONFINITE_KEEP,
 }
-#: Version 2 added value clipping and the bound of normalised values; a configuration
-#: that uses neither is still written as version 1, which older releases read.
-CONFIG_VERSION = 2
-_READS = (1, 2)
+#: Version 2 added value clipping and the bound of normalised values, version 3 the
+#: image; a configuration is written with the lowest version that holds it, so that
+#: older releases still read what they can apply.
+CONFIG_VERSION = 3
+_READS = (1, 2, 3)
 ROBUST_CLIP = 5.0
 _INF = float("inf")
 
@@ -79,6 +86,15 @@ class FeatureBlock:
         if self.kind == "flat":
             return [self.name]
         return [f"{self.name}[{i}]" for i in range(self.length)]
+
+
+@dataclass(frozen=True)
+class InputBranch:
+    """A branch the Vectorizer reads: its name, ``flat`` or ``jagged``, and its dtype."""
+
+    name: str
+    kind: str
+    dtype: str
 
 
 @dataclass
@@ -180,18 +196,24 @@ class Vectorizer:
         nonfinite: NonFinite = "mask",
         clip: Sequence[str] | None = None,
         robust_clip: float | None = ROBUST_CLIP,
+        image: ImageLayout | None = None,
     ) -> None:
         """``clip``: two quantiles (``("p0.1", "p99.9")``) each branch's finite values are
         clipped to before normalisation; ``robust_clip``: with ``normalization="robust"``,
         normalised values are clipped to [-robust_clip, robust_clip] (None: not clipped).
-        Both need the spec's quantile sketches, and refuse a branch that lacks one."""
+        Both need the spec's quantile sketches, and refuse a branch that lacks one.
+        ``image``: an image appended to each event's features (see the module docstring;
+        :func:`~mlaas4hep.transform.images.from_spec` makes one); with it, ``include=[]``
+        means the image alone."""
         usable = {name: s for name, s in spec.branches.items() if not s.conflict}
-        names = select_branches(
-            {**usable, **{n: s for n, s in spec.branches.items() if s.conflict}},
-            include,
-            exclude,
-            where="the dataset spec",
-        )
+        names: list[str] = []
+        if image is None or include is None or len(include):
+            names = select_branches(
+                {**usable, **{n: s for n, s in spec.branches.items() if s.conflict}},
+                include,
+                exclude,
+                where="the dataset spec",
+            )
         rules = padding if isinstance(padding, Mapping) else {"*": padding}
         blocks: list[FeatureBlock] = []
         column = 0
@@ -214,35 +236,71 @@ class Vectorizer:
                 )
             )
             column += length
-        self._init(blocks, normalization, pad_value, nonfinite)
+        if image is not None:
+            image = image.at(column)
+            for name in image.branches:
+                stats = spec.branch(name)
+                if stats.kind != "jagged":
+                    raise ConfigError(
+                        f"image branch {name!r} must be jagged (a list per event), "
+                        f"the spec says {stats.kind}"
+                    )
+        self._init(blocks, normalization, pad_value, nonfinite, image, spec)
 
     def _init(
-        self, blocks: list[FeatureBlock], normalization: str, pad_value: float, nonfinite: str
+        self,
+        blocks: list[FeatureBlock],
+        normalization: str,
+        pad_value: float,
+        nonfinite: str,
+        image: ImageLayout | None = None,
+        spec: DatasetSpec | None = None,
     ) -> None:
         if nonfinite not in _NONFINITE_CODES:
             raise ConfigError(
                 f"nonfinite must be one of {sorted(_NONFINITE_CODES)}, not {nonfinite!r}"
             )
-        if not blocks:
+        if not blocks and image is None:
             raise ConfigError("the Vectorizer needs at least one branch")
         self.blocks = blocks
+        self.image = image
         self.normalization = normalization
         self.pad_value = float(pad_value)
         self.nonfinite = nonfinite
         self._by_name = {block.name: block for block in blocks}
+        inputs = {b.name: InputBranch(b.name, b.kind, b.dtype) for b in blocks}
+        for name in image.branches if image is not None else ():
+            dtype = spec.branch(name).dtype if spec is not None else "float32"
+            inputs.setdefault(name, InputBranch(name, "jagged", dtype))
+        self._inputs = list(inputs.values())
 
     # --- layout ---------------------------------------------------------------------
     @property
+    def inputs(self) -> list[InputBranch]:
+        """Every branch a chunk must hold: the blocks' and the image's, once each."""
+        return list(self._inputs)
+
+    @property
     def branches(self) -> list[str]:
-        return [block.name for block in self.blocks]
+        return [branch.name for branch in self._inputs]
 
     @property
     def n_features(self) -> int:
+        if self.image is not None:
+            return self.image.stop
         return self.blocks[-1].stop
 
     @property
     def feature_names(self) -> list[str]:
-        return [name for block in self.blocks for name in block.feature_names()]
+        names = [name for block in self.blocks for name in block.feature_names()]
+        return names + (self.image.feature_names() if self.image is not None else [])
+
+    @property
+    def image_input(self) -> tuple[int, int, int] | None:
+        """Where a model finds the image in ``X``: (first column, bins x, bins y)."""
+        if self.image is None:
+            return None
+        return (self.image.column, *self.image.bins)
 
     def block(self, name: str) -> FeatureBlock:
         return self._by_name[name]
@@ -277,6 +335,10 @@ class Vectorizer:
             raise ValueError(f"rows has {len(rows)} entries for {n} events")
         if out is None:
             out = self.empty(int(rows.max()) + 1 if n else 0)
+        if self.image is not None:
+            self._fill_image(columns, out, rows)
+        if not self.blocks:
+            return out
         lists = _KernelInputs()
         for block in self.blocks:
             data = columns[block.name]
@@ -303,6 +365,21 @@ class Vectorizer:
 
     __call__ = transform
 
+    def _fill_image(
+        self, columns: Mapping[str, Any], out: VectorizedChunk, rows: np.ndarray
+    ) -> None:
+        image = self.image
+        assert image is not None
+        pixels, bad = image.pixels(columns)
+        for name, count in bad.items():
+            out.nonfinite[name] = out.nonfinite.get(name, 0) + count
+            if self.nonfinite == "raise":
+                raise ValueError(f"image branch {name!r} holds {count} NaN/inf value(s)")
+        kept = rows >= 0
+        target = rows if kept.all() else rows[kept]
+        out.X[target, image.column : image.stop] = pixels if kept.all() else pixels[kept]
+        out.mask[target, image.column : image.stop] = True
+
     # --- inverse --------------------------------------------------------------------
     def inverse(self, X: np.ndarray, mask: np.ndarray) -> dict[str, ak.Array | np.ndarray]:
         """The branches back from ``X``/``mask`` (exact up to float32 and clipping).
@@ -311,7 +388,7 @@ class Vectorizer:
         input) come back as NaN, as do masked flat values.
         """
         out: dict[str, ak.Array | np.ndarray] = {}
-        for block in self.blocks:
+        for block in self.blocks:  # the image is a histogram: it has no inverse
             values = X[:, block.column : block.stop].astype(np.float64) * block.scale
             values += block.shift
             real = mask[:, block.column : block.stop]
@@ -331,13 +408,19 @@ class Vectorizer:
     def to_dict(self) -> dict[str, Any]:
         """The whole configuration as plain JSON-able data (for the model bundle)."""
         clipping = any(b.clips for b in self.blocks)
-        return {
-            "config_version": CONFIG_VERSION if clipping else 1,
+        out: dict[str, Any] = {
+            "config_version": 3 if self.image is not None else 2 if clipping else 1,
             "normalization": self.normalization,
             "pad_value": self.pad_value,
             "nonfinite": self.nonfinite,
             "blocks": [_block_dict(b) for b in self.blocks],
         }
+        if self.image is not None:
+            out["image"] = {
+                **self.image.to_dict(),
+                "dtypes": {b.name: b.dtype for b in self._inputs if b.name in self.image.branches},
+            }
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Vectorizer:
@@ -367,15 +450,25 @@ class Vectorizer:
                     )
                 )
                 column += length
+            image = None
+            if data.get("image") is not None:
+                image = ImageLayout.from_dict(data["image"], column)
             self = cls.__new__(cls)
-            self._init(blocks, data["normalization"], data["pad_value"], data["nonfinite"])
+            self._init(blocks, data["normalization"], data["pad_value"], data["nonfinite"], image)
+            if image is not None:
+                dtypes = data["image"].get("dtypes") or {}
+                self._inputs = [
+                    InputBranch(b.name, b.kind, str(dtypes.get(b.name, b.dtype)))
+                    for b in self._inputs
+                ]
         except (KeyError, TypeError, ValueError) as err:
             raise ConfigError(f"malformed vectorizer configuration: {err!r}") from err
         return self
 
     def __repr__(self) -> str:
+        image = f", image {self.image.bins[0]}x{self.image.bins[1]}" if self.image else ""
         return (
-            f"Vectorizer({len(self.blocks)} branches, {self.n_features} features, "
+            f"Vectorizer({len(self.blocks)} branches{image}, {self.n_features} features, "
             f"normalization={self.normalization!r})"
         )
 
