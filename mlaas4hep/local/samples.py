@@ -339,23 +339,29 @@ def cached_dataset(
     n_events: int,
     n_files: int = 4,
     seed: int = 42,
+    file_format: str = "ttree",
 ) -> list[Path]:
     """A preset written once into ``folder`` and reused by later runs (benchmarks, demo).
 
-    A marker named after the parameters lists the files it wrote; another size or seed
-    rewrites the folder.
+    A marker named after the parameters lists the files it wrote; another size, seed or
+    format rewrites the folder.
     """
     folder = Path(folder)
-    marker = folder / f"{preset}-{n_events}-{n_files}-{seed}.done"
+    suffix = "" if file_format == "ttree" else f"-{file_format}"
+    marker = folder / f"{preset}-{n_events}-{n_files}-{seed}{suffix}.done"
     if not marker.exists():
-        print(f"generating the {preset} sample: {n_events:,} events …")
+        print(f"generating the {preset} sample ({file_format}): {n_events:,} events …")
         for stale in folder.glob("*.done"):
             stale.unlink()
         folder.mkdir(parents=True, exist_ok=True)
         if preset == "tth":
-            made = make_tth_dataset(folder, n_events, seed, show_progress=True)
+            made = make_tth_dataset(
+                folder, n_events, seed, show_progress=True, file_format=file_format
+            )
         elif preset == "paper":
-            made = make_paper_dataset(folder, n_events, n_files, seed, show_progress=True)
+            made = make_paper_dataset(
+                folder, n_events, n_files, seed, show_progress=True, file_format=file_format
+            )
         else:
             raise ConfigError(f"preset must be 'tth' or 'paper', not {preset!r}")
         marker.write_text("\n".join(f.path.name for f in made))

@@ -11,7 +11,11 @@ default), single process unless stated, each line the best of ``--repeat`` runs:
    and the idiomatic awkward path (pad_none + fill_none + to_numpy per branch)
                                                                 goal ≥ 10 × slower;
 4. the full ChunkStream (read + mix + vectorize)                goal ≥ 0.8 × (1);
-5. ``mlaas4hep specs --workers 2`` against ``--workers 1``      goal ≥ 1.6 ×.
+5. ``mlaas4hep specs --workers 2`` against ``--workers 1``      goal ≥ 1.6 ×;
+6. the same events stored as RNTuple: bare ``uproot.iterate`` over its fields, the spec
+   pass on it                                                   goal ≥ 0.9 × bare,
+   and the ChunkStream on it                                    goal ≥ 1.0 × bare;
+   the specs equal the TTree's statistics branch by branch.
 
 Usage: ``python scripts/bench/bench_data.py [--events N] [--files K] [--data DIR]``.
 """
@@ -77,6 +81,45 @@ def line(name: str, seconds: float, events: int, nbytes: int) -> float:
         f"  {name:<44} {seconds:8.2f} s {rate:>14,.0f} events/s {nbytes / seconds / 1e6:9.1f} MB/s"
     )
     return rate
+
+
+def rntuple_lines(
+    args: argparse.Namespace, events: int, specs: list, vectorizer: Vectorizer
+) -> dict[str, float]:
+    """Lines 6: the same sample written as RNTuple (same seed), read three ways."""
+    paths = cached_dataset(
+        args.data / "rntuple", "paper", args.events, args.files, file_format="rntuple"
+    )
+    nbytes = sum(p.stat().st_size for p in paths)
+    print(f"\nthe same events as RNTuple: {nbytes / 1e6:.0f} MB compressed")
+
+    def bare() -> int:  # every field: what the spec pass reads
+        urls = [f"{p}:Events" for p in paths]
+        return sum(len(c) for c in uproot.iterate(urls, step_size="64 MB", library="ak"))
+
+    bare()
+    out: dict[str, float] = {}
+    t_bare, n = timed(bare)
+    assert n == events
+    out["rn_bare"] = line("RNTuple: bare uproot.iterate", t_bare, events, nbytes)
+    t_spec, rn_specs = timed(lambda: [compute_file_spec(p) for p in paths])
+    out["rn_spec"] = line("RNTuple: spec pass", t_spec, events, nbytes)
+    for ttree, rntuple in zip(specs, rn_specs, strict=True):
+        assert set(ttree.branches) == set(rntuple.branches)
+        for name, stats in ttree.branches.items():
+            other = rntuple.branches[name]
+            assert (stats.kind, stats.count, stats.min, stats.max) == (
+                other.kind, other.count, other.min, other.max
+            ), name  # fmt: skip
+
+    def stream_all() -> int:
+        with ChunkStream(paths, vectorizer=vectorizer, chunk_size=50_000) as stream:
+            return sum(len(c) for c in stream)
+
+    t_stream, n_stream = timed(stream_all)
+    assert n_stream == events
+    out["rn_stream"] = line("RNTuple: ChunkStream", t_stream, events, nbytes)
+    return out
 
 
 def main() -> int:
@@ -185,6 +228,8 @@ def main() -> int:
     )
     results["workers2"] = line("mlaas4hep specs --workers 2", t_w2, events, nbytes)
 
+    results.update(rntuple_lines(args, events, specs, vectorizer))
+
     checks = [
         ("spec pass / bare uproot.iterate", results["spec"] / results["bare"], 0.9),
         ("spec pass / its quantile sketches", 1 / results["sketch_share"], 10.0),
@@ -192,6 +237,12 @@ def main() -> int:
         ("Vectorizer / idiomatic awkward", results["vectorizer"] / results["idiomatic"], 10.0),
         ("ChunkStream / bare uproot.iterate", results["stream"] / results["bare"], 0.8),
         ("specs --workers 2 / --workers 1", results["workers2"] / results["workers1"], 1.6),
+        ("RNTuple spec pass / bare uproot.iterate", results["rn_spec"] / results["rn_bare"], 0.9),
+        (
+            "RNTuple ChunkStream / bare uproot.iterate",
+            results["rn_stream"] / results["rn_bare"],
+            1.0,
+        ),
         ("Vectorizer / the paper's 1.2k events/s", results["vectorizer"] / 1.2e3, 1.0),
     ]
     print("\nratios (measured in this run)")
