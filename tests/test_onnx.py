@@ -38,8 +38,40 @@ def build_model(n_features):
 """
 
 
-def user_bundle(code: str, directory: Path):
-    """A bundle of a user's torch model (untrained) saved with its ONNX export, and events."""
+USER_TORCH_CNN = """
+import torch
+framework = "torch"
+
+class Net(torch.nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.conv = torch.nn.Sequential(
+            torch.nn.Conv1d(1, 8, 3, padding=1), torch.nn.ReLU(),
+            torch.nn.MaxPool1d(2, ceil_mode=True), torch.nn.Flatten(),
+        )
+        self.head = torch.nn.Linear(8 * ((n + 1) // 2), 1)
+
+    def forward(self, x):
+        return torch.sigmoid(self.head(self.conv(x.unsqueeze(1)))).squeeze(-1)
+
+def build_model(n_features):
+    return Net(n_features)
+"""
+USER_KERAS_WIDE = """
+framework = "tensorflow"
+import tf_keras as keras
+
+def build_model(n_features):
+    features = keras.Input(shape=(n_features,), name="features")
+    x = keras.layers.Dense(512, activation="relu")(features)
+    x = keras.layers.Dense(512, activation="relu")(x)
+    x = keras.layers.Dense(256, activation="relu")(x)
+    return keras.Model(features, keras.layers.Dense(1, activation="sigmoid")(x))
+"""
+
+
+def user_bundle(code: str, directory: Path, framework: str = "torch"):
+    """A bundle of a user's model (untrained) saved with its ONNX export, and events."""
     from test_events import RECORDS, VECTORIZER
 
     from mlaas4hep.model.architectures import wants_mask
@@ -49,8 +81,10 @@ def user_bundle(code: str, directory: Path):
 
     n = VECTORIZER.n_features
     with_mask = wants_mask(code, False)
-    model = build_model(code, "torch", n, with_mask).eval()
-    bundle = ModelBundle("torch", VECTORIZER, DatasetSpec(), with_mask=with_mask,
+    model = build_model(code, framework, n, with_mask)
+    if framework == "torch":
+        model.eval()
+    bundle = ModelBundle(framework, VECTORIZER, DatasetSpec(), with_mask=with_mask,
                          model_code=code, model=model, lineage={"run_name": "user"})  # fmt: skip
     rng = np.random.default_rng(5)
     X, mask = rng.random((400, n), dtype=np.float32), rng.random((400, n)) > 0.2
@@ -100,6 +134,26 @@ def test_a_user_model_is_served_from_its_graph_without_running_its_code(tmp_path
     bundle, events = user_bundle(USER_TORCH, tmp_path / "bundle")
     manifest = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
     assert manifest["model"] == "model.py" and manifest["onnx"]["file"] == "model.onnx"
+    predictor = Predictor.load(tmp_path / "bundle", "user:1", trust_user_code=False)
+    assert predictor.mode == "onnx"
+    np.testing.assert_allclose(
+        predictor.score(events), bundle.predict(events.columns), rtol=0, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "framework"), [(USER_TORCH_CNN, "torch"), (USER_KERAS_WIDE, "tensorflow")]
+)
+def test_a_user_cnn_and_a_wide_mlp_are_served_from_their_graphs(
+    tmp_path: Path, code: str, framework: str
+) -> None:
+    """Architectures unlike the default one (a 1-D CNN in torch, a 512-512-256 MLP in
+    Keras): exported within 1e-5 and scored by ONNX Runtime in safe mode."""
+    pytest.importorskip("torch" if framework == "torch" else "tf2onnx")
+    from mlaas4hep.serve.predictor import Predictor
+
+    bundle, events = user_bundle(code, tmp_path / "bundle", framework)
+    assert bundle.onnx is not None and bundle.onnx["max_abs_diff"] <= 1e-5
     predictor = Predictor.load(tmp_path / "bundle", "user:1", trust_user_code=False)
     assert predictor.mode == "onnx"
     np.testing.assert_allclose(
