@@ -276,10 +276,12 @@ async def v2_infer(request: Request, server: ModelServer) -> Response:
     body = await read_body(request)
     params = request.path_params
     length = request.headers.get(HEADER_LENGTH)
-    content, headers, kind = await run_in_threadpool(
-        server.infer, body, length, params["name"], params.get("version")
-    )
-    del body
+    arguments = (body, length, params["name"], params.get("version"))
+    if len(body) <= server.config.limits.json_bytes:  # a /predict-sized body: batched
+        content, headers, kind = await server.infer_batched(*arguments)
+    else:
+        content, headers, kind = await run_in_threadpool(server.infer, *arguments)
+    del body, arguments
     return Response(content, media_type=kind, headers=headers)
 
 

@@ -266,6 +266,34 @@ class ModelServer:
         self, body: bytes | bytearray, header_length: str | None, name: str, version: str | None
     ) -> tuple[bytes, dict[str, str], str]:
         """An Open Inference Protocol (v2) request → (body, headers, media type)."""
+        predictor, request, item = self._infer_inputs(body, header_length, name, version)
+        if isinstance(item, EventColumns):
+            scores = predictor.score(item)
+        else:
+            scores = predictor.score_features(*item)
+        self.metrics.events.labels("infer", predictor.tag).inc(len(scores))
+        return open_inference.encode_response(scores, predictor.tag, request)
+
+    async def infer_batched(
+        self, body: bytes | bytearray, header_length: str | None, name: str, version: str | None
+    ) -> tuple[bytes, dict[str, str], str]:
+        """:meth:`infer` for a small body, on the event loop: raw-branch events are scored
+        by the adaptive batcher together with concurrent ``/predict`` and v2 requests
+        (counted with them, under ``predict``), as ``/predict`` does for one event."""
+        loaded = self._loaded()
+        predictor, request, item = self._infer_inputs(body, header_length, name, version)
+        if isinstance(item, EventColumns):
+            scores = await loaded.batcher.submit(item, len(item))
+        else:
+            scores = predictor.score_features(*item)
+            self.metrics.events.labels("infer", predictor.tag).inc(len(scores))
+        return open_inference.encode_response(scores, predictor.tag, request)
+
+    def _infer_inputs(
+        self, body: bytes | bytearray, header_length: str | None, name: str, version: str | None
+    ) -> tuple[Predictor, Any, EventColumns | tuple[np.ndarray, np.ndarray]]:
+        """The served predictor, the parsed request, and its events (raw branches) or
+        its ``(X, mask)`` (the features form)."""
         predictor = self._loaded().predictor
         open_inference.check_served(predictor.tag, name, version)
         limits = self.config.limits
@@ -274,15 +302,12 @@ class ModelServer:
         )
         tensors = request.tensors
         if open_inference.FEATURES in tensors:
-            X, mask = open_inference.features_of(
+            features = open_inference.features_of(
                 tensors, predictor.vectorizer.n_features, limits.bulk_events
             )
-            scores = predictor.score_features(X, mask)
-        else:
-            events = open_inference.events_of(tensors, predictor.vectorizer, limits.bulk_events)
-            scores = predictor.score(events.check_lists(limits.list_items, "inputs.{branch}"))
-        self.metrics.events.labels("infer", predictor.tag).inc(len(scores))
-        return open_inference.encode_response(scores, predictor.tag, request)
+            return predictor, request, features
+        events = open_inference.events_of(tensors, predictor.vectorizer, limits.bulk_events)
+        return predictor, request, events.check_lists(limits.list_items, "inputs.{branch}")
 
     def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
         """The v2 metadata of the served version (a 404 for another name or version)."""

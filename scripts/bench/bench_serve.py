@@ -7,7 +7,10 @@ One run, on loopback, with the sample ttH-like data and a default-model bundle:
    the same against a no-op BentoML service (same request body, same number of
    workers, a fixed answer) in alternating rounds, best of ``--rounds`` each.
    Goals: ≥ 0.85 × the no-op ceiling, ≥ 500 requests/s, 0 errors;
-2. bulk ``POST /predict_arrow`` with ``--bulk-events`` events as one Arrow IPC stream:
+2. single-event ``POST /v2/models/<name>/infer`` (the Open Inference Protocol, the event
+   as raw-branch tensors: flat branches as ``[1]``, jagged ones as content plus counts) in
+   the same rounds, against the same no-op ceiling. Goal: ≥ 0.85 ×;
+3. bulk ``POST /predict_arrow`` with ``--bulk-events`` events as one Arrow IPC stream:
    events/s scored (client wall time, upload and answer included), best of
    ``--bulk-rounds``. Goal: ≥ 1,000,000 events/s.
 
@@ -116,6 +119,28 @@ def post(port: int, path: str, body: bytes, content_type: str) -> tuple[int, byt
     return response.status, data, elapsed
 
 
+def oip_body(events: Any, vectorizer: Any, tag: str) -> bytes:
+    """One event as the v2 raw-branch tensors ``GET /v2/models/<name>`` lists."""
+    import awkward as ak
+
+    from mlaas4hep.serve.open_inference import model_metadata
+
+    tensors = []
+    for spec in model_metadata(tag, vectorizer)["inputs"]:
+        name = spec["name"]
+        if name in events.fields:
+            values = ak.to_numpy(ak.flatten(events[name], axis=None))
+        else:  # the counts of a collection not sent as a branch itself
+            jagged = next(i["name"] for i in model_metadata(tag, vectorizer)["inputs"]
+                          if i.get("parameters", {}).get("counts") == name)  # fmt: skip
+            values = ak.to_numpy(ak.num(events[jagged]))
+        tensors.append(
+            {"name": name, "datatype": spec["datatype"], "shape": [len(values)],
+             "data": values.tolist()}
+        )  # fmt: skip
+    return json.dumps({"inputs": tensors}).encode()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -157,6 +182,12 @@ def main() -> int:
         answer = json.loads(data)
         assert status == 200 and answer["model"] == tag, data
         assert abs(answer["scores"][0] - expected[0]) <= 1e-6, (answer, expected[0])
+        infer = f"/v2/models/{tag.partition(':')[0]}/infer"
+        oip = oip_body(events[:1], bundle.vectorizer, tag)
+        status, data, _ = post(service.port, infer, oip, "application/json")
+        assert status == 200, data[:500]
+        outputs = {o["name"]: o["data"] for o in json.loads(data)["outputs"]}
+        assert abs(outputs["scores"][0] - expected[0]) <= 1e-6, (outputs, expected[0])
         print(
             f"serving {tag} ({bundle.vectorizer.n_features} features) with {WORKERS} workers; "
             f"wrk -c{args.connections} -t{args.threads} -d{args.duration}s, "
@@ -164,10 +195,12 @@ def main() -> int:
         )
         best: dict[str, dict[str, Any]] = {}
         for round_ in range(args.rounds):
-            for name, server in (("no-op", noop), ("predict", service)):
+            sides = (("no-op", noop, "/predict", one), ("predict", service, "/predict", one),
+                     ("oip", service, infer, oip))  # fmt: skip
+            for name, server, path, body in sides:
                 cpu = server.cpu_seconds()
                 run = wrk(
-                    f"{server.url}/predict", one, args.duration, args.connections, args.threads
+                    f"{server.url}{path}", body, args.duration, args.connections, args.threads
                 )
                 run["cpu_us"] = (server.cpu_seconds() - cpu) / run["requests"] * 1e6
                 print(
@@ -210,12 +243,16 @@ def main() -> int:
         shutil.rmtree(home, ignore_errors=True)
 
     bulk_rate = args.bulk_events / min(times)
-    p, n = best["predict"], best["no-op"]
+    p, n, o = best["predict"], best["no-op"], best["oip"]
     ratio = p["rps"] / n["rps"]
     print()
     print("| line | requests/s | p50 | p99 | errors | server CPU per request |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for name, run in (("no-op BentoML endpoint", n), ("`POST /predict`, one event", p)):
+    for name, run in (
+        ("no-op BentoML endpoint", n),
+        ("`POST /predict`, one event", p),
+        ("`POST /v2/models/<name>/infer`, one event", o),
+    ):
         print(
             f"| {name} | {run['rps']:,.0f} | {run['p50_us'] / 1e3:.1f} ms | "
             f"{run['p99_us'] / 1e3:.1f} ms | {run['all_errors']} | {run['cpu_us']:.0f} µs |"
@@ -227,6 +264,8 @@ def main() -> int:
     print(f"| no-op / `/predict` server CPU per request | {n['cpu_us'] / p['cpu_us']:.2f} | |")
     print(f"| `/predict` requests/s | {p['rps']:,.0f} | ≥ 500 |")
     print(f"| `/predict` errors | {p['all_errors']} | 0 |")
+    print(f"| OIP `/infer` / no-op ceiling | {o['rps'] / n['rps']:.2f} | ≥ 0.85 |")
+    print(f"| OIP `/infer` errors | {o['all_errors']} | 0 |")
     print(
         f"| `/predict_arrow` events/s ({args.bulk_events:,} events, "
         f"{len(body) / 1e6:.0f} MB body) | {bulk_rate:,.0f} | ≥ 1,000,000 |"
