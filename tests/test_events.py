@@ -344,6 +344,8 @@ def test_config_comes_from_a_yaml_file_then_the_environment(tmp_path) -> None:
     assert "t" * 20 not in json.dumps(config.public())
     default = ServeConfig.from_env({})
     assert default.token is None and default.model == "production" and not default.trust_user_code
+    assert default.engine == "auto"
+    assert ServeConfig.from_env({"MLAAS4HEP_SERVE_ENGINE": "numpy"}).engine == "numpy"
 
 
 @pytest.mark.parametrize(
@@ -352,6 +354,7 @@ def test_config_comes_from_a_yaml_file_then_the_environment(tmp_path) -> None:
         ({"MLAAS4HEP_SERVE_TOKEN": "short"}, "at least 16 characters"),
         ({"MLAAS4HEP_SERVE_TRUST_USER_CODE": "maybe"}, "must be 1/0"),
         ({"MLAAS4HEP_SERVE_WORKERS": "two"}, "must be an integer"),
+        ({"MLAAS4HEP_SERVE_ENGINE": "tensorrt"}, "engine must be one of auto, onnx, numpy"),
         ({"MLAAS4HEP_SERVE_CONFIG": "/nonexistent/serve.yaml"}, "not found"),
     ],
 )

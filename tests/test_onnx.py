@@ -161,6 +161,29 @@ def test_a_user_cnn_and_a_wide_mlp_are_served_from_their_graphs(
     )
 
 
+def test_the_engine_setting_chooses_what_scores(tmp_path: Path) -> None:
+    """``engine``: auto and onnx score the graph, numpy the default model's weights (the
+    same scores within 1e-5); an engine that cannot score a bundle refuses it by name."""
+    pytest.importorskip("torch")
+    from mlaas4hep.serve.predictor import Predictor
+
+    _, events = user_bundle(None, tmp_path / "default")
+    loaded = {
+        e: Predictor.load(tmp_path / "default", "d:1", engine=e) for e in ("auto", "onnx", "numpy")
+    }
+    assert {e: p.mode for e, p in loaded.items()} == {
+        "auto": "onnx",
+        "onnx": "onnx",
+        "numpy": "numpy",
+    }
+    np.testing.assert_allclose(
+        loaded["numpy"].score(events), loaded["onnx"].score(events), rtol=0, atol=1e-5
+    )
+    user_bundle(USER_TORCH, tmp_path / "user")
+    with pytest.raises(ConfigError, match="engine 'numpy' scores only the default dense model"):
+        Predictor.load(tmp_path / "user", "u:1", engine="numpy")
+
+
 def test_an_export_that_fails_or_disagrees_fails_in_one_line(tmp_path: Path, monkeypatch) -> None:
     torch = pytest.importorskip("torch")
 

@@ -14,6 +14,10 @@ Read once per process by ``serving/service.py`` from an optional YAML file (its 
 ``MLAAS4HEP_SERVE_TRUST_USER_CODE`` ``1``: load bundles that hold a user ``model.py``
                                     (arbitrary code); off by default (safe mode)
 ``MLAAS4HEP_SERVE_WORKERS``         worker processes (default: 2)
+``MLAAS4HEP_SERVE_ENGINE``          what scores: ``auto`` (the bundle's ONNX graph with
+                                    ONNX Runtime, else the numpy forward pass of the
+                                    default model), ``onnx`` or ``numpy`` (that one only:
+                                    a bundle without it is not loaded)
 ``MLAAS4HEP_MODELS_BUCKET``         ``s3://`` prefix of the shared registry: versions and
                                     aliases live there, every replica follows them, the
                                     local store is a cache (none: the local store alone)
@@ -29,7 +33,7 @@ Read once per process by ``serving/service.py`` from an optional YAML file (its 
 ==================================  =======================================================
 
 The YAML file takes the same settings by their field names (``model``, ``token``,
-``predict_requires_token``, ``trust_user_code``, ``workers``, ``models_bucket``,
+``predict_requires_token``, ``trust_user_code``, ``engine``, ``workers``, ``models_bucket``,
 ``poll_seconds``, ``file_sources``) plus the ``limits`` below; unknown keys are refused
 with a suggestion. Limits not given are sized from the task's memory and the number of
 workers (:meth:`Limits.sized`): each worker may hold one bulk request at a time, so
@@ -106,6 +110,7 @@ class ServeConfig:
     token: str | None = None
     predict_requires_token: bool = False
     trust_user_code: bool = False
+    engine: str = "auto"
     workers: int = 2
     models_bucket: str | None = None
     poll_seconds: float = 1.0
@@ -119,6 +124,10 @@ class ServeConfig:
             raise ConfigError("serving config: token must be at least 16 characters long")
         if self.workers < 1:
             raise ConfigError(f"serving config: workers must be >= 1, not {self.workers}")
+        if self.engine not in ENGINES:
+            raise ConfigError(
+                f"serving config: engine must be one of {', '.join(ENGINES)}, not {self.engine!r}"
+            )
         if self.poll_seconds <= 0:
             raise ConfigError("serving config: poll_seconds must be > 0")
         for f in fields(Limits):
@@ -147,7 +156,7 @@ class ServeConfig:
         memory = task_memory(env)
         config = cls.from_dict(data, where=path or "serving config", memory=memory, workers=workers)
         updates: dict[str, Any] = {}
-        for key, name in (("model", "MODEL"), ("token", "TOKEN")):
+        for key, name in (("model", "MODEL"), ("token", "TOKEN"), ("engine", "ENGINE")):
             if env.get(ENV_PREFIX + name):
                 updates[key] = env[ENV_PREFIX + name]
         for key, name in (
@@ -196,6 +205,7 @@ class ServeConfig:
             "token_configured": self.token is not None,
             "predict_requires_token": self.predict_requires_token,
             "trust_user_code": self.trust_user_code,
+            "engine": self.engine,
             "workers": self.workers,
             "models_bucket": self.models_bucket,
             "file_sources": list(self.file_sources),
@@ -241,6 +251,9 @@ def _checked(cls: type, data: Any, where: str, prefix: str = "") -> dict[str, An
             out[key] = value
     return out
 
+
+#: What scores a bundle (see the module docstring).
+ENGINES = ("auto", "onnx", "numpy")
 
 _SOURCE = re.compile(
     r"^(s3://[a-z0-9][a-z0-9.-]{1,62}/|(root|https?)://[A-Za-z0-9.-]+(:[0-9]{1,5})?/)"

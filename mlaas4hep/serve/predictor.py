@@ -155,8 +155,14 @@ class Predictor:
     loaded_at: float = field(default_factory=time.time)
 
     @classmethod
-    def load(cls, directory: str | Path, tag: str, trust_user_code: bool = False) -> Predictor:
-        """Load a bundle directory; refuse user code unless ``trust_user_code``."""
+    def load(
+        cls, directory: str | Path, tag: str, trust_user_code: bool = False, engine: str = "auto"
+    ) -> Predictor:
+        """Load a bundle directory; refuse user code unless ``trust_user_code``.
+
+        ``engine``: ``auto`` (the graph when there is one and ONNX Runtime is installed,
+        else the numpy pass of the default model, else the framework), or ``onnx`` /
+        ``numpy`` alone, refusing a bundle that this engine cannot score."""
         path = Path(directory)
         try:
             manifest = read_manifest(path)
@@ -170,7 +176,18 @@ class Predictor:
         except json.JSONDecodeError as err:
             raise ConfigError(f"model {tag}: malformed vectorizer.json: {err}") from err
         graph = manifest.get("onnx")
-        if graph is not None and _has_onnxruntime():
+        numpy_ok = is_default_model(manifest) and vectorizer.image is None
+        if engine == "onnx" and (graph is None or not _has_onnxruntime()):
+            raise ConfigError(
+                f"model {tag}: engine 'onnx' needs the bundle's ONNX graph and onnxruntime "
+                f"({'no graph in the bundle' if graph is None else 'onnxruntime missing'})"
+            )
+        if engine == "numpy" and not numpy_ok:
+            raise ConfigError(
+                f"model {tag}: engine 'numpy' scores only the default dense model, and this "
+                "bundle holds another architecture (use engine 'auto' or 'onnx')"
+            )
+        if graph is not None and _has_onnxruntime() and engine != "numpy":
             from mlaas4hep.model.onnx_graph import OnnxForward
 
             try:
@@ -184,7 +201,7 @@ class Predictor:
                 where=f"model {tag}: {graph['file']}",
             )
             mode = "onnx"
-        elif is_default_model(manifest) and vectorizer.image is None:
+        elif numpy_ok:
             n = vectorizer.n_features
             if manifest.get("framework") == "torch":
                 layers = torch_dense_layers(path / weights_of(manifest), n)

@@ -105,7 +105,10 @@ class ModelServer:
                 return False  # reported already; wait for the reference to change
             try:
                 predictor = Predictor.load(
-                    self.registry.path(tag), tag, trust_user_code=self.config.trust_user_code
+                    self.registry.path(tag),
+                    tag,
+                    trust_user_code=self.config.trust_user_code,
+                    engine=self.config.engine,
                 )
             except Exception as err:  # any failure: recorded, and the old version serves on
                 self._failed = tag
