@@ -20,6 +20,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -60,6 +61,19 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared test data not found: {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def hzz(shared_data: Path) -> tuple[Any, Any]:
+    """The spec and the whole chunk of uproot-HZZ.root (flat and jagged branches)."""
+    from mlaas4hep.io.tree import open_tree
+    from mlaas4hep.spec.compute import compute_file_spec
+    from mlaas4hep.spec.documents import DatasetSpec
+
+    spec = DatasetSpec([compute_file_spec(shared_data / "uproot-HZZ.root")])
+    with open_tree(shared_data / "uproot-HZZ.root") as tree:
+        chunk = tree.arrays(tree.select())
+    return spec, chunk
 
 
 @pytest.fixture(scope="session")

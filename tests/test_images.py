@@ -124,18 +124,6 @@ def test_periodic_images_equal_those_of_values_wrapped_by_hand(events, nx, ny):
 # --- images through the Vectorizer -----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def hzz(shared_data):
-    from mlaas4hep.io.tree import open_tree
-    from mlaas4hep.spec.compute import compute_file_spec
-    from mlaas4hep.spec.documents import DatasetSpec
-
-    spec = DatasetSpec([compute_file_spec(shared_data / "uproot-HZZ.root")])
-    with open_tree(shared_data / "uproot-HZZ.root") as tree:
-        chunk = tree.arrays(tree.select())
-    return spec, chunk
-
-
 def test_the_vectorizer_appends_the_image_after_the_flat_features(hzz):
     from mlaas4hep.transform.images import from_spec
     from mlaas4hep.transform.vectorizer import Vectorizer

@@ -17,14 +17,6 @@ from mlaas4hep.spec.statistics import array_stats
 from mlaas4hep.transform.vectorizer import Vectorizer
 
 
-@pytest.fixture(scope="module")
-def hzz(shared_data):
-    spec = DatasetSpec([compute_file_spec(shared_data / "uproot-HZZ.root")])
-    with open_tree(shared_data / "uproot-HZZ.root") as tree:
-        chunk = tree.arrays(tree.select())
-    return spec, chunk
-
-
 def test_layout_and_feature_names(hzz):
     spec, chunk = hzz
     v = Vectorizer(spec, ["NJet", "Jet_Px", "Jet_Py"])

@@ -132,7 +132,7 @@ class ImageLayout:
             name: int(len(f) - np.count_nonzero(f))
             for name, f in zip(self.branches, finite, strict=True)
         }
-        keep = np.logical_and.reduce(finite) if values[0].size else np.ones(0, dtype=bool)
+        keep = np.logical_and.reduce(finite)
         ix, inside_x = _bin(values[0], self.ranges[0], self.bins[0], self.periodic[0])
         iy, inside_y = _bin(values[1], self.ranges[1], self.bins[1], self.periodic[1])
         keep &= inside_x & inside_y

@@ -245,7 +245,8 @@ class Vectorizer:
                         f"image branch {name!r} must be jagged (a list per event), "
                         f"the spec says {stats.kind}"
                     )
-        self._init(blocks, normalization, pad_value, nonfinite, image, spec)
+        dtypes = {n: spec.branch(n).dtype for n in image.branches} if image else None
+        self._init(blocks, normalization, pad_value, nonfinite, image, dtypes)
 
     def _init(
         self,
@@ -254,7 +255,7 @@ class Vectorizer:
         pad_value: float,
         nonfinite: str,
         image: ImageLayout | None = None,
-        spec: DatasetSpec | None = None,
+        image_dtypes: Mapping[str, str] | None = None,
     ) -> None:
         if nonfinite not in _NONFINITE_CODES:
             raise ConfigError(
@@ -270,8 +271,8 @@ class Vectorizer:
         self._by_name = {block.name: block for block in blocks}
         inputs = {b.name: InputBranch(b.name, b.kind, b.dtype) for b in blocks}
         for name in image.branches if image is not None else ():
-            dtype = spec.branch(name).dtype if spec is not None else "float32"
-            inputs.setdefault(name, InputBranch(name, "jagged", dtype))
+            dtype = (image_dtypes or {}).get(name, "float32")
+            inputs.setdefault(name, InputBranch(name, "jagged", str(dtype)))
         self._inputs = list(inputs.values())
 
     # --- layout ---------------------------------------------------------------------
@@ -453,15 +454,12 @@ class Vectorizer:
             image = None
             if data.get("image") is not None:
                 image = ImageLayout.from_dict(data["image"], column)
+            dtypes = data["image"].get("dtypes") if image is not None else None
             self = cls.__new__(cls)
-            self._init(blocks, data["normalization"], data["pad_value"], data["nonfinite"], image)
-            if image is not None:
-                dtypes = data["image"].get("dtypes") or {}
-                self._inputs = [
-                    InputBranch(b.name, b.kind, str(dtypes.get(b.name, b.dtype)))
-                    for b in self._inputs
-                ]
-        except (KeyError, TypeError, ValueError) as err:
+            self._init(
+                blocks, data["normalization"], data["pad_value"], data["nonfinite"], image, dtypes
+            )
+        except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise ConfigError(f"malformed vectorizer configuration: {err!r}") from err
         return self
 

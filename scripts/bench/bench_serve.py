@@ -152,13 +152,14 @@ def oip_body(events: Any, vectorizer: Any, tag: str) -> bytes:
 
     from mlaas4hep.serve.open_inference import model_metadata
 
+    inputs = model_metadata(tag, vectorizer)["inputs"]
     tensors = []
-    for spec in model_metadata(tag, vectorizer)["inputs"]:
+    for spec in inputs:
         name = spec["name"]
         if name in events.fields:
             values = ak.to_numpy(ak.flatten(events[name], axis=None))
         else:  # the counts of a collection not sent as a branch itself
-            jagged = next(i["name"] for i in model_metadata(tag, vectorizer)["inputs"]
+            jagged = next(i["name"] for i in inputs
                           if i.get("parameters", {}).get("counts") == name)  # fmt: skip
             values = ak.to_numpy(ak.num(events[jagged]))
         tensors.append(
