@@ -28,7 +28,7 @@ def test_first_model_is_promoted() -> None:
 def test_worse_beyond_margin_keeps_the_current_model_and_says_why() -> None:
     decision = decide("m:2", 0.75, "m:1", 0.80, 0.02)
     assert not decision.promote
-    assert "0.0500 below" in decision.reason and "m:1" in decision.reason
+    assert "0.0500 worse" in decision.reason and "m:1" in decision.reason
 
 
 def test_slightly_worse_within_margin_is_promoted() -> None:
@@ -47,6 +47,14 @@ def test_candidate_without_auc_is_not_promoted() -> None:
 )
 def test_promotion_is_exactly_the_margin_rule(new: float, old: float, margin: float) -> None:
     assert decide("m:2", new, "m:1", old, margin).promote == (new - old >= -margin)
+
+
+@given(st.floats(0, 10), st.floats(0, 10), st.floats(0, 0.2))
+def test_a_regression_is_promoted_unless_its_loss_is_higher_by_the_margin(
+    new: float, old: float, margin: float
+) -> None:
+    decision = decide("m:2", new, "m:1", old, margin, metric="loss")
+    assert decision.promote == (new - old <= margin) and decision.metric == "loss"
 
 
 @pytest.fixture(scope="module")
@@ -165,8 +173,9 @@ def test_the_gate_compares_both_versions_on_the_same_test_events(
     assert decision["promote"] is promoted, decision["reason"]
     assert decision["current"] == production and comparison["events"] > 0
     assert decision["events"] == comparison["events"]
-    assert (comparison["candidate_auc"] > 0.5) is (candidate_sign > 0)
-    assert (comparison["current_auc"] > 0.5) is (production_sign > 0)
+    assert comparison["metric"] == decision["metric"] == "auc"
+    assert (comparison["candidate_value"] > 0.5) is (candidate_sign > 0)
+    assert (comparison["current_value"] > 0.5) is (production_sign > 0)
     served = Registry().resolve("tth:production")
     assert served == (decision["candidate"] if promoted else production)
     if promoted:

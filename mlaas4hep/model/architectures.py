@@ -4,8 +4,10 @@ A user model is a Python file defining ``build_model(n_features)`` that returns 
 model or a ``torch.nn.Module``; the framework is detected from what it returns unless
 the configuration names it. A model that wants the padding mask declares
 ``with_mask = True`` in that file (or the config says ``training.with_mask``): it then
-gets ``{"features": X, "mask": mask}`` instead of ``X``. Models output one probability
-per event (a sigmoid), trained with binary cross-entropy.
+gets ``{"features": X, "mask": mask}`` instead of ``X``. Models output what their task
+(:mod:`~mlaas4hep.model.tasks`) asks: one probability per event (binary), a softmax
+over the classes ``[n, C]`` (multiclass), or the value in the target's units
+(regression). A user's model for a multiclass task returns probabilities, not logits.
 
 For the image representation (:mod:`mlaas4hep.transform.images`) the default model is a
 small CNN: it takes the same ``features`` input, cuts the image out of it (its first
@@ -30,6 +32,7 @@ from typing import Any
 
 from mlaas4hep import extras
 from mlaas4hep.errors import ConfigError
+from mlaas4hep.model.tasks import BINARY, Task
 from mlaas4hep.stream.batches import FEATURES, MASK, model_inputs
 
 
@@ -41,8 +44,9 @@ def keras() -> ModuleType:
     return extras.require("tf_keras")
 
 
-def default_keras_model(n_features: int, with_mask: bool = False) -> Any:
-    """The paper's model: dense 128 (ReLU) → dropout 0.5 → dense 64 (ReLU) → sigmoid."""
+def default_keras_model(n_features: int, with_mask: bool = False, task: Task = BINARY) -> Any:
+    """The paper's model: dense 128 (ReLU) → dropout 0.5 → dense 64 (ReLU) → the task's
+    head (:func:`keras_head`)."""
     k = keras()
     features = k.Input(shape=(n_features,), name=FEATURES)
     x = features
@@ -54,15 +58,26 @@ def default_keras_model(n_features: int, with_mask: bool = False) -> Any:
     x = k.layers.Dense(128, activation="relu")(x)
     x = k.layers.Dropout(0.5)(x)
     x = k.layers.Dense(64, activation="relu")(x)
-    # the score in float32 under any precision policy (mixed precision: see keras_loop)
-    out = k.layers.Dense(1, activation="sigmoid", dtype="float32")(x)
-    return k.Model(inputs=inputs, outputs=out, name="mlaas4hep_default")
+    return k.Model(inputs=inputs, outputs=keras_head(x, task), name="mlaas4hep_default")
+
+
+def keras_head(x: Any, task: Task) -> Any:
+    """The last layer: one sigmoid, a softmax over the classes, or a linear output
+    scaled to the regression target (``offset + scale × x``); in float32 under any
+    precision policy (mixed precision: see keras_loop)."""
+    k = keras()
+    out = k.layers.Dense(task.outputs, activation=task.activation, dtype="float32")(x)
+    if task.kind == "regression":
+        out = k.layers.Rescaling(task.scale, offset=task.offset, dtype="float32")(out)
+    return out
 
 
 ImageInput = tuple[int, int, int]  # first column of the image in X, bins x, bins y
 
 
-def default_keras_image_model(n_features: int, image: ImageInput, with_mask: bool = False) -> Any:
+def default_keras_image_model(
+    n_features: int, image: ImageInput, with_mask: bool = False, task: Task = BINARY
+) -> Any:
     """The default image model in Keras (see the module docstring)."""
     k = keras()
     column, nx, ny = image
@@ -85,11 +100,13 @@ def default_keras_image_model(n_features: int, image: ImageInput, with_mask: boo
         joined = k.layers.Concatenate()([flat, joined])
     hidden = k.layers.Dense(64, activation="relu")(joined)
     hidden = k.layers.Dropout(0.5)(hidden)
-    out = k.layers.Dense(1, activation="sigmoid", dtype="float32")(hidden)
+    out = keras_head(hidden, task)
     return k.Model(inputs=inputs, outputs=out, name="mlaas4hep_default_image")
 
 
-def default_torch_image_model(n_features: int, image: ImageInput, with_mask: bool = False) -> Any:
+def default_torch_image_model(
+    n_features: int, image: ImageInput, with_mask: bool = False, task: Task = BINARY
+) -> Any:
     """The same image model in PyTorch."""
     torch = extras.torch()
     nn = torch.nn
@@ -115,8 +132,7 @@ def default_torch_image_model(n_features: int, image: ImageInput, with_mask: boo
                 nn.Linear(column + maps, 64),
                 nn.ReLU(),
                 nn.Dropout(0.5),
-                nn.Linear(64, 1),
-                nn.Sigmoid(),
+                *torch_head(64, task),
             )
 
         def forward(self, x: Any) -> Any:
@@ -126,12 +142,32 @@ def default_torch_image_model(n_features: int, image: ImageInput, with_mask: boo
             joined = self.conv(pixels)
             if column:
                 joined = torch.cat([x[:, :column], joined], dim=1)
-            return self.head(joined).squeeze(-1)
+            return _squeezed(self.head(joined), task)
 
     return DefaultImageClassifier()
 
 
-def default_torch_model(n_features: int, with_mask: bool = False) -> Any:
+def torch_head(width: int, task: Task) -> list[Any]:
+    """The last layers in PyTorch, as :func:`keras_head`: a linear layer of
+    ``task.outputs`` then the sigmoid, the softmax, or ``offset + scale × x``. (The
+    linear layer keeps the index it had before tasks, so older bundles load.) The model
+    squeezes a single output to ``[n]``."""
+    torch = extras.torch()
+    nn = torch.nn
+
+    class Scaled(nn.Module):
+        def forward(self, x: Any) -> Any:
+            return x * task.scale + task.offset
+
+    last = {"binary": nn.Sigmoid, "multiclass": lambda: nn.Softmax(dim=-1)}
+    return [nn.Linear(width, task.outputs), last.get(task.kind, Scaled)()]
+
+
+def _squeezed(out: Any, task: Task) -> Any:
+    return out.squeeze(-1) if task.outputs == 1 else out
+
+
+def default_torch_model(n_features: int, with_mask: bool = False, task: Task = BINARY) -> Any:
     """The same architecture in PyTorch."""
     torch = extras.torch()
     nn = torch.nn
@@ -145,14 +181,13 @@ def default_torch_model(n_features: int, with_mask: bool = False) -> Any:
                 nn.Dropout(0.5),
                 nn.Linear(128, 64),
                 nn.ReLU(),
-                nn.Linear(64, 1),
-                nn.Sigmoid(),
+                *torch_head(64, task),
             )
 
         def forward(self, x: Any) -> Any:
             if isinstance(x, dict):
                 x = x[FEATURES] * x[MASK].to(x[FEATURES].dtype)
-            return self.net(x).squeeze(-1)
+            return _squeezed(self.net(x), task)
 
     return DefaultClassifier()
 
@@ -221,17 +256,18 @@ def build_model(
     n_features: int,
     with_mask: bool,
     image: ImageInput | None = None,
+    task: Task = BINARY,
 ) -> Any:
-    """A fresh model: the default one (the CNN when the features hold an ``image``), or
-    the user's ``build_model(n_features)``."""
+    """A fresh model: the default one for the task (the CNN when the features hold an
+    ``image``), or the user's ``build_model(n_features)``."""
     if code is None:
         if image is not None:
             if framework == "torch":
-                return default_torch_image_model(n_features, image, with_mask)
-            return default_keras_image_model(n_features, image, with_mask)
+                return default_torch_image_model(n_features, image, with_mask, task)
+            return default_keras_image_model(n_features, image, with_mask, task)
         if framework == "torch":
-            return default_torch_model(n_features, with_mask)
-        return default_keras_model(n_features, with_mask)
+            return default_torch_model(n_features, with_mask, task)
+        return default_keras_model(n_features, with_mask, task)
     if framework == "tensorflow":
         keras()  # tf-keras must be chosen before the user's file imports TensorFlow
     built = load_user_module(code).build_model(n_features)

@@ -4,14 +4,15 @@ A bundle is a directory:
 
 =====================  ==============================================================
 ``bundle.json``        manifest: schema version, framework, n_features, feature names,
-                       whether the model takes the mask, the model's file names
+                       whether the model takes the mask, the model's file names, the
+                       task (:mod:`~mlaas4hep.model.tasks`) and its output names
 ``model.weights.h5``   Keras weights, or ``model.pt`` (a PyTorch state dict)
 ``model.py``           the user's ``build_model(n_features)`` (absent: the default model)
 ``model.onnx``         the model as an ONNX graph (:mod:`~mlaas4hep.model.onnx_graph`),
                        checked against the framework on held-out rows; what serving runs
 ``vectorizer.json``    :meth:`Vectorizer.to_dict` — the exact preprocessing of training
 ``dataset_spec.json``  the DatasetSpec it was trained with
-``metrics.json``       per-unit history, test AUC/loss, timings
+``metrics.json``       per-unit history, the task's test metrics, timings
 ``lineage.json``       files and their identities, config, git revision, versions
 ``reference.npz``      a few test rows (X, mask) and the scores the job computed
 ``plots/*.png``        ROC curve, loss curves, input features (signal vs background)
@@ -48,8 +49,10 @@ from mlaas4hep.model.manifest import (
     MANIFEST,
     is_default_model,
     read_manifest,
+    task_of,
 )
 from mlaas4hep.model.store import add_to_store
+from mlaas4hep.model.tasks import BINARY, Task
 from mlaas4hep.spec.documents import DatasetSpec
 from mlaas4hep.transform.vectorizer import Vectorizer
 
@@ -68,6 +71,7 @@ class ModelBundle:
     spec: DatasetSpec
     with_mask: bool = False
     model_code: str | None = None
+    task: Task = BINARY
     metrics: dict[str, Any] = field(default_factory=dict)
     lineage: dict[str, Any] = field(default_factory=dict)
     model: Any = None
@@ -82,13 +86,16 @@ class ModelBundle:
         return self.vectorizer.n_features
 
     def predict_vectorized(self, X: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Probabilities for rows already vectorised with this bundle's Vectorizer."""
+        """The model's outputs (``[n]``, or ``[n, C]`` for multiclass) for rows already
+        vectorised with this bundle's Vectorizer."""
         if self.model is None:
             raise ConfigError("this bundle holds no model (load it with ModelBundle.load)")
-        return predict_arrays(self.model, self.framework, X, mask, self.with_mask)
+        out = predict_arrays(self.model, self.framework, X, mask, self.with_mask)
+        return self.task.shaped(out)
 
     def predict(self, events: Any) -> np.ndarray:
-        """Probabilities for raw events (a dict of branch arrays or an awkward record array)."""
+        """The model's outputs for raw events (a dict of branch arrays or an awkward
+        record array)."""
         out = self.vectorizer.transform(events)
         return self.predict_vectorized(out.X, out.mask)
 
@@ -104,7 +111,9 @@ class ModelBundle:
             from mlaas4hep.model.onnx_graph import export_model
 
             X, mask = self.onnx_check
-            self.onnx = export_model(self.model, self.framework, self.with_mask, path, X, mask)
+            self.onnx = export_model(
+                self.model, self.framework, self.with_mask, path, X, mask, self.task.outputs
+            )
         manifest = {
             "bundle_version": BUNDLE_VERSION,
             "framework": self.framework,
@@ -114,6 +123,8 @@ class ModelBundle:
             "with_mask": self.with_mask,
             "weights": weights,
             "model": "model.py" if self.model_code is not None else DEFAULT_MODEL,
+            "task": self.task.to_dict(),
+            "outputs": self.task.output_names,
         }
         if self.onnx is not None:
             manifest["onnx"] = self.onnx
@@ -138,12 +149,14 @@ class ModelBundle:
         code = None if is_default_model(manifest) else (path / "model.py").read_text()
         vectorizer = Vectorizer.from_dict(json.loads((path / "vectorizer.json").read_text()))
         framework = manifest["framework"]
+        task = task_of(manifest)
         model = architectures.build_model(
             code,
             framework,
             vectorizer.n_features,
             manifest["with_mask"],
             image=vectorizer.image_input,
+            task=task,
         )
         load_weights(model, framework, path)
         reference = {}
@@ -156,6 +169,7 @@ class ModelBundle:
             spec=DatasetSpec.from_json((path / "dataset_spec.json").read_text()),
             with_mask=manifest["with_mask"],
             model_code=code,
+            task=task,
             metrics=json.loads((path / "metrics.json").read_text()),
             lineage=json.loads((path / "lineage.json").read_text()),
             model=model,
@@ -202,22 +216,37 @@ def write_plots(
     history: list[dict[str, Any]],
     arrays: Mapping[str, np.ndarray],
     vectorizer: Vectorizer,
+    task: Task = BINARY,
 ) -> list[Path]:
-    """ROC curve, loss curves and input-feature distributions as PNG files."""
+    """The task's plots of the test split (ROC curve; per-class ROC curves and the
+    confusion matrix; residuals and resolution), the loss and metric curves, and the
+    input-feature distributions by class (or by target quantile), as PNG files."""
     from mlaas4hep.model import plots
 
     directory.mkdir(parents=True, exist_ok=True)
-    return [
-        plots.roc_plot(directory / "roc.png", arrays["fpr"], arrays["tpr"]),
-        plots.loss_plot(directory / "loss.png", history),
+    y, s, w = arrays["labels"], arrays["scores"], arrays.get("weights")
+    if task.kind == "binary":
+        made = [plots.roc_plot(directory / "roc.png", arrays["fpr"], arrays["tpr"])]
+    elif task.kind == "multiclass":
+        made = [
+            plots.multiclass_roc_plot(directory / "roc.png", y, s, task.classes, w),
+            plots.confusion_plot(directory / "confusion.png", y, s, task.classes, w),
+        ]
+    else:
+        made = [plots.regression_plot(directory / "residuals.png", y, s, w)]
+    held = len(arrays["X"])
+    made += [
+        plots.loss_plot(directory / "loss.png", history, task),
         plots.feature_plot(
             directory / "features.png",
             arrays["X"],
             arrays["mask"],
-            arrays["labels"][: len(arrays["X"])],
+            y[:held],
             vectorizer.feature_names,
+            task,
         ),
     ]
+    return made
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -1,9 +1,10 @@
 """The bundle manifest (``bundle.json``): the one place that reads and checks it.
 
 The manifest names the bundle version, the framework, the number and names of the
-features, whether the model takes the mask, the model (``default`` or user code) and
-its weights file. The training job writes it; the bundle loader, the predictor of the
-service and the registry (listing, model cards, uploaded archives) read it here.
+features, whether the model takes the mask, the model (``default`` or user code), its
+weights file, the task and its output names. The training job writes it; the bundle
+loader, the predictor of the service and the registry (listing, model cards, uploaded
+archives) read it here.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mlaas4hep.errors import ConfigError
+from mlaas4hep.model.tasks import Task
 
 MANIFEST = "bundle.json"
 BUNDLE_VERSION = 1
@@ -44,6 +46,10 @@ def check_manifest(manifest: Mapping[str, Any], where: str) -> dict[str, Any]:
         value = manifest.get(key)
         if value is not None and (not isinstance(value, str) or not _FILE_NAME.fullmatch(value)):
             raise ConfigError(f"{where}: {key} must name a file inside the bundle, not {value!r}")
+    try:
+        task_of(manifest)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
     onnx = manifest.get("onnx")
     if onnx is not None and (
         not isinstance(onnx, Mapping)
@@ -85,6 +91,11 @@ def read_document(path: Path) -> dict[str, Any]:
 def is_default_model(manifest: Mapping[str, Any]) -> bool:
     """Whether the bundle holds the default model (no user code)."""
     return manifest.get("model", DEFAULT_MODEL) in (None, DEFAULT_MODEL)
+
+
+def task_of(manifest: Mapping[str, Any]) -> Task:
+    """The task a manifest records (binary for bundles made before tasks)."""
+    return Task.from_dict(manifest.get("task"))
 
 
 def weights_of(manifest: Mapping[str, Any]) -> str:

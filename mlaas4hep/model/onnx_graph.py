@@ -25,11 +25,13 @@ import numpy as np
 from mlaas4hep import extras
 from mlaas4hep.errors import ConfigError
 from mlaas4hep.model.frameworks import predict_arrays
+from mlaas4hep.model.tasks import max_difference, shaped
 from mlaas4hep.stream.batches import FEATURES, MASK, model_inputs
 
 ONNX_FILE = "model.onnx"
 OPSET = 17
-#: Largest difference allowed between the framework's and ONNX Runtime's probabilities.
+#: Largest difference allowed between the framework's and ONNX Runtime's outputs
+#: (relative for values beyond 1: :func:`~mlaas4hep.model.tasks.max_difference`).
 TOLERANCE = 1e-5
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 
@@ -45,14 +47,16 @@ def export_model(
     directory: Path,
     X: np.ndarray,
     mask: np.ndarray,
+    outputs: int = 1,
 ) -> dict[str, Any]:
     """Write ``directory/model.onnx``, check it on the held-out rows ``X``/``mask``
-    against the framework's outputs, and return what the manifest records of it."""
+    against the framework's outputs (``outputs`` values per event: 1, or the classes),
+    and return what the manifest records of it."""
     path = Path(directory) / ONNX_FILE
     n_features = X.shape[1]
     try:
         if framework == "torch":
-            converter = _export_torch(model, with_mask, n_features, path)
+            converter = _export_torch(model, with_mask, n_features, path, outputs)
         else:
             converter = _export_keras(model, with_mask, n_features, path)
     except ExportError:
@@ -62,15 +66,22 @@ def export_model(
         raise ExportError(
             f"the {framework} model could not be exported to ONNX: {type(err).__name__}: {first}"
         ) from None
+    expected = predict_arrays(model, framework, X, mask, with_mask)  # (torch: in eval mode)
+    if len(X) and expected.size != len(X) * outputs:
+        raise ExportError(
+            f"the {framework} model gives {expected.size / len(X):g} values per event; "
+            f"its task expects {outputs}"
+        )
     try:
-        forward = OnnxForward(path.read_bytes(), n_features, with_mask, where=ONNX_FILE)
+        forward = OnnxForward(
+            path.read_bytes(), n_features, with_mask, where=ONNX_FILE, outputs=outputs
+        )
     except ConfigError as err:  # e.g. a model traced into constants: no inputs left
         raise ExportError(
             f"the ONNX export of the {framework} model is not usable: {err}"
         ) from None
-    got = forward(X, mask)
-    expected = predict_arrays(model, framework, X, mask, with_mask)
-    worst = float(np.max(np.abs(got - expected))) if len(X) else 0.0
+    got = forward(X, mask).reshape(-1)
+    worst = max_difference(got, expected)
     if not worst <= TOLERANCE:
         raise ExportError(
             f"the ONNX export of the {framework} model disagrees with it by {worst:.3g} on "
@@ -82,28 +93,31 @@ def export_model(
         "file": ONNX_FILE,
         "opset": OPSET,
         "inputs": [FEATURES, MASK] if with_mask else [FEATURES],
+        "outputs": outputs,
         "converter": converter,
         "onnx": onnx.__version__,
         "onnxruntime": ort.__version__,
         "checked_rows": len(X),
-        "max_abs_diff": worst,
+        "max_abs_diff": float(np.max(np.abs(got - expected))) if len(X) else 0.0,
+        "max_rel_diff": worst,  # what is checked: relative beyond 1 (a value in GeV)
     }
 
 
-def _export_torch(model: Any, with_mask: bool, n_features: int, path: Path) -> str:
+def _export_torch(model: Any, with_mask: bool, n_features: int, path: Path, outputs: int) -> str:
     import warnings
 
     torch = extras.torch()
 
     class Signature(torch.nn.Module):
-        """(features[, mask]) → one probability per event, whatever the model takes."""
+        """(features[, mask]) → scores ``[n]`` (or ``[n, C]``), whatever the model takes."""
 
         def __init__(self) -> None:
             super().__init__()
             self.model = model
 
         def forward(self, features: Any, mask: Any = None) -> Any:
-            return self.model(model_inputs(features, mask, with_mask)).reshape(-1)
+            out = self.model(model_inputs(features, mask, with_mask))
+            return out.reshape(-1) if outputs == 1 else out.reshape(-1, outputs)
 
     example: tuple[Any, ...] = (torch.zeros(2, n_features),)
     names = [FEATURES]
@@ -134,9 +148,12 @@ def _export_keras(model: Any, with_mask: bool, n_features: int, path: Path) -> s
 # ---------------------------------------------------------------------------- serving
 
 
-def check_graph(data: bytes, n_features: int, with_mask: bool, where: str) -> None:
+def check_graph(
+    data: bytes, n_features: int, with_mask: bool, where: str, outputs: int = 1
+) -> None:
     """Refuse a graph serving must not load: custom-op domains, tensors stored outside
-    the file, or inputs other than the bundle's signature."""
+    the file, inputs other than the bundle's signature, or an output whose width is
+    known and is not the task's (``outputs`` per event)."""
     onnx = extras.require("onnx")
     try:
         graph_model = onnx.load_from_string(data)
@@ -170,6 +187,14 @@ def check_graph(data: bytes, n_features: int, with_mask: bool, where: str) -> No
             raise ConfigError(
                 f"{where}: input {name!r} is not [n, {n_features}] of the expected type"
             )
+    if len(graph_model.graph.output) != 1:
+        raise ConfigError(f"{where} has {len(graph_model.graph.output)} outputs, not one")
+    shape = graph_model.graph.output[0].type.tensor_type.shape.dim
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in shape]
+    width = dims[1] if len(dims) == 2 else 1 if len(dims) == 1 else -1
+    if width is not None and width != outputs:
+        want = "[n]" if outputs == 1 else f"[n, {outputs}]"
+        raise ConfigError(f"{where}: the output is {dims}, not {want} as the bundle's task says")
 
 
 def _tensors(graph: Any) -> list[Any]:
@@ -194,9 +219,16 @@ class OnnxForward:
     """
 
     def __init__(
-        self, data: bytes, n_features: int, with_mask: bool, where: str, threads: int = 1
+        self,
+        data: bytes,
+        n_features: int,
+        with_mask: bool,
+        where: str,
+        threads: int = 1,
+        outputs: int = 1,
     ) -> None:
-        check_graph(data, n_features, with_mask, where)
+        check_graph(data, n_features, with_mask, where, outputs)
+        self.outputs = outputs
         ort = extras.require("onnxruntime")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -212,8 +244,8 @@ class OnnxForward:
 
     def __call__(self, X: np.ndarray, mask: np.ndarray) -> np.ndarray:
         if len(X) == 0:
-            return np.zeros(0, dtype=np.float32)
+            return shaped(np.zeros(0, dtype=np.float32), self.outputs)
         feeds = {FEATURES: np.ascontiguousarray(X, dtype=np.float32)}
         if self.with_mask:
             feeds[MASK] = np.ascontiguousarray(mask, dtype=bool)
-        return np.asarray(self.session.run(None, feeds)[0], dtype=np.float32).reshape(-1)
+        return shaped(self.session.run(None, feeds)[0], self.outputs)

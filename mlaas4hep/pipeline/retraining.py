@@ -10,8 +10,11 @@ The retrain function submits ``ray_jobs/retrain.py`` for a dataset (see
 2. the training job runs (Ray Train) and registers the bundle in the model store;
 3. the new version and the one behind the alias (``production``) are scored on the same
    events, the new version's test split (:func:`compare_on_test`: each bundle applies
-   its own Vectorizer to the raw events, exact ROC AUC, the recipe's weights applied);
-   the new version is promoted unless its AUC there is worse by more than ``margin``. A
+   its own Vectorizer to the raw events, the recipe's weights applied), by the task's
+   primary metric: the exact ROC AUC of a classifier (one-vs-rest, averaged over the
+   classes, for multiclass), the loss of a regression (in units of the target's spread,
+   lower is better); the new version is promoted unless it is worse there by more than
+   ``margin``. A
    version trained on an older DatasetSpec than the one behind the alias is never
    promoted (checked in the same conditional write as the promotion). The decision, both
    numbers and the events used are written next to the run
@@ -43,18 +46,20 @@ DEFAULT_MARGIN = 0.01
 
 @dataclass(frozen=True)
 class Decision:
-    """Whether a new version replaces the one behind the alias, and why: both AUCs are
-    measured on the same ``events`` (the candidate's test split)."""
+    """Whether a new version replaces the one behind the alias, and why: both values of
+    ``metric`` (``auc``, or a regression's ``loss``) are measured on the same ``events``
+    (the candidate's test split)."""
 
     promote: bool
     reason: str
     candidate: str
-    candidate_auc: float | None
+    candidate_value: float | None
     current: str | None = None
-    current_auc: float | None = None
+    current_value: float | None = None
     margin: float = DEFAULT_MARGIN
     events: int | None = None
     weighted: bool = False
+    metric: str = "auc"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,41 +67,45 @@ class Decision:
 
 def decide(
     candidate: str,
-    candidate_auc: float | None,
+    candidate_value: float | None,
     current: str | None,
-    current_auc: float | None,
+    current_value: float | None,
     margin: float = DEFAULT_MARGIN,
     *,
     events: int | None = None,
     weighted: bool = False,
+    metric: str = "auc",
 ) -> Decision:
-    """Promote unless the candidate's AUC is worse than the current one's, on the same
-    events, by more than ``margin``.
+    """Promote unless the candidate's ``metric`` is worse than the current one's, on the
+    same events, by more than ``margin`` (``auc``: higher is better; ``loss``: lower).
 
-    No current version: promote. A candidate without a finite AUC: keep the current one
-    (a model that cannot be judged does not replace one that was).
+    No current version: promote. A candidate without a finite value: keep the current
+    one (a model that cannot be judged does not replace one that was).
     """
-    args = (candidate, candidate_auc, current, current_auc, margin, events, weighted)
+    args = (candidate, candidate_value, current, current_value, margin, events, weighted, metric)
+    name = metric.upper() if metric == "auc" else metric
     if current is None:
         return Decision(True, "no model behind the alias yet", *args)
-    if candidate_auc is None or not math.isfinite(candidate_auc):
-        return Decision(False, "the new model has no finite AUC on the test events", *args)
-    if current_auc is None or not math.isfinite(current_auc):
+    if candidate_value is None or not math.isfinite(candidate_value):
+        return Decision(False, f"the new model has no finite {name} on the test events", *args)
+    if current_value is None or not math.isfinite(current_value):
         return Decision(
             True, f"the current model {current} cannot be scored on the test events", *args
         )
     on = f" on the same {events} test events" if events else ""
-    delta = candidate_auc - current_auc
-    if delta < -margin:
+    higher_is_better = metric != "loss"
+    delta = candidate_value - current_value
+    worse = -delta if higher_is_better else delta
+    if worse > margin:
         return Decision(
             False,
-            f"AUC {candidate_auc:.4f} is {-delta:.4f} below the current {current_auc:.4f} "
-            f"({current}){on}, more than the margin {margin}",
+            f"{name} {candidate_value:.4f} is {worse:.4f} worse than the current "
+            f"{current_value:.4f} ({current}){on}, more than the margin {margin}",
             *args,
         )
     return Decision(
         True,
-        f"AUC {candidate_auc:.4f} vs {current_auc:.4f} ({current}){on}: {delta:+.4f}, "
+        f"{name} {candidate_value:.4f} vs {current_value:.4f} ({current}){on}: {delta:+.4f}, "
         f"within the margin {margin}",
         *args,
     )
@@ -104,13 +113,15 @@ def decide(
 
 @dataclass(frozen=True)
 class Comparison:
-    """Two versions scored on the same events: their exact ROC AUCs."""
+    """Two versions scored on the same events by the candidate's task: their ``metric``
+    (exact ROC AUC; the loss for regression)."""
 
-    candidate_auc: float
-    current_auc: float | None
+    candidate_value: float
+    current_value: float | None
     events: int
     weighted: bool
     problem: str | None = None  # why the current version could not be scored
+    metric: str = "auc"
 
 
 def compare_on_test(
@@ -122,19 +133,22 @@ def compare_on_test(
     turns the raw events into features with its own Vectorizer, so a current version
     with other inputs or normalisation is judged fairly. The recipe's weights (if any)
     weight the AUC. A current version whose branches the files lack is reported, not
-    scored.
+    scored, nor is one of another task.
     """
     import numpy as np
 
     from mlaas4hep.model.bundle import ModelBundle
-    from mlaas4hep.model.metrics import auc
+    from mlaas4hep.model.tasks import PRIMARY
     from mlaas4hep.training.job import build_streams
 
     new, old = ModelBundle.load(candidate), ModelBundle.load(current)
+    task = new.task
+    problem = None
+    if (old.task.kind, old.task.classes) != (task.kind, task.classes):
+        problem = f"the current version's task is {old.task.kind} {list(old.task.classes)}"
     wanted = sorted(set(new.vectorizer.branches) | set(old.vectorizer.branches))
     stream = build_streams(config, files, None, branches=wanted)["test"]
     labels, weights, ours, theirs = [], [], [], []
-    problem = None
     try:
         for chunk in stream.chunks():
             labels.append(chunk.y)
@@ -150,8 +164,13 @@ def compare_on_test(
         stream.close()
     y = np.concatenate(labels) if labels else np.zeros(0, np.float32)
     w = np.concatenate(weights) if weights else None
-    current_auc = None if problem or not theirs else auc(y, np.concatenate(theirs), w)
-    return Comparison(auc(y, np.concatenate(ours), w), current_auc, len(y), w is not None, problem)
+    metric = PRIMARY[task.kind][0]
+
+    def value(scores: list[np.ndarray]) -> float:
+        return float(task.metrics(y, np.concatenate(scores), w)[metric])
+
+    current_value = None if problem or not theirs else value(theirs)
+    return Comparison(value(ours), current_value, len(y), w is not None, problem, metric)
 
 
 def recipe_config(
@@ -201,14 +220,11 @@ def _model_name(dataset: str) -> str:
     return name or "model"
 
 
-def val_auc_of(metrics: Mapping[str, Any]) -> float | None:
-    """The last validation AUC of a bundle's ``metrics.json`` (None if it has none)."""
-    history = metrics.get("history") or []
-    for unit in reversed(history):
-        value = unit.get("val_auc")
-        if value is not None:
-            return float(value)
-    return None
+def primary_of(summary: Mapping[str, Any]) -> str:
+    """The metric a run of ``summary["task"]`` is judged by (``auc``, or ``loss``)."""
+    from mlaas4hep.model.tasks import PRIMARY
+
+    return PRIMARY.get(str(summary.get("task", "binary")), PRIMARY["binary"])[0]
 
 
 def retrain(
@@ -270,19 +286,22 @@ def retrain(
         comparison = compare_on_test(
             config, sorted(spec.files), registry.path(tag), registry.path(current)
         )
-        theirs = comparison.current_auc
+        theirs, metric = comparison.current_value, comparison.metric
         log(
-            f"on {comparison.events} test events: {tag} AUC {comparison.candidate_auc:.4f}, "
-            f"{current} AUC {theirs if theirs is not None else comparison.problem}"
+            f"on {comparison.events} test events: {tag} {metric} "
+            f"{comparison.candidate_value:.4f}, {current} {metric} "
+            f"{theirs if theirs is not None else comparison.problem}"
         )
+    metric = comparison.metric if comparison else primary_of(summary)
     decision = decide(
         tag,
-        comparison.candidate_auc if comparison else summary.get("test_auc"),
+        comparison.candidate_value if comparison else summary.get(f"test_{metric}"),
         current,
-        comparison.current_auc if comparison else None,
+        comparison.current_value if comparison else None,
         margin,
         events=comparison.events if comparison else None,
         weighted=comparison.weighted if comparison else False,
+        metric=metric,
     )
     spec_version = dataset_spec_version(spec_url)
     if decision.promote:

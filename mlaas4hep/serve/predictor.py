@@ -4,12 +4,13 @@ Why not :meth:`ModelBundle.load`: it rebuilds the model from its code, and a bun
 hold a user's ``model.py``, which is arbitrary code. The serving side loads, by default,
 only what cannot run code:
 
-* the default architecture (dense 128 → 64 → 1, ReLU, sigmoid; dropout is the identity
-  at inference) from its weights: the Keras ``.weights.h5`` file read with h5py, or the
-  PyTorch state dict read with ``torch.load(weights_only=True)``. The network is then
-  evaluated with numpy (float32 ``matmul``), which costs microseconds per batch where a
-  framework call costs milliseconds, and is checked at load time against the scores the
-  training job recorded in ``reference.npz``;
+* the default architecture (dense 128 → 64 → the task's head: a sigmoid, a softmax over
+  the classes, or the scaled regression value; dropout is the identity at inference)
+  from its weights: the Keras ``.weights.h5`` file read with h5py, or the PyTorch state
+  dict read with ``torch.load(weights_only=True)``. The network is then evaluated with
+  numpy (float32 ``matmul``), which costs microseconds per batch where a framework call
+  costs milliseconds, and is checked at load time against the scores the training job
+  recorded in ``reference.npz``;
 * any architecture, the user's included, from the bundle's ``model.onnx`` (every model
   the training job trains is exported and checked,
   :mod:`~mlaas4hep.model.onnx_graph`), scored by ONNX Runtime: the graph is data, checked
@@ -22,7 +23,8 @@ only what cannot run code:
   project's own code.
 
 :class:`Predictor` holds the Vectorizer and the forward pass of one model version; it
-turns event columns (from :mod:`mlaas4hep.serve.payloads`) into one probability per event.
+turns event columns (from :mod:`mlaas4hep.serve.payloads`) into the model's outputs: one
+probability per event, one per class (``[n, C]``), or the regressed value.
 """
 
 from __future__ import annotations
@@ -41,12 +43,14 @@ import numpy as np
 
 from mlaas4hep import extras
 from mlaas4hep.errors import ConfigError
-from mlaas4hep.model.manifest import is_default_model, read_manifest, weights_of
+from mlaas4hep.model.manifest import is_default_model, read_manifest, task_of, weights_of
+from mlaas4hep.model.tasks import BINARY, Task, max_difference
 from mlaas4hep.serve.payloads import EventColumns
 from mlaas4hep.transform.vectorizer import Vectorizer
 
-#: Layer widths of the default model (mlaas4hep.model.architectures.default_keras_model).
-DEFAULT_WIDTHS = (128, 64, 1)
+#: Hidden widths of the default model (mlaas4hep.model.architectures.default_keras_model);
+#: the last layer has the task's outputs.
+DEFAULT_WIDTHS = (128, 64)
 #: Scores of the reference rows must agree with the training job's within this.
 REFERENCE_TOLERANCE = 1e-5
 #: Rows per block of the numpy forward pass (bounds the hidden-layer memory).
@@ -63,13 +67,16 @@ class UnsafeBundleError(ConfigError):
 
 @dataclass
 class DenseNetwork:
-    """The default model's forward pass in numpy: ReLU hidden layers, a sigmoid output."""
+    """The default model's forward pass in numpy: ReLU hidden layers, then the task's
+    head (:func:`~mlaas4hep.model.architectures.keras_head`)."""
 
     layers: list[tuple[np.ndarray, np.ndarray]]
     with_mask: bool = False
+    task: Task = BINARY
 
     def __call__(self, X: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        out = np.empty(len(X), dtype=np.float32)
+        task = self.task
+        out = np.empty((len(X), task.outputs) if task.outputs > 1 else len(X), dtype=np.float32)
         last = len(self.layers) - 1
         for start in range(0, len(X), BLOCK_ROWS):  # blocks of rows, not events one by one
             stop = min(start + BLOCK_ROWS, len(X))
@@ -81,12 +88,24 @@ class DenseNetwork:
                 h += bias
                 if index < last:
                     np.maximum(h, 0.0, out=h)
-            with np.errstate(over="ignore"):
-                out[start:stop] = 1.0 / (1.0 + np.exp(-h[:, 0]))
+            out[start:stop] = _head(h, task)
         return out
 
 
-def keras_dense_layers(path: Path, n_features: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def _head(h: np.ndarray, task: Task) -> np.ndarray:
+    if task.kind == "multiclass":
+        h = h - h.max(axis=1, keepdims=True)
+        np.exp(h, out=h)
+        return h / h.sum(axis=1, keepdims=True)
+    if task.kind == "regression":
+        return h[:, 0] * np.float32(task.scale) + np.float32(task.offset)
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-h[:, 0]))
+
+
+def keras_dense_layers(
+    path: Path, n_features: int, outputs: int = 1
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """The (kernel, bias) pairs of the default model from a Keras weights file (h5py)."""
     h5py = extras.require("h5py")
     found: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
@@ -113,10 +132,12 @@ def keras_dense_layers(path: Path, n_features: int) -> list[tuple[np.ndarray, np
 
     with h5py.File(path, "r") as weights:
         weights.visititems(visit)
-    return _default_chain(found, n_features, path)
+    return _default_chain(found, n_features, outputs, path)
 
 
-def torch_dense_layers(path: Path, n_features: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def torch_dense_layers(
+    path: Path, n_features: int, outputs: int = 1
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """The same from a PyTorch state dict, read with ``weights_only=True`` (no code runs)."""
     torch = extras.torch()
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -127,13 +148,16 @@ def torch_dense_layers(path: Path, n_features: int) -> list[tuple[np.ndarray, np
             if bias is not None:
                 kernel = value.detach().cpu().numpy().astype(np.float32).T
                 found[tuple(kernel.shape)] = (kernel, bias.detach().cpu().numpy())
-    return _default_chain(found, n_features, path)
+    return _default_chain(found, n_features, outputs, path)
 
 
 def _default_chain(
-    found: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]], n_features: int, path: Path
+    found: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]],
+    n_features: int,
+    outputs: int,
+    path: Path,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    widths = (n_features, *DEFAULT_WIDTHS)
+    widths = (n_features, *DEFAULT_WIDTHS, outputs)
     shapes = list(itertools.pairwise(widths))
     if set(found) != set(shapes):
         raise ConfigError(
@@ -153,6 +177,7 @@ class Predictor:
     mode: str  # "onnx" (the graph), "numpy" (the default model's weights), "framework"
     manifest: dict[str, Any] = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
+    task: Task = BINARY
 
     @classmethod
     def load(
@@ -175,6 +200,7 @@ class Predictor:
             ) from err
         except json.JSONDecodeError as err:
             raise ConfigError(f"model {tag}: malformed vectorizer.json: {err}") from err
+        task = task_of(manifest)
         graph = manifest.get("onnx")
         numpy_ok = is_default_model(manifest) and vectorizer.image is None
         if engine == "onnx" and (graph is None or not _has_onnxruntime()):
@@ -199,15 +225,16 @@ class Predictor:
                 vectorizer.n_features,
                 bool(manifest.get("with_mask", False)),
                 where=f"model {tag}: {graph['file']}",
+                outputs=task.outputs,
             )
             mode = "onnx"
         elif numpy_ok:
             n = vectorizer.n_features
             if manifest.get("framework") == "torch":
-                layers = torch_dense_layers(path / weights_of(manifest), n)
+                layers = torch_dense_layers(path / weights_of(manifest), n, task.outputs)
             else:
-                layers = keras_dense_layers(path / weights_of(manifest), n)
-            forward = DenseNetwork(layers, bool(manifest.get("with_mask", False)))
+                layers = keras_dense_layers(path / weights_of(manifest), n, task.outputs)
+            forward = DenseNetwork(layers, bool(manifest.get("with_mask", False)), task)
             mode = "numpy"
         elif not trust_user_code and not is_default_model(manifest):
             raise UnsafeBundleError(
@@ -223,7 +250,7 @@ class Predictor:
             bundle = ModelBundle.load(path)
             forward = bundle.predict_vectorized
             mode = "framework"
-        predictor = cls(tag, vectorizer, forward, mode, manifest)
+        predictor = cls(tag, vectorizer, forward, mode, manifest, task=task)
         predictor.check_reference(path)
         return predictor
 
@@ -235,12 +262,14 @@ class Predictor:
                 with np.load(reference, allow_pickle=False) as data:
                     X, mask, expected = data["X"], data["mask"], data["scores"]
                 got = self.forward(X, mask)
+                if got.shape != expected.shape:
+                    raise ValueError(f"scores {got.shape} where the job recorded {expected.shape}")
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
                 raise ConfigError(
                     f"model {self.tag}: reference.npz is not three arrays X, mask and scores "
                     f"that fit the model ({type(err).__name__}: {err})"
                 ) from None
-            worst = float(np.max(np.abs(got - expected))) if len(got) else 0.0
+            worst = max_difference(got, expected)
             if not worst <= REFERENCE_TOLERANCE:
                 raise ConfigError(
                     f"model {self.tag}: scores of the reference rows differ from the "
@@ -255,8 +284,13 @@ class Predictor:
     def branches(self) -> list[str]:
         return self.vectorizer.branches
 
+    def _out(self, n: int) -> np.ndarray:
+        outputs = self.task.outputs
+        return np.empty((n, outputs) if outputs > 1 else n, dtype=np.float32)
+
     def score(self, events: EventColumns) -> np.ndarray:
-        """One probability (float32) per event, in slices of ``SCORE_ROWS`` events.
+        """The outputs (float32: ``[n]``, or ``[n, C]`` for multiclass) of the events, in
+        slices of ``SCORE_ROWS`` events.
 
         Slicing keeps the Vectorizer's output and the hidden layers in cache and reuses
         the same buffers from slice to slice: a million events cost half as much as in
@@ -265,15 +299,15 @@ class Predictor:
         n = len(events)
         if n <= SCORE_ROWS:
             return self._score(events.columns)
-        out = np.empty(n, dtype=np.float32)
+        out = self._out(n)
         for start in range(0, n, SCORE_ROWS):
             stop = min(start + SCORE_ROWS, n)
             out[start:stop] = self._score({k: c[start:stop] for k, c in events.columns.items()})
         return out
 
     def score_features(self, X: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """One probability per row of already vectorised features (and their mask)."""
-        out = np.empty(len(X), dtype=np.float32)
+        """The outputs of rows of already vectorised features (and their mask)."""
+        out = self._out(len(X))
         for start in range(0, len(X), SCORE_ROWS):
             stop = min(start + SCORE_ROWS, len(X))
             out[start:stop] = self.forward(X[start:stop], mask[start:stop])
@@ -290,6 +324,8 @@ class Predictor:
             "framework": self.manifest.get("framework"),
             "branches": self.branches,
             "n_features": self.vectorizer.n_features,
+            "task": self.task.kind,
+            "outputs": self.task.output_names,
             "loaded_at": self.loaded_at,
         }
 

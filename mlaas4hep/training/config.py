@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mlaas4hep.errors import ConfigError
+from mlaas4hep.model.tasks import LOSSES, TASKS, Task
 
 FRAMEWORKS = ("auto", "tensorflow", "torch")
 MODES = ("standard", "per_chunk")
@@ -37,8 +38,12 @@ class DatasetConfig:
 
     files: list[str] = field(default_factory=list)
     tree: str | None = None
-    labels: dict[str, float] | None = None
+    #: file (URL, name or glob) → label: 0/1 (binary), a class name or index (multiclass)
+    labels: dict[str, float | str] | None = None
+    #: an expression per event: the 0/1 label, the class index, or the regression target
     label: str | None = None
+    #: multiclass: the class names in index order (default: as ``labels`` names them)
+    classes: list[str] | None = None
     cut: str | None = None
     weight: str | None = None
     include: list[str] | None = None
@@ -89,6 +94,10 @@ class TrainingConfig:
     prefetch_batches: int = 64
     #: ``32``, or mixed precision: ``bf16`` (CPU and GPU) or ``fp16`` (GPU, loss-scaled).
     precision: str = "32"
+    #: The task's loss (None: bce, cce, mse); regression takes ``mse`` or ``huber``.
+    loss: str | None = None
+    #: Huber's threshold, in units of the target's standard deviation.
+    huber_delta: float = 1.0
 
 
 @dataclass
@@ -136,6 +145,8 @@ class TrainConfig:
     """The whole training job."""
 
     dataset: DatasetConfig
+    #: ``binary``, ``multiclass`` or ``regression`` (see :mod:`mlaas4hep.model.tasks`)
+    task: str = "binary"
     spec: str = "compute"
     vectorizer: VectorizerConfig = field(default_factory=VectorizerConfig)
     model: str = "default"
@@ -192,6 +203,7 @@ class TrainConfig:
             raise ConfigError("dataset: give labels per file (dataset.labels) or dataset.label")
         if d.labels is not None and d.label is not None:
             raise ConfigError("dataset: give dataset.labels or dataset.label, not both")
+        self.task_of()  # checks the task, its labels, classes and loss
         if len(d.fractions) != 3 or min(d.fractions) < 0 or abs(sum(d.fractions) - 1) > 1e-9:
             raise ConfigError(
                 f"dataset.fractions: three numbers >= 0 summing to 1, not {d.fractions}"
@@ -248,6 +260,69 @@ class TrainConfig:
             )
         if self.inject_failure is not None and set(self.inject_failure) - {"rank", "unit"}:
             raise ConfigError("inject_failure takes 'rank' and 'unit'")
+
+    def task_of(self) -> Task:
+        """The task the config describes (a regression's offset and scale not yet known)."""
+        _choice("task", self.task, TASKS)
+        d, t = self.dataset, self.training
+        loss = t.loss or LOSSES[self.task][0]
+        if self.task == "regression":
+            if d.label is None:
+                raise ConfigError(
+                    "task regression: give the target as dataset.label (a branch or expression)"
+                )
+            if d.classes is not None:
+                raise ConfigError("dataset.classes belongs to task multiclass")
+            return Task("regression", loss=loss, delta=t.huber_delta)
+        if self.task == "binary":
+            if d.classes is not None:
+                raise ConfigError("dataset.classes belongs to task multiclass")
+            for key, value in (d.labels or {}).items():
+                if isinstance(value, str):
+                    raise ConfigError(
+                        f"dataset.labels[{key!r}] is the class name {value!r}: "
+                        "set task: multiclass, or give 0 or 1"
+                    )
+            return Task("binary", loss=loss)
+        return Task("multiclass", classes=tuple(self.class_names()), loss=loss)
+
+    def class_names(self) -> list[str]:
+        """Multiclass: the class names in index order."""
+        d = self.dataset
+        named = [v for v in (d.labels or {}).values() if isinstance(v, str)]
+        classes = list(d.classes) if d.classes is not None else list(dict.fromkeys(named))
+        if d.classes is None and d.labels is not None and len(named) < len(d.labels):
+            raise ConfigError(
+                "dataset.labels: with class indices, name the classes in dataset.classes"
+            )
+        if d.classes is None and d.label is not None:
+            raise ConfigError(
+                "task multiclass with dataset.label (a class index per event): name the "
+                "classes in dataset.classes"
+            )
+        for key, value in (d.labels or {}).items():
+            if isinstance(value, str) and value not in classes:
+                raise ConfigError(
+                    f"dataset.labels[{key!r}]: class {value!r} is not in dataset.classes {classes}"
+                )
+            is_index = not isinstance(value, str) and value == int(value)
+            if not isinstance(value, str) and not (is_index and 0 <= value < len(classes)):
+                raise ConfigError(
+                    f"dataset.labels[{key!r}]: {value!r} is not a class index 0..{len(classes) - 1}"
+                )
+        if len(classes) < 2 or len(set(classes)) != len(classes):
+            raise ConfigError(f"task multiclass needs two or more distinct classes, not {classes}")
+        return classes
+
+    def numeric_labels(self) -> dict[str, float] | None:
+        """``dataset.labels`` as numbers (class names turned into their indices)."""
+        labels = self.dataset.labels
+        if labels is None:
+            return None
+        if self.task != "multiclass":
+            return {k: float(v) for k, v in labels.items()}
+        index = {name: i for i, name in enumerate(self.class_names())}
+        return {k: float(index[v]) if isinstance(v, str) else float(v) for k, v in labels.items()}
 
     @property
     def worker_chunk_size(self) -> int:
@@ -357,6 +432,11 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
     elif text.startswith("list[float]"):
         if isinstance(value, list) and all(_is_number(v) for v in value):
             return [float(v) for v in value]
+    elif text.startswith("dict[str, float | str]"):
+        if isinstance(value, dict) and all(
+            _is_number(v) or isinstance(v, str) for v in value.values()
+        ):
+            return {str(k): v if isinstance(v, str) else float(v) for k, v in value.items()}
     elif text.startswith("dict[str, float]"):
         if isinstance(value, dict) and all(_is_number(v) for v in value.values()):
             return {str(k): float(v) for k, v in value.items()}

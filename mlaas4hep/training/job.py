@@ -7,7 +7,7 @@ resolves the labels and counts the steps each worker will run. :func:`run_traini
 stages ``root://`` inputs if asked (before training, or while it runs: see
 :mod:`mlaas4hep.io.staging`), runs Ray Train (``TensorflowTrainer`` or ``TorchTrainer``)
 with checkpoints under the output location, then :func:`finish` evaluates the final
-model on the test split in the driver (AUC, ROC), draws the plots and saves the model
+model on the test split in the driver (the task's metrics), draws the plots and saves the model
 bundle to the BentoML store and the models bucket. The summary it returns holds the
 time each step took (``timings``) and the input pipeline's stall
 (``data_wait_fraction``).
@@ -35,7 +35,8 @@ from mlaas4hep.model import architectures as models
 from mlaas4hep.model.bundle import REFERENCE_ROWS, ModelBundle
 from mlaas4hep.model.lineage import git_revision, library_versions
 from mlaas4hep.model.manifest import DEFAULT_MODEL
-from mlaas4hep.model.metrics import auc, binary_cross_entropy, roc_curve
+from mlaas4hep.model.metrics import roc_curve
+from mlaas4hep.model.tasks import BINARY, Task
 from mlaas4hep.spec.compute import compute_dataset_spec
 from mlaas4hep.spec.documents import DatasetSpec, load_spec
 from mlaas4hep.stream.chunks import ChunkStream
@@ -68,6 +69,7 @@ class PreparedJob:
     run_name: str
     staged: dict[str, str]
     timings: dict[str, float] = field(default_factory=dict)
+    task: Task = BINARY
 
     @property
     def output(self) -> str:
@@ -111,9 +113,7 @@ def build_streams(
     give those branches raw, for scoring other bundles on the job's own splits.
     """
     d = config.dataset
-    labels = None
-    if d.labels is not None:
-        labels = dict(d.labels)
+    labels = config.numeric_labels()
     stream_class: Callable[..., ChunkStream] = ChunkStream
     extra: dict[str, Any] = {}
     if staging is not None:
@@ -197,10 +197,25 @@ def prepare(config: TrainConfig, staging: StagingRun | None = None) -> PreparedJ
         f"{config.output.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     )
     staged = dict(table.targets) if table is not None else {}
+    with timed(timings, "task"):
+        task = task_of_data(config, streams["train"])
     return PreparedJob(
         config, files, spec, vectorizer, streams, plan, framework, model_code, with_mask,
-        run_name, staged, timings,
+        run_name, staged, timings, task,
     )  # fmt: skip
+
+
+def task_of_data(config: TrainConfig, train: ChunkStream) -> Task:
+    """The config's task; for regression with the target's mean and spread measured on
+    the first training chunk (what the default model's output is scaled by)."""
+    task = config.task_of()
+    if task.kind != "regression":
+        return task
+    with train.with_split("train") as stream:
+        first = next(stream.chunks(), None)
+    if first is None or first.y is None or not len(first.y):
+        raise ConfigError("task regression: the training split holds no event")
+    return task.with_target(first.y, first.w)
 
 
 def worker_config(job: PreparedJob) -> dict[str, Any]:
@@ -215,6 +230,7 @@ def worker_config(job: PreparedJob) -> dict[str, Any]:
         "with_mask": job.with_mask,
         "n_features": job.vectorizer.n_features,
         "image": job.vectorizer.image_input,
+        "task": job.task.to_dict(),
         "learning_rate": job.config.training.learning_rate,
         "seed": job.config.training.seed,
         "prefetch_batches": job.config.training.prefetch_batches,
@@ -293,6 +309,7 @@ def load_trained_model(job: PreparedJob, checkpoint_dir: Path) -> Any:
         job.vectorizer.n_features,
         job.with_mask,
         image=job.vectorizer.image_input,
+        task=job.task,
     )
     load_weights(model, job.framework, checkpoint_dir)
     return model
@@ -301,35 +318,39 @@ def load_trained_model(job: PreparedJob, checkpoint_dir: Path) -> Any:
 def evaluate(
     job: PreparedJob, model: Any, max_feature_events: int = 50_000
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Test-split AUC, loss and ROC curve; and the arrays the plots need."""
+    """The task's metrics on the test split (weighted when the events are), as
+    ``test_<name>``; and the arrays the plots need."""
     from mlaas4hep.model.frameworks import predict_arrays
 
-    scores, labels, xs, masks = [], [], [], []
+    task = job.task
+    scores, labels, weights, xs, masks = [], [], [], [], []
     held = 0
     with job.streams["test"].with_split("test") as test:
         for batch in test.batches(4096):
-            scores.append(predict_arrays(model, job.framework, batch.X, batch.mask, job.with_mask))
+            out = predict_arrays(model, job.framework, batch.X, batch.mask, job.with_mask)
+            scores.append(task.shaped(out))
             labels.append(batch.y)
+            if batch.w is not None:
+                weights.append(batch.w)
             if held < max_feature_events:
                 xs.append(batch.X)
                 masks.append(batch.mask)
                 held += len(batch)
     s, y = np.concatenate(scores), np.concatenate(labels)
-    fpr, tpr, _ = roc_curve(y, s)
-    metrics = {
-        "test_auc": auc(y, s),
-        "test_loss": binary_cross_entropy(y, s),
-        "test_events": len(y),
-        "test_signal_fraction": float(np.mean(y)),
-    }
-    arrays = {
-        "scores": s,
-        "labels": y,
-        "fpr": fpr,
-        "tpr": tpr,
-        "X": np.concatenate(xs),
-        "mask": np.concatenate(masks),
-    }
+    w = np.concatenate(weights) if weights else None
+    metrics = {f"test_{k}": v for k, v in task.metrics(y, s, w).items()}
+    metrics["test_events"] = len(y)
+    if task.kind == "binary":
+        metrics["test_signal_fraction"] = float(np.mean(y))
+    elif task.kind == "multiclass":
+        counts = np.bincount(y.astype(np.int64), minlength=task.outputs) / max(len(y), 1)
+        metrics["test_class_fractions"] = dict(zip(task.classes, counts.tolist(), strict=True))
+    arrays: dict[str, np.ndarray] = {"scores": s, "labels": y}
+    if w is not None:
+        arrays["weights"] = w
+    if task.kind == "binary":
+        arrays["fpr"], arrays["tpr"], _ = roc_curve(y, s, w)
+    arrays["X"], arrays["mask"] = np.concatenate(xs), np.concatenate(masks)
     return metrics, arrays
 
 
@@ -394,6 +415,7 @@ def bundle_from_training(
         spec=job.spec,
         with_mask=job.with_mask,
         model_code=job.model_code,
+        task=job.task,
         metrics={"history": history, **test_metrics},
         lineage=lineage,
         model=model,
@@ -436,8 +458,11 @@ def run_summary(
         "run_name": job.run_name,
         "framework": job.framework,
         "mode": job.plan.mode,
-        "test_auc": test_metrics["test_auc"],
+        "task": job.task.kind,
+        "test_auc": test_metrics.get("test_auc"),
+        "test_loss": test_metrics.get("test_loss"),
         "val_auc": last.get("val_auc"),
+        "val_loss": last.get("val_loss"),
         "units": len(history),
         "fit_seconds": timings.get("fit", 0.0),
         "total_seconds": timings["total"],
@@ -478,7 +503,7 @@ def finish(
         out = bundle_from_training(job, model, history, test_metrics)
         local = bundles.workspace(job.run_name)
     with timed(timings, "plots"):
-        plots = bundles.write_plots(local / "plots", history, arrays, job.vectorizer)
+        plots = bundles.write_plots(local / "plots", history, arrays, job.vectorizer, job.task)
     staged = staging_summary(staging, config.staging.mode) if staging is not None else None
     if staged is not None:
         out.lineage["staging"] = staged

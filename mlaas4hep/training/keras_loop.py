@@ -9,9 +9,9 @@ The loop takes every batch from the :class:`~.feed.BatchFeed` itself and hands i
 compiled step (:class:`DistributedSteps`: ``strategy.run`` of :func:`lean_step`), so a
 unit trains on exactly its planned batches whatever TensorFlow would read ahead, and
 the time the loop is blocked on the feed is the time the step waits for data. Each
-unit is its training steps (one epoch, or ``epochs`` passes over a chunk), the exact
-loss and AUC on the validation shard, then a checkpoint: the weights, the optimizer's
-variables (Adam's moments and iteration count) and the state. ``precision: bf16`` or
+unit is its training steps (one epoch, or ``epochs`` passes over a chunk), the task's
+exact loss and metrics on the validation shard, then a checkpoint: the weights, the
+optimizer's variables (Adam's moments and iteration count) and the state. ``precision: bf16`` or
 ``fp16`` builds the model under Keras' mixed dtype policy (float32 variables; fp16 on a
 GPU only, with the loss-scaling optimizer ``compile`` puts in).
 """
@@ -29,6 +29,7 @@ from mlaas4hep import extras
 from mlaas4hep.errors import ConfigError
 from mlaas4hep.model import architectures as models
 from mlaas4hep.model.manifest import KERAS_WEIGHTS
+from mlaas4hep.model.tasks import Task
 from mlaas4hep.stream.batches import Batch
 from mlaas4hep.training import loop
 from mlaas4hep.training.feed import BatchFeed
@@ -65,6 +66,36 @@ def step_data(batch: Batch, with_mask: bool, has_weights: bool) -> tuple[Any, ..
     """``(features, y[, w])`` of one batch as the training step takes it (``model.train_step``)."""
     features = batch.inputs(with_mask)
     return (features, batch.y, batch.w) if has_weights else (features, batch.y)
+
+
+def keras_loss(task: Task) -> Any:
+    """The task's loss for ``compile``: per-event values that Keras weights and averages
+    (a regression's residual in units of the target's spread, see :mod:`~.tasks`)."""
+    if task.kind == "binary":
+        return "binary_crossentropy"
+    if task.kind == "multiclass":
+        return "sparse_categorical_crossentropy"  # the label is the class index
+    tf = extras.tensorflow()
+    scale, delta, huber = float(task.scale), float(task.delta), task.loss == "huber"
+
+    def regression_loss(y_true: Any, y_pred: Any) -> Any:
+        y = tf.reshape(tf.cast(y_true, tf.float32), [-1])
+        r = tf.abs(tf.reshape(y_pred, [-1]) - y) / scale
+        if not huber:
+            return tf.square(r)
+        return tf.where(r <= delta, 0.5 * tf.square(r), delta * (r - 0.5 * delta))
+
+    return regression_loss
+
+
+def keras_metric(task: Task) -> Any:
+    """The compiled metric of the task's :attr:`~.Task.train_metric`."""
+    k = models.keras()
+    if task.kind == "binary":
+        return k.metrics.AUC(name="auc")
+    if task.kind == "multiclass":
+        return k.metrics.SparseCategoricalAccuracy(name="accuracy")
+    return k.metrics.MeanAbsoluteError(name="mae")
 
 
 def lean_step(model: Any) -> Any:
@@ -212,15 +243,16 @@ class KerasRun:
                 worker.n_features,
                 worker.with_mask,
                 image=worker.image,
+                task=worker.task,
             )
             self.model.compile(  # fp16: compile wraps Adam in a LossScaleOptimizer
                 optimizer=k.optimizers.Adam(learning_rate=config["learning_rate"]),
-                loss="binary_crossentropy",
-                metrics=[k.metrics.AUC(name="auc")],
+                loss=keras_loss(worker.task),
+                metrics=[keras_metric(worker.task)],
             )
             self.model.optimizer.build(self.model.trainable_variables)  # restorable now
         loop.restore_model(worker, state, self.load)
-        self.has_weights = worker.train.weight_expr is not None
+        self.has_weights = worker.has_weights
         self.compiled = DistributedSteps(self.strategy, self.model, worker.world)
 
     def load(self, directory: Path) -> None:
@@ -240,12 +272,12 @@ class KerasRun:
         local = self.strategy.run(lambda: tf.constant(values[None]))
         return self.strategy.gather(local, axis=0).numpy()
 
-    def validate(self) -> tuple[float, float]:
+    def validate(self) -> dict[str, float]:
         with_mask = self.worker.with_mask
-        scores, labels = loop.validation_scores(
+        found = loop.validation_scores(
             self.worker, lambda b: self.compiled.predict(b.inputs(with_mask))
         )
-        return loop.validation_metrics(self.gather(scores).ravel(), self.gather(labels).ravel())
+        return loop.validation_metrics(self.worker, *(self.gather(a).ravel() for a in found))
 
     def reseed(self, seed: int) -> None:
         """Dropout draws from the unit's seed (a resumed run continues exactly): the
@@ -254,7 +286,8 @@ class KerasRun:
         self.compiled.reset()
 
     def train(self, unit: int, batches: Iterator[Batch], count: int) -> dict[str, float]:
-        """One unit's optimizer steps; the loss and AUC of its last pass, as ``fit``'s."""
+        """One unit's optimizer steps; the loss and the task's metric of its last pass,
+        as ``fit``'s."""
         plan = self.worker.plan
         last_pass = count - count // (1 if plan.mode == "standard" else plan.epochs)
         for step, batch in enumerate(batches):
@@ -263,7 +296,8 @@ class KerasRun:
             self.compiled.train(step_data(batch, self.worker.with_mask, self.has_weights))
             self.steps_taken += 1
         trained = self.model.get_metrics_result()
-        return {"loss": float(trained["loss"]), "auc": float(trained["auc"])}
+        metric = self.worker.task.train_metric
+        return {"loss": float(trained["loss"]), metric: float(trained[metric])}
 
     def optimizer_steps(self) -> int:
         """Adam's step count; under fp16 the loop's (the loss scaler skips the steps

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from mlaas4hep.errors import ConfigError
-from mlaas4hep.model.metrics import auc, binary_cross_entropy
+from mlaas4hep.model.tasks import Task
 from mlaas4hep.stream.batches import Batch, concat_batches
 from mlaas4hep.stream.chunks import ChunkStream
 from mlaas4hep.training.feed import BatchFeed, batches_per_unit, plan_batches
@@ -77,6 +77,16 @@ class Worker:
     @property
     def n_features(self) -> int:
         return int(self.config["n_features"])
+
+    @property
+    def task(self) -> Task:
+        """What the model learns (binary when the config predates tasks)."""
+        return Task.from_dict(self.config.get("task"))
+
+    @property
+    def has_weights(self) -> bool:
+        """Whether the events carry weights (they then enter every loss and metric)."""
+        return self.train.weight_expr is not None
 
     @property
     def image(self) -> tuple[int, int, int] | None:
@@ -223,14 +233,15 @@ class Steps:
     checkpoint) is written once.
 
     ``train(unit, batches, count)`` trains on exactly the ``count`` batches it is given
-    and returns the unit's ``loss`` and ``auc``; ``validate()`` the validation loss and
-    AUC of every worker; ``gather(values)`` one row of ``values`` per worker;
+    and returns the unit's ``loss`` and the task's training metric (``auc``,
+    ``accuracy`` or ``mae``); ``validate()`` the task's validation metrics over every
+    worker (:func:`validation_metrics`); ``gather(values)`` one row of ``values`` per worker;
     ``optimizer_steps()`` the optimizer's step count; ``reseed(seed)`` sets the
     framework's random numbers (dropout); ``synchronize()`` waits for the device.
     """
 
     train: Callable[[int, Iterator[Batch], int], dict[str, float]]
-    validate: Callable[[], tuple[float, float]]
+    validate: Callable[[], dict[str, float]]
     gather: Callable[[np.ndarray], np.ndarray]
     save: Callable[[Path], None]
     optimizer_steps: Callable[[], int]
@@ -257,10 +268,10 @@ def run_units(
         train_seconds = time.perf_counter() - started
         wait, produce = feed.wait_seconds - wait, feed.produce_seconds - produce
         validated = time.perf_counter()
-        val_loss, val_auc = steps.validate()
+        validated_metrics = steps.validate()
         timings = timing_record(steps.gather(np.array([train_seconds, wait, produce])))
         state = finish_unit(
-            worker, state, unit, {**metrics, "val_loss": val_loss, "val_auc": val_auc},
+            worker, state, unit, {**metrics, **validated_metrics},
             timings, steps.save,
             validation_seconds=time.perf_counter() - validated,
             seconds=time.perf_counter() - started,
@@ -309,15 +320,18 @@ def startup_parts(history: list[dict[str, Any]], fit_started: float, fit_ended: 
 
 def validation_scores(
     worker: Worker, predict: Callable[[Batch], np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """This worker's scores and labels of the validation shard: exactly
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """This worker's scores (flat: ``C`` per event for multiclass), labels and weights
+    (ones when the events have none) of the validation shard: exactly
     ``plan.validation_steps`` batches, the same count on every worker (so that the
     loops can gather them with a collective of one shape)."""
-    scores, labels = [], []
+    scores, labels, weights = [], [], []
     for block in validation_blocks(worker):
         scores.append(np.asarray(predict(block), dtype=np.float64).reshape(-1))
         labels.append(np.asarray(block.y, dtype=np.float64))
-    return np.concatenate(scores), np.concatenate(labels)
+        w = np.ones(len(block)) if block.w is None else np.asarray(block.w, dtype=np.float64)
+        weights.append(w)
+    return np.concatenate(scores), np.concatenate(labels), np.concatenate(weights)
 
 
 #: Validation blocks up to this many bytes are kept after the first unit reads them.
@@ -365,10 +379,16 @@ def scoring_blocks(batches: Iterator[Batch], rows: int) -> Iterator[Batch]:
         yield concat_batches(pending)
 
 
-def validation_metrics(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """``(val_loss, val_auc)`` of every worker's validation scores: the exact AUC, the
-    same for each framework."""
-    return binary_cross_entropy(labels, scores), auc(labels, scores)
+def validation_metrics(
+    worker: Worker, scores: np.ndarray, labels: np.ndarray, weights: np.ndarray
+) -> dict[str, float]:
+    """The task's scalar metrics of every worker's validation scores as ``val_<name>``
+    (``val_loss``; the exact ``val_auc`` of a classifier, the same for each framework;
+    ``val_rmse``, ``val_resolution``… of a regression), weighted when the events are."""
+    task = worker.task
+    w = weights if worker.has_weights else None
+    found = task.metrics(labels, task.shaped(scores), w)
+    return {f"val_{k}": float(v) for k, v in found.items() if isinstance(v, (int, float))}
 
 
 # ---------------------------------------------------------------------------- records

@@ -32,7 +32,7 @@ from mlaas4hep import extras
 from mlaas4hep.errors import ConfigError
 from mlaas4hep.model import architectures as models
 from mlaas4hep.model.manifest import TORCH_WEIGHTS
-from mlaas4hep.model.metrics import auc
+from mlaas4hep.model.tasks import Task
 from mlaas4hep.stream.batches import Batch, model_inputs
 from mlaas4hep.training import loop
 from mlaas4hep.training.feed import BatchFeed
@@ -63,6 +63,25 @@ def batch_tensors(batch: Batch, device: Any, with_mask: bool) -> tuple[Any, Any,
     features = move(batch.X)
     inputs = model_inputs(features, move(batch.mask) if with_mask else None, with_mask)
     return inputs, move(batch.y), move(batch.w)
+
+
+def torch_loss(task: Task, out: Any, y: Any, w: Any) -> Any:
+    """The task's loss of one batch: the mean of ``w × loss`` over its events (as
+    Keras reduces it; a regression's residual in units of the target's spread)."""
+    torch = extras.torch()
+    functional = torch.nn.functional
+    if task.kind == "binary":
+        return functional.binary_cross_entropy(out, y, weight=w)
+    if task.kind == "multiclass":
+        log_p = torch.log(out.clamp_min(1e-7))
+        per = functional.nll_loss(log_p, y.long(), reduction="none")
+    elif task.loss == "huber":
+        per = functional.huber_loss(
+            out / task.scale, y / task.scale, reduction="none", delta=task.delta
+        )
+    else:
+        per = ((out - y) / task.scale) ** 2
+    return (per * w).mean() if w is not None else per.mean()
 
 
 def pinned(batch: Batch) -> Batch:
@@ -183,7 +202,12 @@ class TorchRun:
         self.precision = Precision(str(config.get("precision", "32")), device)
         self.steps_taken = int(state.get("optimizer_steps", 0))
         self.bare = models.build_model(
-            config["model_code"], "torch", worker.n_features, worker.with_mask, image=worker.image
+            config["model_code"],
+            "torch",
+            worker.n_features,
+            worker.with_mask,
+            image=worker.image,
+            task=worker.task,
         )
         self.bare.to(device)
         self._optimizer_state: Any = None
@@ -230,37 +254,45 @@ class TorchRun:
             out = self.model(inputs)
         return out.reshape(-1).float().cpu().numpy()
 
-    def validate(self) -> tuple[float, float]:
+    def validate(self) -> dict[str, float]:
         torch = extras.torch()
         self.model.eval()
         with torch.no_grad():
-            scores, labels = loop.validation_scores(self.worker, self.predict)
+            found = loop.validation_scores(self.worker, self.predict)
         self.model.train()
-        return loop.validation_metrics(*self.gathered(scores, labels))
+        return loop.validation_metrics(self.worker, *self.gathered(*found))
 
     def train(self, unit: int, batches: Iterator[Batch], count: int) -> dict[str, float]:
-        """One unit's optimizer steps; its loss and AUC (back to the CPU once, at its end)."""
+        """One unit's optimizer steps; its loss and the task's metric (back to the CPU
+        once, at its end)."""
         torch = extras.torch()
-        losses, scores, labels = [], [], []
+        task = self.worker.task
+        losses, scores, labels, weights = [], [], [], []
         for batch in batches:
             inputs, y, w = batch_tensors(batch, self.device, self.worker.with_mask)
             with self.precision.autocast():
-                out = self.model(inputs).reshape(-1)
+                out = self.model(inputs)
             out = out.float()  # the loss in float32 (BCE is not autocast-safe)
-            loss = torch.nn.functional.binary_cross_entropy(out, y, weight=w)
+            out = out.reshape(-1) if task.outputs == 1 else out.reshape(-1, task.outputs)
+            loss = torch_loss(task, out, y, w)
             self.optimizer.zero_grad()
             self.precision.step(loss, self.optimizer)
             self.steps_taken += 1
             losses.append(loss.detach())  # stays on the device: no sync per step
             scores.append(out.detach())
             labels.append(np.asarray(batch.y))
+            if batch.w is not None:
+                weights.append(np.asarray(batch.w))
+        metric = task.train_metric
         if not losses:
-            return {"loss": float("nan"), "auc": float("nan")}
+            return {"loss": float("nan"), metric: float("nan")}
         loss_mean = float(torch.stack(losses).mean().cpu())
-        return {
-            "loss": loss_mean,
-            "auc": auc(np.concatenate(labels), torch.cat(scores).cpu().numpy()),
-        }
+        found = task.metrics(
+            np.concatenate(labels),
+            torch.cat(scores).cpu().numpy(),
+            np.concatenate(weights) if weights else None,
+        )
+        return {"loss": loss_mean, metric: float(found[metric])}
 
     def optimizer_steps(self) -> int:
         """Adam's step count; with a gradient scaler the loop's (see :class:`Precision`)."""

@@ -202,26 +202,32 @@ def uneven_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 @pytest.mark.parametrize(
-    ("framework", "mode", "epochs", "fail"),
-    [("tensorflow", "standard", 3, True), ("torch", "per_chunk", 2, False)],  # both loops
-)
+    ("framework", "mode", "epochs", "fail", "task"),
+    # both loops, and the tasks whose validation gathers other shapes over the workers
+    [("tensorflow", "standard", 3, True, "regression"),
+     ("torch", "per_chunk", 2, False, "multiclass")],
+)  # fmt: skip
 def test_every_unit_trains_exactly_its_planned_steps_with_uneven_shards(
     ray_head: RayHead, uneven_files, tmp_path, framework: str, mode: str, epochs: int,
-    fail: bool,
+    fail: bool, task: str,
 ) -> None:  # fmt: skip
     """The regression of a Keras job that died at unit boundaries (a batch of one unit
     reaching the next): units whose sizes divide neither by the batch nor by the worker
     count, and a shard five times smaller than the other, train exactly as planned.
     With ``fail``, worker 1 fails after unit 0: Ray Train restarts the workers, which
-    resume from the checkpoint (weights, Adam's moments and step count, stream position)."""
+    resume from the checkpoint (weights, Adam's moments and step count, stream position).
+    The Keras job regresses ``MET_pt``, the torch one tells the three files apart: each
+    worker's validation outputs (one value, or three probabilities, per event) are
+    gathered over both workers."""
     if framework == "torch":
         pytest.importorskip("torch")
     files = [str(p) for p in uneven_files]
     config = {
         "dataset": {
-            "files": files, "labels": {"sig.root": 1, "*": 0}, "cut": "position < 0.6",
+            "files": files, "cut": "position < 0.6",
             "include": ["Jet_pt", "Jet_eta", "nJet", "MET_pt", "nPV"],
         },
+        "task": task,
         "vectorizer": {"padding": 5},
         "framework": framework,
         "training": {"epochs": epochs, "mode": mode, "chunk_size": 1000, "batch_size": 37},
@@ -229,6 +235,11 @@ def test_every_unit_trains_exactly_its_planned_steps_with_uneven_shards(
         "output": {"location": str(tmp_path / "out"), "name": "uneven",
                    "bentoml_store": False},
     }  # fmt: skip
+    if task == "regression":
+        config["dataset"]["label"] = "MET_pt"
+        config["dataset"]["include"].remove("MET_pt")
+    else:
+        config["dataset"]["labels"] = {"sig.root": "sig", "bkg_a.root": "a", "bkg_b.root": "b"}
     if fail:
         config["inject_failure"] = {"rank": 1, "unit": 0}
     job = prepare(TrainConfig.from_dict(config))
@@ -252,6 +263,12 @@ def test_every_unit_trains_exactly_its_planned_steps_with_uneven_shards(
     assert result["units"] == len(history) >= 2
     assert all(0 <= h["data_wait_fraction"] <= 1 and len(h["workers"]) == 2 for h in history)
     assert ("injected failure after unit 0" in logs) == fail
+    assert result["task"] == task
+    if task == "multiclass":
+        assert set(metrics["test_auc_per_class"]) == {"sig", "a", "b"}
+        assert all(np.isfinite(h["val_auc"]) and "val_accuracy" in h for h in history)
+    else:
+        assert all(np.isfinite(h["val_rmse"]) and "mae" in h for h in history)
     if fail:  # units 1 and 2 ran after the restart, unit 0 came from the checkpoint
         assert [h["unit"] for h in history] == [0, 1, 2]
         assert history[1]["worker_entered_at"] > history[0]["worker_entered_at"]
