@@ -1,4 +1,4 @@
-"""BentoML service: raw physics events in, probabilities out; the model registry API.
+"""BentoML service: raw physics events in, their scores out; the model registry API.
 
     bentoml serve serving.service:Inference --host 127.0.0.1 --port 3000
 
@@ -35,7 +35,16 @@ class Scores(BaseModel):
     """What ``POST /predict`` answers (documented here, encoded by the core)."""
 
     model: str = Field(description="tag of the model version that scored the events")
-    scores: list[float] = Field(description="one probability per event, in order")
+    task: str | None = Field(
+        None, description="'multiclass' or 'regression'; absent for a binary model"
+    )
+    classes: list[str] | None = Field(
+        None, description="multiclass: the class names, the order of each event's list"
+    )
+    scores: list[float] | list[list[float]] = Field(
+        description="per event, in order: one probability (binary), the value "
+        "(regression), or one probability per class (multiclass)"
+    )
 
 
 @bentoml.service(name="mlaas4hep", workers=CONFIG.workers, traffic={"timeout": 600})
@@ -56,7 +65,8 @@ class Inference:
         events: Annotated[Any, Field(description=EVENTS)] = None,
         columns: Annotated[Any, Field(description=COLUMNS)] = None,
     ) -> Scores:
-        """Probabilities for raw events, batched adaptively with concurrent requests."""
+        """The model's outputs for raw events (probabilities, per-class probabilities or
+        regressed values), batched adaptively with concurrent requests."""
         try:
             body = await self.server.predict_json({"events": events, "columns": columns})
         except Exception as err:

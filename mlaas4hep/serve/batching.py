@@ -125,7 +125,8 @@ class AdaptiveBatcher(Generic[Item, Result]):
 
 
 def split(values: Any, sizes: Sequence[int]) -> list[Any]:
-    """``values`` cut into consecutive pieces of ``sizes`` (one per batched request)."""
+    """``values`` cut into consecutive pieces of ``sizes`` (one per batched request):
+    along the first axis, so the rows of ``[n, C]`` scores stay whole."""
     out, start = [], 0
     for size in sizes:
         out.append(values[start : start + size])

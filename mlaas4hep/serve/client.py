@@ -23,7 +23,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +52,14 @@ class ServiceError(MlaasError):
 
 @dataclass
 class Prediction:
-    """Scores of a request and the model version that computed them."""
+    """Scores of a request and the model version that computed them: ``[n]`` for a
+    binary model (probabilities) or a regression (values), ``[n, C]`` for a multiclass
+    one, whose columns ``outputs`` names (``["score"]``, ``["value"]`` or the classes)."""
 
     model: str
     scores: np.ndarray
+    task: str = "binary"
+    outputs: list[str] = field(default_factory=lambda: ["score"])
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -163,7 +167,12 @@ class Client:
 
     def _json_prediction(self, body: dict[str, Any]) -> Prediction:
         answer = self._json("POST", "/predict", json.dumps(body).encode(), JSON)
-        return Prediction(answer["model"], np.asarray(answer["scores"], dtype=np.float32))
+        task = str(answer.get("task", "binary"))
+        outputs = answer.get("classes") or ["value" if task == "regression" else "score"]
+        scores = np.asarray(answer["scores"], dtype=np.float32)
+        if task == "multiclass":
+            scores = scores.reshape(-1, len(outputs))  # [0, C] when no events
+        return Prediction(answer["model"], scores, task, list(outputs))
 
     # --- transport ------------------------------------------------------------------
     def _json(
@@ -234,10 +243,13 @@ def to_arrow_stream(events: Any) -> bytes:
 def _arrow_prediction(data: bytes, headers: Mapping[str, str]) -> Prediction:
     pa = extras.require("pyarrow")
     table = pa.ipc.open_stream(data).read_all()
-    model = (table.schema.metadata or {}).get(b"model", b"").decode() or headers.get(
-        "X-Model-Tag", ""
-    )
-    return Prediction(model, table.column("score").to_numpy())
+    metadata = table.schema.metadata or {}
+    model = metadata.get(b"model", b"").decode() or headers.get("X-Model-Tag", "")
+    task = metadata.get(b"task", b"binary").decode()
+    names = table.column_names  # one float32 column per output, in their order
+    columns = [table.column(name).to_numpy() for name in names]
+    scores = columns[0] if task != "multiclass" else np.column_stack(columns)
+    return Prediction(model, scores, task, names)
 
 
 def _service_error(err: urllib.error.HTTPError) -> ServiceError:

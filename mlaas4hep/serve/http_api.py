@@ -133,7 +133,7 @@ async def read_body(request: Request) -> bytes | bytearray:
     """The request body, read into one buffer (sized by ``Content-Length`` when given)
     so that a bulk body is held once, not as its pieces and their join."""
     length = request.headers.get("content-length", "")
-    if not length.isdigit():
+    if not (length.isascii() and length.isdigit()):  # not '²', which int() refuses
         return await request.body()
     buffer = bytearray(int(length))
     view, filled = memoryview(buffer), 0

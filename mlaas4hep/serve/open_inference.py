@@ -23,9 +23,13 @@ raw branches
 Tensors come as JSON (``data``, flat or nested, row-major) or, with the binary tensor
 extension, as raw little-endian bytes after the JSON header (``parameters.binary_data_size``
 per input, the header's length in ``Inference-Header-Content-Length``). The answer holds one
-output, ``scores`` (FP32, ``[n]``), as JSON or as binary when the request asks for it
-(``binary_data`` on the output, or ``binary_data_output`` on the request: tritonclient's
-default). Every refusal is a 4xx ``{"error", "field", "problem"}`` naming the input.
+output, ``scores`` (FP32): ``[n]`` for a binary model (the probabilities) or a regression
+(the values, in the target's units), ``[n, C]`` for a multiclass one (row-major: the C
+probabilities of each event in the order of the classes, which the model metadata lists
+in the output's ``parameters.classes``). It comes as JSON or as binary when the request
+asks for it (``binary_data`` on the output, or ``binary_data_output`` on the request:
+tritonclient's default). Every refusal is a 4xx ``{"error", "field", "problem"}`` naming
+the input.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from mlaas4hep.model.tasks import BINARY, Task
 from mlaas4hep.serve.payloads import (
     EventColumns,
     RequestError,
@@ -85,9 +90,9 @@ class InferRequest:
     binary_output: bool
 
 
-def model_metadata(tag: str, vectorizer: Vectorizer) -> dict[str, Any]:
+def model_metadata(tag: str, vectorizer: Vectorizer, task: Task = BINARY) -> dict[str, Any]:
     """The v2 model metadata of the served version: raw-branch inputs, the features form,
-    and the ``scores`` output."""
+    and the ``scores`` output (:func:`scores_metadata`)."""
     name, _, version = tag.partition(":")
     inputs: list[dict[str, Any]] = []
     flat = {b.name for b in vectorizer.inputs if b.kind == "flat"}
@@ -109,7 +114,7 @@ def model_metadata(tag: str, vectorizer: Vectorizer) -> dict[str, Any]:
         "versions": [version],
         "platform": "mlaas4hep",
         "inputs": inputs,
-        "outputs": [{"name": SCORES, "datatype": "FP32", "shape": [-1]}],
+        "outputs": [scores_metadata(task)],
         "parameters": {
             "tag": tag,
             "features_form": [
@@ -119,6 +124,23 @@ def model_metadata(tag: str, vectorizer: Vectorizer) -> dict[str, Any]:
             "feature_names": vectorizer.feature_names,
         },
     }
+
+
+def scores_metadata(task: Task = BINARY) -> dict[str, Any]:
+    """The metadata of the ``scores`` output: shape ``[-1]`` for one output per event,
+    ``[-1, C]`` for a multiclass model, whose class names (in the order of the columns)
+    are its ``parameters.classes``; a task other than binary is named in
+    ``parameters.task``. (A v2 tensor may carry ``parameters``, as the inputs here do;
+    a client that does not know them reads name, datatype and shape.)"""
+    entry: dict[str, Any] = {"name": SCORES, "datatype": "FP32"}
+    if task.kind == "multiclass":
+        entry["shape"] = [-1, task.outputs]
+        entry["parameters"] = {"task": task.kind, "classes": list(task.classes)}
+    elif task.kind == "regression":
+        entry.update(shape=[-1], parameters={"task": task.kind})
+    else:
+        entry["shape"] = [-1]
+    return entry
 
 
 def check_served(tag: str | None, name: str, version: str | None) -> None:
@@ -150,13 +172,15 @@ def parse_request(
     if header_length is None:
         header, binary = view, view[:0]
     else:
-        if not header_length.strip().isdigit() or int(header_length) > len(view):
+        digits = header_length.strip()
+        # ASCII digits only: str.isdigit() also takes '²', which int() refuses
+        if not (digits.isascii() and digits.isdigit()) or int(digits) > len(view):
             raise RequestError(
                 f"Inference-Header-Content-Length {header_length[:40]!r} is not a length "
                 f"within the body's {len(view)} bytes",
                 field="Inference-Header-Content-Length",
             )
-        split_at = int(header_length)
+        split_at = int(digits)
         header, binary = view[:split_at], view[split_at:]
     try:
         document = json.loads(bytes(header))
@@ -405,17 +429,18 @@ def _check_events(n: int, max_events: int, field: str) -> None:
 def encode_response(
     scores: np.ndarray, tag: str, request: InferRequest
 ) -> tuple[bytes, dict[str, str], str]:
-    """(body, headers, media type) of the answer: ``scores`` as JSON or binary."""
+    """(body, headers, media type) of the answer: ``scores`` (``[n]`` or ``[n, C]``, its
+    values row-major) as JSON or binary."""
     name, _, version = tag.partition(":")
     scores = np.ascontiguousarray(scores, dtype="<f4")
-    output: dict[str, Any] = {"name": SCORES, "datatype": "FP32", "shape": [len(scores)]}
+    output: dict[str, Any] = {"name": SCORES, "datatype": "FP32", "shape": list(scores.shape)}
     document: dict[str, Any] = {"model_name": name, "model_version": version}
     if request.id is not None:
         document["id"] = request.id
     document["outputs"] = [output]
     headers = {"X-Model-Tag": tag}
     if not request.binary_output:
-        output["data"] = scores.tolist()
+        output["data"] = scores.reshape(-1).tolist()  # flat, row-major
         return json.dumps(document).encode(), headers, "application/json"
     output["parameters"] = {"binary_data_size": scores.nbytes}
     header = json.dumps(document).encode()

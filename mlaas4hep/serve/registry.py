@@ -5,7 +5,8 @@ Versions are BentoML models (``name:version``) whose directory is a model bundle
 
 * :meth:`Registry.list` with metadata, filtered by name, labels, dataset, metric
   thresholds (``test_auc>=0.8``) and creation dates; :meth:`Registry.card`, the model
-  card (features, spec summary, metrics, lineage, framework versions, aliases);
+  card (the task and its outputs, features, spec summary, metrics, plots, lineage,
+  framework versions, aliases);
 * aliases (``production``, ``staging``, …) per model name, in one small JSON file in the
   store (``mlaas4hep-aliases.json``), written atomically (temporary file + rename, under
   a file lock) so that every process that serves from the store — each worker of
@@ -55,6 +56,7 @@ from mlaas4hep.serve.registry_documents import (
     metric_condition,
     number_or_none,
     spec_summary,
+    task_summary,
     utc,
 )
 from mlaas4hep.serve.registry_errors import (
@@ -239,6 +241,7 @@ class Registry:
             "framework": manifest.get("framework"),
             "model": manifest.get("model"),
             "n_features": manifest.get("n_features"),
+            "task": task_summary(manifest, {}).get("kind"),
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
             "run_name": lineage.get("run_name"),
             "datasets": sorted(
@@ -264,6 +267,9 @@ class Registry:
         lineage = read_document(path / "lineage.json")
         spec = read_document(path / "dataset_spec.json")
         history = metrics.get("history") or []
+        task = task_summary(manifest, metrics)
+        outputs = len(task.get("outputs") or [None])
+        plots = path / "plots"
         return json_safe(
             {
                 **{
@@ -271,8 +277,9 @@ class Registry:
                     for k in ("tag", "name", "version", "created", "aliases", "labels")
                 },
                 "size_bytes": sum(p.stat().st_size for p in path.rglob("*") if p.is_file()),
+                "task": task,
                 "model": {
-                    "architecture": "default (dense 128 → 64 → 1)"
+                    "architecture": f"default (dense 128 → 64 → {outputs})"
                     if manifest.get("model") == "default"
                     else "user code (model.py), served from its ONNX graph"
                     if manifest.get("onnx")
@@ -294,7 +301,11 @@ class Registry:
                 },
                 "metrics": {
                     **summary["metrics"],
-                    "roc_auc": metrics.get("test_auc"),
+                    **(
+                        {}
+                        if task.get("kind") == "regression"
+                        else {"roc_auc": metrics.get("test_auc")}
+                    ),
                     "epochs": len(history),
                     "last_epoch": history[-1] if history else None,
                 },
@@ -309,8 +320,12 @@ class Registry:
                     "config": lineage.get("config", {}),
                 },
                 "framework_versions": lineage.get("libraries", {}),
-                "plots": sorted(p.name for p in (path / "plots").glob("*"))
-                if (path / "plots").is_dir()
+                # what the bundle has (ROC, confusion, residuals, loss, features …):
+                # the PNG files the plot endpoint serves
+                "plots": sorted(
+                    p.name for p in plots.glob("*.png") if p.is_file() and not p.is_symlink()
+                )
+                if plots.is_dir()
                 else [],
                 "promotions": [h for h in self._read_aliases()["history"] if h.get("tag") == tag],
             }

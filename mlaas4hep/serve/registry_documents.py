@@ -46,6 +46,44 @@ def spec_summary(spec: Mapping[str, Any], branches: Sequence[str]) -> dict[str, 
     return {"files": len(dataset.files), "entries": dataset.entries, "branches": stats}
 
 
+#: The test metrics (``metrics.json``, without the ``test_`` prefix) a card shows for
+#: each task, in this order.
+TASK_METRICS = {
+    "binary": ("auc", "loss", "signal_fraction"),
+    "multiclass": ("auc", "auc_per_class", "accuracy", "confusion", "class_fractions", "loss"),
+    "regression": ("rmse", "bias", "mae", "resolution", "loss"),
+}
+
+
+def task_summary(manifest: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """What a model card says of the task: its kind, class names, output names, loss,
+    (regression) the target's offset and scale, and the task's test metrics from
+    ``metrics.json`` (``test_auc_per_class``, ``test_confusion``, ``test_rmse`` …, keyed
+    without the prefix; absent ones left out). A manifest whose task cannot be read
+    (one stored unchecked) gets ``kind`` None and the reason, not an exception: a card
+    still renders."""
+    from mlaas4hep.model.manifest import task_of
+
+    try:
+        task = task_of(manifest)
+    except MlaasError as err:
+        return {"kind": None, "error": str(err)}
+    out: dict[str, Any] = {
+        "kind": task.kind,
+        "classes": list(task.classes),
+        "outputs": task.output_names,
+        "loss": task.loss,
+    }
+    if task.kind == "regression":
+        out["target"] = {"offset": task.offset, "scale": task.scale}
+    out["metrics"] = {
+        name: metrics[f"test_{name}"]
+        for name in TASK_METRICS[task.kind]
+        if metrics.get(f"test_{name}") is not None
+    }
+    return out
+
+
 def json_safe(value: Any) -> Any:
     """``value`` with NaN and infinities replaced by None (strict JSON has neither)."""
     if isinstance(value, float):

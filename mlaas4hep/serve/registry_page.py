@@ -1,9 +1,11 @@
 """The registry page: models, versions, aliases and each version's card, as HTML.
 
-``GET /ui`` lists every version (newest first) with its aliases, framework, size and test
-metrics, and the aliases of every model; ``GET /ui/models/{tag}`` shows one version's
-card (inputs, metrics, the bundle's ROC, loss and input plots, lineage and promotion
-history); ``GET /ui/models/{tag}/plots/{file}`` is one of those plots. Server-rendered, one
+``GET /ui`` lists every version (newest first) with its aliases, framework, task, size and
+test metrics, and the aliases of every model; ``GET /ui/models/{tag}`` shows one version's
+card (its task: the class names, per-class AUCs and confusion matrix of a multiclass
+model, the residual metrics of a regression; inputs, metrics, every plot the bundle holds
+— ROC, confusion, residuals, loss, inputs —, lineage and promotion history);
+``GET /ui/models/{tag}/plots/{file}`` is one of those plots. Server-rendered, one
 small stylesheet inline, no script and no build step; every value from a bundle is
 escaped (labels, branch names and run names come from whoever uploaded the bundle).
 The page is behind the same auth as the read endpoints and shows what the JSON
@@ -32,7 +34,23 @@ pre { background: #f3f5f8; padding: .6rem; overflow-x: auto; max-height: 24rem; 
 nav a { margin-right: 1rem; }
 """
 #: Plots shown first on a card, in this order; the bundle's others follow.
-PLOT_ORDER = ("roc.png", "loss.png", "features.png")
+PLOT_ORDER = ("roc.png", "confusion.png", "residuals.png", "loss.png", "features.png")
+#: What the training job's plots show (the caption under each; others get their name).
+PLOT_CAPTIONS = {
+    "roc.png": "ROC curve (one vs rest per class for multiclass), test split",
+    "confusion.png": "confusion matrix (rows: true class, normalised), test split",
+    "residuals.png": "predicted vs true, residuals and resolution, test split",
+    "loss.png": "loss and metric per unit, training and validation",
+    "features.png": "input features by class (or by range of the regression target)",
+}
+#: The residual metrics of a regression, as the card explains them.
+REGRESSION_METRICS = {
+    "rmse": "RMS of the residual (predicted − true), in the target's units",
+    "bias": "mean residual, in the target's units",
+    "mae": "mean absolute residual, in the target's units",
+    "resolution": "half the 16–84 % interval of residual / |true|",
+    "loss": "test loss",
+}
 
 
 def _page(title: str, body: str) -> str:
@@ -79,6 +97,7 @@ def index_page(
                 escape(str(model.get("created", ""))[:19].replace("T", " ")),
                 _aliases(model.get("aliases") or []),
                 escape(str(model.get("framework") or "")),
+                escape(str(model.get("task") or "")),
                 _value(metrics.get("test_auc")),
                 _value(metrics.get("test_loss")),
                 escape(
@@ -86,10 +105,8 @@ def index_page(
                 ),
             ]
         )
-    versions = _table(
-        ["version", "created (UTC)", "aliases", "framework", "test AUC", "test loss", "labels"],
-        rows,
-    )
+    header = ["version", "created (UTC)", "aliases", "framework", "task", "test AUC"]
+    versions = _table([*header, "test loss", "labels"], rows)
     alias_rows = [
         [escape(name), escape(alias), f"<a href='{card_href(tag)}'>{escape(tag)}</a>"]
         for name, by_alias in sorted(aliases.items())
@@ -119,15 +136,24 @@ def card_page(card: Mapping[str, Any]) -> str:
     plots = sorted(card.get("plots") or [], key=lambda p: (order.get(p, len(order)), p))
     plot_html = "".join(
         f"<figure><img src='{card_href(tag)}/plots/{quote(p)}' alt='{escape(p)}'>"
-        f"<figcaption>{escape(p)}</figcaption></figure>"
+        f"<figcaption>{escape(PLOT_CAPTIONS.get(p, p))}</figcaption></figure>"
         for p in plots
     )
+    task = card.get("task") or {}
     summary = _table(
         ["", ""],
         [
             ["aliases", _aliases(card.get("aliases") or []) or "none"],
             ["created (UTC)", escape(str(card.get("created", ""))[:19].replace("T", " "))],
             ["architecture", escape(str(model.get("architecture", "")))],
+            *(
+                [
+                    ["task", escape(f"{task.get('kind')} (loss {task.get('loss')})")],
+                    ["outputs", escape(", ".join(map(str, task.get("outputs") or [])))],
+                ]
+                if task.get("kind")
+                else []
+            ),
             ["framework", escape(str(model.get("framework", "")))],
             ["features", _value(model.get("n_features"))],
             ["size", escape(f"{int(card.get('size_bytes') or 0) / 1e6:.2f} MB")],
@@ -168,6 +194,7 @@ def card_page(card: Mapping[str, Any]) -> str:
     config = escape(json.dumps(lineage.get("config") or {}, indent=1, sort_keys=True))
     body = (
         f"<h1>{escape(tag)}</h1>{summary}"
+        f"{_task_section(task)}"
         f"<h2>Metrics</h2>{_table(['metric', 'value'], metric_rows)}"
         f"<h2>Plots</h2><div class='plots'>{plot_html or '<p>none in the bundle</p>'}</div>"
         f"<h2>Inputs</h2><p>normalisation {escape(str(inputs.get('normalization')))}, "
@@ -177,3 +204,64 @@ def card_page(card: Mapping[str, Any]) -> str:
         f"<h2>Training configuration</h2><pre>{config}</pre>"
     )
     return _page(tag, body)
+
+
+def _task_section(task: Mapping[str, Any]) -> str:
+    """The card's task section: what the model outputs and the task's own test metrics
+    (per-class AUCs, accuracy and the confusion matrix; the residual metrics of a
+    regression). Empty for a card without a task (one from before tasks)."""
+    if not task:
+        return ""
+    kind = task.get("kind")
+    if kind is None:
+        return f"<h2>Task</h2><p>unreadable: {escape(str(task.get('error', '')))}</p>"
+    metrics = task.get("metrics") or {}
+    if kind == "multiclass":
+        return _multiclass_section(task, metrics)
+    if kind == "regression":
+        target = task.get("target") or {}
+        rows = [
+            [escape(name), _value(metrics.get(name)), escape(meaning)]
+            for name, meaning in REGRESSION_METRICS.items()
+            if name in metrics
+        ]
+        return (
+            "<h2>Task: regression</h2><p>one value per event (<code>value</code>), in the "
+            f"target's units; the model's output is offset {_value(target.get('offset'))} + "
+            f"scale {_value(target.get('scale'))} × the network's.</p>"
+            f"{_table(['test metric', 'value', 'meaning'], rows)}"
+        )
+    return (
+        "<h2>Task: binary</h2><p>one probability per event (<code>score</code>); test AUC "
+        f"{_value(metrics.get('auc'))}.</p>"
+    )
+
+
+def _multiclass_section(task: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
+    classes = [str(c) for c in task.get("classes") or []]
+    per_class = metrics.get("auc_per_class")
+    per_class = per_class if isinstance(per_class, Mapping) else {}
+    fractions = metrics.get("class_fractions")
+    fractions = fractions if isinstance(fractions, Mapping) else {}
+    rows = [
+        [escape(name), _value(per_class.get(name)), _value(fractions.get(name))] for name in classes
+    ]
+    head = (
+        f"<h2>Task: multiclass</h2><p>one probability per class and event, in the order "
+        f"{escape(', '.join(classes))}; test accuracy {_value(metrics.get('accuracy'))}, "
+        f"mean one-vs-rest AUC {_value(metrics.get('auc'))}.</p>"
+        f"{_table(['class', 'test AUC (one vs rest)', 'test fraction'], rows)}"
+    )
+    confusion = metrics.get("confusion")
+    square = (
+        isinstance(confusion, list)
+        and len(confusion) == len(classes)
+        and all(isinstance(r, list) and len(r) == len(classes) for r in confusion)
+    )
+    if not square:
+        return head if confusion is None else head + f"<p>confusion: {_value(confusion)}</p>"
+    matrix = _table(
+        ["true \\ predicted", *(escape(c) for c in classes)],
+        [[escape(c), *(_value(v) for v in row)] for c, row in zip(classes, confusion, strict=True)],
+    )
+    return head + f"<h3>Confusion matrix (test, each row normalised to 1)</h3>{matrix}"

@@ -43,6 +43,7 @@ from mlaas4hep.serve.payloads import (
     from_table,
     parse_json,
     read_table,
+    score_header,
     stream_scores,
 )
 from mlaas4hep.serve.predictor import Predictor
@@ -180,14 +181,21 @@ class ModelServer:
 
     # --- scoring --------------------------------------------------------------------
     async def predict_json(self, body: dict[str, Any]) -> bytes:
-        """``{"events": [...]}`` or ``{"columns": {...}}`` → ``{"model", "scores"}`` (JSON)."""
+        """``{"events": [...]}`` or ``{"columns": {...}}`` → ``{"model", "scores"}`` (JSON).
+
+        A binary model's answer is exactly that (as before tasks); a multiclass one adds
+        ``"task": "multiclass", "classes": [...]`` and gives each event a list of
+        probabilities in the order of ``classes``; a regression adds ``"task":
+        "regression"`` and gives the values (:func:`~mlaas4hep.serve.payloads.score_header`).
+        """
         loaded = self._loaded()
         predictor = loaded.predictor
         item = parse_json(body, predictor.vectorizer, self.config.limits.json_events)
         if isinstance(item, EventColumns):  # records are bounded by the body's size
             item.check_lists(self.config.limits.list_items, "columns.{branch}")
-        scores = await loaded.batcher.submit(item, len(item))
-        return json.dumps({"model": predictor.tag, "scores": scores.tolist()}).encode()
+        scores = await loaded.batcher.submit(item, len(item))  # its rows of the batch
+        answer = {"model": predictor.tag, **score_header(predictor.task), "scores": scores.tolist()}
+        return json.dumps(answer).encode()
 
     def predict_table(
         self, body: bytes | bytearray, media_type: str, accept: str
@@ -206,7 +214,9 @@ class ModelServer:
         del table
         scores = predictor.score(events)
         self.metrics.events.labels("predict_arrow", predictor.tag).inc(len(events))
-        pieces, kind = stream_scores(scores, predictor.tag, accept or ARROW_STREAM)
+        pieces, kind = stream_scores(
+            scores, predictor.tag, accept or ARROW_STREAM, task=predictor.task
+        )
         return pieces, kind, predictor.tag
 
     def predict_file(
@@ -254,9 +264,9 @@ class ModelServer:
                         parts.append(predictor.score(events))
         except (ReadError, BranchError) as err:
             raise RequestError(str(err), field=field, status=422) from None
-        scores = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        scores = np.concatenate(parts) if parts else predictor.task.shaped(np.zeros(0))
         self.metrics.events.labels("predict_file", predictor.tag).inc(len(scores))
-        pieces, kind = stream_scores(scores, predictor.tag, accept)
+        pieces, kind = stream_scores(scores, predictor.tag, accept, task=predictor.task)
         return pieces, kind, predictor.tag
 
     def _open_file(self, source: str | bytes | bytearray, tree: str | None) -> RootTree:
@@ -316,7 +326,7 @@ class ModelServer:
         """The v2 metadata of the served version (a 404 for another name or version)."""
         predictor = self._loaded().predictor
         open_inference.check_served(predictor.tag, name, version)
-        return open_inference.model_metadata(predictor.tag, predictor.vectorizer)
+        return open_inference.model_metadata(predictor.tag, predictor.vectorizer, predictor.task)
 
 
 class ServingMetrics:
