@@ -346,6 +346,8 @@ def test_config_comes_from_a_yaml_file_then_the_environment(tmp_path) -> None:
     assert default.token is None and default.model == "production" and not default.trust_user_code
     assert default.engine == "auto"
     assert ServeConfig.from_env({"MLAAS4HEP_SERVE_ENGINE": "numpy"}).engine == "numpy"
+    assert default.bulk_threads == 0 and default.threads_for_bulk >= 1  # the process's CPUs
+    assert ServeConfig.from_env({"MLAAS4HEP_SERVE_BULK_THREADS": "3"}).threads_for_bulk == 3
 
 
 @pytest.mark.parametrize(
@@ -355,6 +357,7 @@ def test_config_comes_from_a_yaml_file_then_the_environment(tmp_path) -> None:
         ({"MLAAS4HEP_SERVE_TRUST_USER_CODE": "maybe"}, "must be 1/0"),
         ({"MLAAS4HEP_SERVE_WORKERS": "two"}, "must be an integer"),
         ({"MLAAS4HEP_SERVE_ENGINE": "tensorrt"}, "engine must be one of auto, onnx, numpy"),
+        ({"MLAAS4HEP_SERVE_BULK_THREADS": "-1"}, "bulk_threads must be >= 0"),
         ({"MLAAS4HEP_SERVE_CONFIG": "/nonexistent/serve.yaml"}, "not found"),
     ],
 )

@@ -119,6 +119,25 @@ def test_the_default_torch_model_exports_and_agrees(tmp_path: Path, with_mask: b
     )
 
 
+def test_bulk_blocks_run_in_their_own_session_with_the_same_scores(tmp_path: Path) -> None:
+    """``bulk_threads``: blocks of a bulk request run in a second, multi-threaded session
+    (no spinning threads); one-event requests keep the one-thread session; the scores
+    are the same."""
+    pytest.importorskip("torch")
+    from mlaas4hep.model.onnx_graph import BULK_ROWS
+
+    model = build_model(None, "torch", F, False)
+    X, mask = rows()
+    export_model(model, "torch", False, tmp_path, X, mask)
+    data = (tmp_path / "model.onnx").read_bytes()
+    single = OnnxForward(data, F, False, "test")
+    bulk = OnnxForward(data, F, False, "test", bulk_threads=2)
+    assert single.bulk is None and bulk.bulk is not None
+    big_X, big_mask = rows(BULK_ROWS + 3, seed=4)
+    np.testing.assert_allclose(bulk(big_X, big_mask), single(big_X, big_mask), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(bulk(X[:1], mask[:1]), single(X[:1], mask[:1]))
+
+
 def test_a_keras_model_exports_and_agrees(tmp_path: Path) -> None:
     pytest.importorskip("tf2onnx")
     model = build_model(None, "tensorflow", F, True)

@@ -18,6 +18,9 @@ Read once per process by ``serving/service.py`` from an optional YAML file (its 
                                     ONNX Runtime, else the numpy forward pass of the
                                     default model), ``onnx`` or ``numpy`` (that one only:
                                     a bundle without it is not loaded)
+``MLAAS4HEP_SERVE_BULK_THREADS``    ONNX Runtime threads for the blocks of a bulk request
+                                    (default 0: the CPUs this process may run on); one-event
+                                    requests keep one thread per worker
 ``MLAAS4HEP_MODELS_BUCKET``         ``s3://`` prefix of the shared registry: versions and
                                     aliases live there, every replica follows them, the
                                     local store is a cache (none: the local store alone)
@@ -33,7 +36,8 @@ Read once per process by ``serving/service.py`` from an optional YAML file (its 
 ==================================  =======================================================
 
 The YAML file takes the same settings by their field names (``model``, ``token``,
-``predict_requires_token``, ``trust_user_code``, ``engine``, ``workers``, ``models_bucket``,
+``predict_requires_token``, ``trust_user_code``, ``engine``, ``bulk_threads``, ``workers``,
+``models_bucket``,
 ``poll_seconds``, ``file_sources``) plus the ``limits`` below; unknown keys are refused
 with a suggestion. Limits not given are sized from the task's memory and the number of
 workers (:meth:`Limits.sized`): each worker may hold one bulk request at a time, so
@@ -111,6 +115,7 @@ class ServeConfig:
     predict_requires_token: bool = False
     trust_user_code: bool = False
     engine: str = "auto"
+    bulk_threads: int = 0
     workers: int = 2
     models_bucket: str | None = None
     poll_seconds: float = 1.0
@@ -128,6 +133,8 @@ class ServeConfig:
             raise ConfigError(
                 f"serving config: engine must be one of {', '.join(ENGINES)}, not {self.engine!r}"
             )
+        if self.bulk_threads < 0:
+            raise ConfigError(f"serving config: bulk_threads must be >= 0, not {self.bulk_threads}")
         if self.poll_seconds <= 0:
             raise ConfigError("serving config: poll_seconds must be > 0")
         for f in fields(Limits):
@@ -167,6 +174,9 @@ class ServeConfig:
                 updates[key] = _flag(ENV_PREFIX + name, env[ENV_PREFIX + name])
         if workers is not None:
             updates["workers"] = workers
+        if env.get(ENV_PREFIX + "BULK_THREADS"):
+            value = env[ENV_PREFIX + "BULK_THREADS"]
+            updates["bulk_threads"] = _integer(ENV_PREFIX + "BULK_THREADS", value)
         if env.get("MLAAS4HEP_MODELS_BUCKET"):
             updates["models_bucket"] = env["MLAAS4HEP_MODELS_BUCKET"]
         return replace(config, **updates)
@@ -198,6 +208,18 @@ class ServeConfig:
             values["file_sources"] = tuple(values["file_sources"])
         return cls(**values)
 
+    @property
+    def threads_for_bulk(self) -> int:
+        """ONNX Runtime's threads for a bulk request's blocks: ``bulk_threads``, or the
+        CPUs this process may run on (the threads do not spin: a worker that waits for
+        the next request leaves its cores to the others)."""
+        if self.bulk_threads:
+            return self.bulk_threads
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not Linux
+            return max(1, os.cpu_count() or 1)
+
     def public(self) -> dict[str, Any]:
         """The settings without the token (for ``GET /status`` and logs)."""
         return {
@@ -206,6 +228,7 @@ class ServeConfig:
             "predict_requires_token": self.predict_requires_token,
             "trust_user_code": self.trust_user_code,
             "engine": self.engine,
+            "bulk_threads": self.threads_for_bulk,
             "workers": self.workers,
             "models_bucket": self.models_bucket,
             "file_sources": list(self.file_sources),

@@ -375,6 +375,7 @@ def events_of(
     n: int | None = None
     first = ""
     columns: dict[str, Any] = {}
+    offsets_of: dict[str, np.ndarray] = {}  # a collection's branches share its counts
     for block in vectorizer.inputs:
         per_event = block.name if block.kind == "flat" else counts_name(block.name)
         tensor = _one_dimensional(tensors, per_event, block.name)
@@ -390,20 +391,26 @@ def events_of(
         if block.kind == "flat":
             columns[block.name] = typed_column(block, tensor, None, f"inputs.{block.name}")
             continue
-        if tensor.dtype.kind not in "iu" or (tensor.dtype.kind == "i" and (tensor < 0).any()):
-            raise RequestError(
-                f"counts of {block.name} must be non-negative integers",
-                field=f"inputs.{per_event}",
-            )
-        offsets = np.zeros(len(tensor) + 1, dtype=np.int64)
-        np.cumsum(tensor, out=offsets[1:])
+        offsets = offsets_of.get(per_event)
+        if offsets is None:
+            if tensor.dtype.kind not in "iu" or (tensor.dtype.kind == "i" and (tensor < 0).any()):
+                raise RequestError(
+                    f"counts of {block.name} must be non-negative integers",
+                    field=f"inputs.{per_event}",
+                )
+            offsets = offsets_of[per_event] = np.zeros(len(tensor) + 1, dtype=np.int64)
+            np.cumsum(tensor, out=offsets[1:])
         content = _one_dimensional(tensors, block.name, block.name)
         if offsets[-1] != len(content):
             raise RequestError(
                 f"holds {len(content)} values but inputs.{per_event} counts {int(offsets[-1])}",
                 field=f"inputs.{block.name}",
             )
-        columns[block.name] = typed_column(block, content, offsets, f"inputs.{block.name}")
+        # offsets summed from non-negative counts that end at the content's length are
+        # valid by construction: no second check
+        columns[block.name] = typed_column(
+            block, content, offsets, f"inputs.{block.name}", checked=True
+        )
     return EventColumns(columns, n or 0)
 
 

@@ -311,16 +311,23 @@ def _cast(block: InputBranch, array: np.ndarray, where: Any) -> np.ndarray:
 
 
 def typed_column(
-    block: InputBranch, values: np.ndarray, offsets: np.ndarray | None, field: str
+    block: InputBranch,
+    values: np.ndarray,
+    offsets: np.ndarray | None,
+    field: str,
+    *,
+    checked: bool = False,
 ) -> Column:
     """``values`` of ``block``'s branch in its dtype (whole numbers for an integer branch),
-    as a jagged column when ``offsets`` are given (checked against the values)."""
+    as a jagged column when ``offsets`` are given (checked against the values, unless
+    the caller made them valid by construction: ``checked``)."""
     if offsets is None:
         return _cast(block, values, lambda i: f"{field}[{i}]")
-    try:
-        check_offsets(offsets, len(values), block.name)
-    except ColumnError as err:
-        raise RequestError(err.problem, field=field) from None
+    if not checked:
+        try:
+            check_offsets(offsets, len(values), block.name)
+        except ColumnError as err:
+            raise RequestError(err.problem, field=field) from None
 
     def where(i: int) -> str:  # the event and the position in its list
         event = int(np.searchsorted(offsets, i, side="right") - 1)

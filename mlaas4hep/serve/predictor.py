@@ -181,13 +181,20 @@ class Predictor:
 
     @classmethod
     def load(
-        cls, directory: str | Path, tag: str, trust_user_code: bool = False, engine: str = "auto"
+        cls,
+        directory: str | Path,
+        tag: str,
+        trust_user_code: bool = False,
+        engine: str = "auto",
+        bulk_threads: int = 1,
     ) -> Predictor:
         """Load a bundle directory; refuse user code unless ``trust_user_code``.
 
         ``engine``: ``auto`` (the graph when there is one and ONNX Runtime is installed,
         else the numpy pass of the default model, else the framework), or ``onnx`` /
-        ``numpy`` alone, refusing a bundle that this engine cannot score."""
+        ``numpy`` alone, refusing a bundle that this engine cannot score.
+        ``bulk_threads``: ONNX Runtime's threads for blocks of a bulk request
+        (:class:`~mlaas4hep.model.onnx_graph.OnnxForward`)."""
         path = Path(directory)
         try:
             manifest = read_manifest(path)
@@ -226,6 +233,7 @@ class Predictor:
                 bool(manifest.get("with_mask", False)),
                 where=f"model {tag}: {graph['file']}",
                 outputs=task.outputs,
+                bulk_threads=bulk_threads,
             )
             mode = "onnx"
         elif numpy_ok:

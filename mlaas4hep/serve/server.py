@@ -110,6 +110,7 @@ class ModelServer:
                     tag,
                     trust_user_code=self.config.trust_user_code,
                     engine=self.config.engine,
+                    bulk_threads=self.config.threads_for_bulk,
                 )
             except Exception as err:  # any failure: recorded, and the old version serves on
                 self._failed = tag
