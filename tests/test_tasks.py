@@ -279,3 +279,26 @@ def test_regression_of_the_leading_jet_pt_from_the_other_branches(
         served = Predictor.load(path, "regr:1", engine=engine)
         scores = served.score(EventColumns(columns, len(out.X)))
         np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-3)
+
+
+def test_a_user_model_is_given_the_classes_and_checked_before_training(tmp_path: Path) -> None:
+    """``build_model(n_features, n_outputs)`` gets the number of classes; a model whose
+    output width does not fit the task is refused by name before any step."""
+    pytest.importorskip("torch")
+    from mlaas4hep.model.architectures import build_model
+
+    code = (
+        "import torch\n"
+        "def build_model(n_features, n_outputs):\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(n_features, n_outputs),\n"
+        "                               torch.nn.Softmax(dim=-1))\n"
+    )
+    task = Task("multiclass", CLASSES, "cce")
+    model = build_model(code, "torch", 5, False, task=task)
+    assert model[0].out_features == 3
+    fixed = (
+        "import torch\ndef build_model(n_features):\n    return torch.nn.Linear(n_features, 1)\n"
+    )
+    with pytest.raises(ConfigError, match="gives 1 value.* per event; task multiclass needs 3"):
+        build_model(fixed, "torch", 5, False, task=task)
+    assert build_model(fixed, "torch", 5, False).out_features == 1  # binary: fits

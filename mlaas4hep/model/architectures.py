@@ -1,7 +1,8 @@
 """Models: the paper's default classifier (Keras and PyTorch) and user models from a file.
 
 A user model is a Python file defining ``build_model(n_features)`` that returns a Keras
-model or a ``torch.nn.Module``; the framework is detected from what it returns unless
+model or a ``torch.nn.Module`` (it is also given ``n_outputs`` and ``task`` when it
+names them as parameters); the framework is detected from what it returns unless
 the configuration names it. A model that wants the padding mask declares
 ``with_mask = True`` in that file (or the config says ``training.with_mask``): it then
 gets ``{"features": X, "mask": mask}`` instead of ``X``. Models output what their task
@@ -237,7 +238,7 @@ def detect_framework(code: str | None, framework: str) -> str:
         return framework
     if code is None:
         return "tensorflow"
-    return _declared(code) or framework_of(load_user_module(code).build_model(2))
+    return _declared(code) or framework_of(call_build_model(load_user_module(code), 2))
 
 
 def _declared(text: str) -> str | None:
@@ -270,10 +271,59 @@ def build_model(
         return default_keras_model(n_features, with_mask, task)
     if framework == "tensorflow":
         keras()  # tf-keras must be chosen before the user's file imports TensorFlow
-    built = load_user_module(code).build_model(n_features)
+    built = call_build_model(load_user_module(code), n_features, task)
     if framework_of(built) != framework:
         raise ConfigError(f"the user's build_model does not return a {framework} model")
+    check_outputs(built, framework, n_features, with_mask, task)
     return built
+
+
+def call_build_model(module: ModuleType, n_features: int, task: Task = BINARY) -> Any:
+    """The user's ``build_model(n_features)``, given what else it asks for by name:
+    ``n_outputs`` (1, or the number of classes) and ``task`` (the
+    :class:`~mlaas4hep.model.tasks.Task`: its kind, classes, a regression's offset and
+    scale)."""
+    import inspect
+
+    build = module.build_model
+    try:
+        parameters = inspect.signature(build).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: the plain call
+        parameters = {}  # type: ignore[assignment]
+    extra: dict[str, Any] = {}
+    if "n_outputs" in parameters:
+        extra["n_outputs"] = task.outputs
+    if "task" in parameters:
+        extra["task"] = task
+    return build(n_features, **extra)
+
+
+def check_outputs(model: Any, framework: str, n_features: int, with_mask: bool, task: Task) -> None:
+    """Refuse, before any training step, a model whose output width is not the task's
+    (one value per event, or one probability per class)."""
+    import numpy as np
+
+    from mlaas4hep.model.frameworks import predict_arrays
+
+    X = np.zeros((2, n_features), dtype=np.float32)
+    training = getattr(model, "training", None) if framework == "torch" else None
+    try:
+        if training:
+            model.eval()  # a batch norm's running statistics stay as built
+        out = predict_arrays(model, framework, X, np.ones(X.shape, dtype=bool), with_mask)
+    except Exception as err:
+        raise ConfigError(
+            f"the user's model fails on a batch of [2, {n_features}] features: "
+            f"{type(err).__name__}: {err}"
+        ) from None
+    finally:
+        if training:
+            model.train()
+    if out.size != 2 * task.outputs:
+        raise ConfigError(
+            f"the user's model gives {out.size // 2} value(s) per event; task {task.kind} "
+            f"needs {task.outputs} (build_model may take n_outputs or task by name)"
+        )
 
 
 def wants_mask(code: str | None, configured: bool) -> bool:
