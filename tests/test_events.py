@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mlaas4hep.errors import ConfigError
+from mlaas4hep.serve.answers import encode_scores, negotiate
 from mlaas4hep.serve.batching import AdaptiveBatcher, split
 from mlaas4hep.serve.config import Limits, ServeConfig
 from mlaas4hep.serve.http_api import GuardMiddleware
@@ -23,10 +24,8 @@ from mlaas4hep.serve.payloads import (
     EventColumns,
     RequestError,
     batch_columns,
-    encode_scores,
     from_json,
     from_table,
-    negotiate,
     parse_json,
     read_table,
 )

@@ -13,8 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mlaas4hep.serve.answers import stream_scores
 from mlaas4hep.serve.arrow_extent import ipc_extent, parquet_extent
-from mlaas4hep.serve.payloads import RequestError, read_table, stream_scores
+from mlaas4hep.serve.payloads import RequestError, read_table
 from mlaas4hep.serve.registry_documents import REDACTED, redact
 from mlaas4hep.serve.sources import check_file_url
 

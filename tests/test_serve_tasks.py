@@ -29,8 +29,9 @@ from test_events import RECORDS, VECTORIZER, arrow_table, stream_bytes
 from test_open_inference import binary_body, json_body, raw_tensors
 
 from mlaas4hep.model.tasks import Task
+from mlaas4hep.serve.answers import stream_scores
 from mlaas4hep.serve.open_inference import model_metadata
-from mlaas4hep.serve.payloads import from_records, stream_scores
+from mlaas4hep.serve.payloads import from_records
 from mlaas4hep.serve.protocol import ARROW_STREAM, JSON, PARQUET
 from mlaas4hep.serve.registry_page import card_page
 

@@ -28,18 +28,14 @@ LOSS_NAMES = {
 
 
 def roc_plot(path: Path, fpr: np.ndarray, tpr: np.ndarray) -> Path:
-    plt = extras.pyplot()
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot(fpr, tpr, label=f"AUC = {float(np.trapezoid(tpr, fpr)):.3f}")
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
-    ax.set_xlabel("background efficiency (false positive rate)")
-    ax.set_ylabel("signal efficiency (true positive rate)")
-    ax.set_title("ROC curve, test split")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    """The ROC curve of a binary classifier (signal efficiency against background's)."""
+    return _roc_figure(
+        path,
+        [(fpr, tpr, "")],
+        "background efficiency (false positive rate)",
+        "signal efficiency (true positive rate)",
+        "ROC curve, test split",
+    )
 
 
 def multiclass_roc_plot(
@@ -50,22 +46,45 @@ def multiclass_roc_plot(
     weights: np.ndarray | None = None,
 ) -> Path:
     """One-vs-rest ROC curve of each class (its probability against every other class)."""
-    plt = extras.pyplot()
     index = class_indices(labels, len(classes))
-    fig, ax = plt.subplots(figsize=(5, 5))
+    curves = []
     for c, name in enumerate(classes):
         try:
             fpr, tpr, _ = roc_curve(index == c, scores[:, c], weights)
         except ValueError:  # a class absent from the test split
             continue
-        ax.plot(fpr, tpr, label=f"{name} vs rest: AUC = {float(np.trapezoid(tpr, fpr)):.3f}")
+        curves.append((fpr, tpr, f"{name} vs rest: "))
+    return _roc_figure(
+        path,
+        curves,
+        "false positive rate (other classes)",
+        "true positive rate (the class)",
+        "one-vs-rest ROC curves, test split",
+    )
+
+
+def _roc_figure(
+    path: Path,
+    curves: Sequence[tuple[np.ndarray, np.ndarray, str]],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+) -> Path:
+    plt = extras.pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for fpr, tpr, name in curves:
+        ax.plot(fpr, tpr, label=f"{name}AUC = {float(np.trapezoid(tpr, fpr)):.3f}")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
-    ax.set_xlabel("false positive rate (other classes)")
-    ax.set_ylabel("true positive rate (the class)")
-    ax.set_title("one-vs-rest ROC curves, test split")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8 if len(curves) > 1 else None)
+    return _saved(plt, fig, path)
+
+
+def _saved(plt: Any, fig: Any, path: Path, dpi: int = 90) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
@@ -97,10 +116,7 @@ def confusion_plot(
     ax.set_ylabel("true class")
     ax.set_title("confusion matrix, test split")
     fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _saved(plt, fig, path)
 
 
 def regression_plot(
@@ -137,10 +153,7 @@ def regression_plot(
     right.set_ylabel("relative resolution (σ of residual / true)")
     right.set_ylim(bottom=0)
     fig.suptitle("regression, test split")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _saved(plt, fig, path)
 
 
 def loss_plot(path: Path, history: Sequence[dict[str, Any]], task: Task = BINARY) -> Path:
@@ -159,10 +172,7 @@ def loss_plot(path: Path, history: Sequence[dict[str, Any]], task: Task = BINARY
     for ax in (left, right):
         ax.set_xlabel("chunk" if per_chunk else "epoch")
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _saved(plt, fig, path)
 
 
 def feature_plot(
@@ -205,10 +215,7 @@ def feature_plot(
         ax.tick_params(labelsize=6)
         if i == 0:
             ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _saved(plt, fig, path, dpi=80)
 
 
 def _range(values: np.ndarray) -> tuple[float, float]:

@@ -38,9 +38,10 @@ from starlette.routing import Route
 from mlaas4hep import __version__
 from mlaas4hep.errors import BranchError, ConfigError, MlaasError, ReadError
 from mlaas4hep.serve import registry_page
+from mlaas4hep.serve.answers import negotiate
 from mlaas4hep.serve.config import ServeConfig
 from mlaas4hep.serve.open_inference import HEADER_LENGTH
-from mlaas4hep.serve.payloads import RequestError, negotiate
+from mlaas4hep.serve.payloads import RequestError
 from mlaas4hep.serve.predictor import UnsafeBundleError
 from mlaas4hep.serve.protocol import ARROW_STREAM, DEFAULT_ALIAS, JSON
 from mlaas4hep.serve.registry_documents import redact

@@ -34,6 +34,7 @@ from mlaas4hep.io.failures import describe
 from mlaas4hep.io.location import scheme
 from mlaas4hep.io.tree import RootTree, open_tree
 from mlaas4hep.serve import open_inference
+from mlaas4hep.serve.answers import score_header, stream_scores
 from mlaas4hep.serve.batching import AdaptiveBatcher, split
 from mlaas4hep.serve.config import ServeConfig
 from mlaas4hep.serve.payloads import (
@@ -43,8 +44,6 @@ from mlaas4hep.serve.payloads import (
     from_table,
     parse_json,
     read_table,
-    score_header,
-    stream_scores,
 )
 from mlaas4hep.serve.predictor import Predictor
 from mlaas4hep.serve.protocol import ARROW_STREAM, FILE_URL_SCHEMES
@@ -187,7 +186,7 @@ class ModelServer:
         A binary model's answer is exactly that (as before tasks); a multiclass one adds
         ``"task": "multiclass", "classes": [...]`` and gives each event a list of
         probabilities in the order of ``classes``; a regression adds ``"task":
-        "regression"`` and gives the values (:func:`~mlaas4hep.serve.payloads.score_header`).
+        "regression"`` and gives the values (:func:`~mlaas4hep.serve.answers.score_header`).
         """
         loaded = self._loaded()
         predictor = loaded.predictor

@@ -237,14 +237,7 @@ class KerasRun:
         self.steps_taken = int(state.get("optimizer_steps", 0))
         k.utils.set_random_seed(worker.seed)  # the same initial weights everywhere
         with self.strategy.scope(), precision_policy(self.precision):
-            self.model = models.build_model(
-                config["model_code"],
-                "tensorflow",
-                worker.n_features,
-                worker.with_mask,
-                image=worker.image,
-                task=worker.task,
-            )
+            self.model = worker.build_model("tensorflow")
             self.model.compile(  # fp16: compile wraps Adam in a LossScaleOptimizer
                 optimizer=k.optimizers.Adam(learning_rate=config["learning_rate"]),
                 loss=keras_loss(worker.task),

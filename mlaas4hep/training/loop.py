@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from mlaas4hep.errors import ConfigError
+from mlaas4hep.model import architectures
 from mlaas4hep.model.tasks import Task
 from mlaas4hep.stream.batches import Batch, concat_batches
 from mlaas4hep.stream.chunks import ChunkStream
@@ -93,6 +94,18 @@ class Worker:
         """Where the default image model finds the image in ``X`` (None: no image)."""
         image = self.config.get("image")
         return None if image is None else tuple(image)  # type: ignore[return-value]
+
+    def build_model(self, framework: str) -> Any:
+        """A fresh model of this job (the default one for its task and inputs, or the
+        user's), as every worker builds it before its first step."""
+        return architectures.build_model(
+            self.config["model_code"],
+            framework,
+            self.n_features,
+            self.with_mask,
+            image=self.image,
+            task=self.task,
+        )
 
     def feed(self, first_unit: int) -> BatchFeed:
         """The training batches from ``first_unit`` on, made ahead in a background thread."""

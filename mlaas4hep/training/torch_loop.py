@@ -30,7 +30,6 @@ import numpy as np
 
 from mlaas4hep import extras
 from mlaas4hep.errors import ConfigError
-from mlaas4hep.model import architectures as models
 from mlaas4hep.model.manifest import TORCH_WEIGHTS
 from mlaas4hep.model.tasks import Task
 from mlaas4hep.stream.batches import Batch, model_inputs
@@ -201,14 +200,7 @@ class TorchRun:
         torch.manual_seed(worker.seed)  # the same initial weights everywhere
         self.precision = Precision(str(config.get("precision", "32")), device)
         self.steps_taken = int(state.get("optimizer_steps", 0))
-        self.bare = models.build_model(
-            config["model_code"],
-            "torch",
-            worker.n_features,
-            worker.with_mask,
-            image=worker.image,
-            task=worker.task,
-        )
+        self.bare = worker.build_model("torch")
         self.bare.to(device)
         self._optimizer_state: Any = None
         self._scaler_state: Any = None
