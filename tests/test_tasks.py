@@ -214,6 +214,8 @@ def test_multiclass_trains_bundles_and_serves_probabilities_per_class(
     from mlaas4hep.serve.predictor import Predictor
 
     data = config([str(tth)], "multiclass", labels=MULTICLASS_LABELS)
+    if framework == "torch":  # weighted events: the weights enter the losses and metrics
+        data["dataset"]["weight"] = "HT / 100"
     summary = _run(data, tmp_path, framework, "multi")
     assert summary["task"] == "multiclass"
     path = Path(summary["bundle"]["output"])

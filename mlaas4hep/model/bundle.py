@@ -244,6 +244,7 @@ def write_plots(
             y[:held],
             vectorizer.feature_names,
             task,
+            None if w is None else w[:held],
         ),
     ]
     return made

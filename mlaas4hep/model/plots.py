@@ -182,10 +182,11 @@ def feature_plot(
     labels: np.ndarray,
     names: Sequence[str],
     task: Task = BINARY,
+    weights: np.ndarray | None = None,
 ) -> Path:
     """Histograms of the (normalised) real values of the first features by class:
     signal vs background, each class, or a regression's target below and above its
-    median."""
+    median (weighted by the events' ``weights`` when given)."""
     plt = extras.pyplot()
     count = min(len(names), MAX_FEATURE_PANELS)
     columns = 4
@@ -208,9 +209,11 @@ def feature_plot(
         finite = real & np.isfinite(values)
         bins = np.linspace(*_range(values[finite]), 41)
         for selected, name in groups:
-            chosen = values[finite & selected]
-            if len(chosen):
-                ax.hist(chosen, bins=bins, density=True, histtype="step", label=name)
+            keep = finite & selected
+            if keep.any():
+                w = None if weights is None else weights[keep]
+                ax.hist(values[keep], bins=bins, weights=w, density=True, histtype="step",
+                        label=name)  # fmt: skip
         ax.set_title(names[i], fontsize=8)
         ax.tick_params(labelsize=6)
         if i == 0:
