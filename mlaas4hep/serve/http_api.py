@@ -335,8 +335,15 @@ def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
     def route(path: str, handler: Any, method: str) -> Route:
         return Route(path, _handled(handler, get_server), methods=[method])
 
+    infer = [  # first: every request to the mount is matched against the routes in order,
+        # twice (BentoML's PassiveMount, then this app's router); one-event OIP requests
+        # are the many (their search: 2 µs, not 18, each time)
+        route(f"/v2/models/{{name}}{version}/infer", v2_infer, "POST")
+        for version in ("", "/versions/{version}")
+    ]
     return Starlette(
         routes=[
+            *infer,
             route("/predict_arrow", predict_arrow, "POST"),
             route("/predict_file", predict_file, "POST"),
             route("/status", status, "GET"),
@@ -359,7 +366,6 @@ def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
                 for leaf, handler, method in (
                     ("", v2_model, "GET"),
                     ("/ready", v2_model_ready, "GET"),
-                    ("/infer", v2_infer, "POST"),
                 )
             ],
         ]
