@@ -130,12 +130,23 @@ async def predict_file(request: Request, server: ModelServer) -> Response:
     return _streamed(pieces, kind, _headers(tag, started, received))
 
 
+#: Bodies up to this size are read with ``Request.body`` (its pieces joined once).
+SMALL_BODY = 64 * 1024
+
+
 async def read_body(request: Request) -> bytes | bytearray:
     """The request body, read into one buffer (sized by ``Content-Length`` when given)
     so that a bulk body is held once, not as its pieces and their join."""
     length = request.headers.get("content-length", "")
     if not (length.isascii() and length.isdigit()):  # not '²', which int() refuses
         return await request.body()
+    if int(length) <= SMALL_BODY:  # one piece, as a one-event request is: no copy loop
+        body = await request.body()
+        if len(body) != int(length):
+            raise RequestError(
+                f"the body has {len(body)} bytes, not its Content-Length {length}", field="body"
+            )
+        return body
     buffer = bytearray(int(length))
     view, filled = memoryview(buffer), 0
     async for piece in request.stream():
@@ -329,6 +340,20 @@ def _json_object(body: bytes) -> dict[str, Any]:
     return data
 
 
+class MountedApp(Starlette):
+    """The routes of :func:`build_app` without a middleware stack of their own.
+
+    The app is mounted inside the service's app, whose error and exception middleware
+    (and the guard) every request has passed already; every endpoint maps its own
+    errors (:func:`_handled`). Its own ``ServerErrorMiddleware`` and
+    ``ExceptionMiddleware`` cost a one-event request more than its routing. (A Starlette
+    still, so that BentoML mounts it passively: it claims only the paths it routes.)
+    """
+
+    def build_middleware_stack(self) -> Any:
+        return self.router
+
+
 def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
     """The Starlette app of the registry and bulk endpoints (mounted by the service)."""
 
@@ -341,7 +366,7 @@ def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
         route(f"/v2/models/{{name}}{version}/infer", v2_infer, "POST")
         for version in ("", "/versions/{version}")
     ]
-    return Starlette(
+    return MountedApp(
         routes=[
             *infer,
             route("/predict_arrow", predict_arrow, "POST"),
