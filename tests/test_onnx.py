@@ -57,17 +57,9 @@ class Net(torch.nn.Module):
 def build_model(n_features):
     return Net(n_features)
 """
-USER_KERAS_WIDE = """
-framework = "tensorflow"
-import tf_keras as keras
-
-def build_model(n_features):
-    features = keras.Input(shape=(n_features,), name="features")
-    x = keras.layers.Dense(512, activation="relu")(features)
-    x = keras.layers.Dense(512, activation="relu")(x)
-    x = keras.layers.Dense(256, activation="relu")(x)
-    return keras.Model(features, keras.layers.Dense(1, activation="sigmoid")(x))
-"""
+USER_KERAS_WIDE = (
+    Path(__file__).resolve().parents[1] / "scripts" / "bench" / "wide_mlp.py"
+).read_text()
 
 
 def user_bundle(code: str, directory: Path, framework: str = "torch"):

@@ -38,10 +38,3 @@ def auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = Non
     """Area under the ROC curve (trapezoids; 0.5 for a random classifier)."""
     fpr, tpr, _ = roc_curve(labels, scores, weights)
     return float(np.trapezoid(tpr, fpr))
-
-
-def binary_cross_entropy(labels: np.ndarray, scores: np.ndarray, eps: float = 1e-7) -> float:
-    """Mean binary cross-entropy of probabilities ``scores`` against 0/1 ``labels``."""
-    p = np.clip(np.asarray(scores, dtype=np.float64).ravel(), eps, 1 - eps)
-    y = np.asarray(labels, dtype=np.float64).ravel()
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))

@@ -77,17 +77,8 @@ end
 """
 
 
-WIDE_MODEL = """
-framework = "tensorflow"
-import tf_keras as keras
-
-def build_model(n_features):
-    features = keras.Input(shape=(n_features,), name="features")
-    x = keras.layers.Dense(512, activation="relu")(features)
-    x = keras.layers.Dense(512, activation="relu")(x)
-    x = keras.layers.Dense(256, activation="relu")(x)
-    return keras.Model(features, keras.layers.Dense(1, activation="sigmoid")(x))
-"""
+#: a user model file (the 512-512-256 MLP), served from its ONNX graph
+WIDE_MODEL = (Path(__file__).parent / "wide_mlp.py").read_text()
 
 
 def make_bundle(
