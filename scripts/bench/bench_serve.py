@@ -18,7 +18,8 @@ One run, on loopback, with the sample ttH-like data and a default-model bundle:
    ``bulk_threads``). Goals:
    ≥ 1,000,000 events/s; ONNX Runtime ≥ 1 × numpy and ≥ 2,000,000 events/s;
 4. the same bulk request to a third service scoring a bigger user model (a Keras
-   512-512-256 MLP, through its ONNX graph, safe mode): events/s reported.
+   512-512-256 MLP, ``wide_mlp.py``, through its ONNX graph, safe mode): events/s
+   reported.
 
 Results over HTTP are checked against the in-process ``ModelBundle.predict`` (1e-6; 1e-5
 for the graphs).
