@@ -343,7 +343,8 @@ def test_config_comes_from_a_yaml_file_then_the_environment(tmp_path) -> None:
     assert "t" * 20 not in json.dumps(config.public())
     default = ServeConfig.from_env({})
     assert default.token is None and default.model == "production" and not default.trust_user_code
-    assert default.engine == "auto"
+    assert default.engine == "auto" and not default.open_metrics
+    assert ServeConfig.from_env({"MLAAS4HEP_SERVE_OPEN_METRICS": "1"}).open_metrics
     assert ServeConfig.from_env({"MLAAS4HEP_SERVE_ENGINE": "numpy"}).engine == "numpy"
     assert default.bulk_threads == 0 and default.threads_for_bulk >= 1  # the process's CPUs
     assert ServeConfig.from_env({"MLAAS4HEP_SERVE_BULK_THREADS": "3"}).threads_for_bulk == 3
@@ -494,7 +495,12 @@ def test_without_a_token_mutations_are_refused_and_predictions_can_be_closed() -
     closed = GuardMiddleware(Recorder(), ServeConfig(token="t" * 16, predict_requires_token=True))
     assert call(closed, "POST", "/predict", [b"{}"], {"Content-Length": "2"})[0] == 401
     assert call(closed, "GET", "/models", [], {})[0] == 401
-    assert call(closed, "GET", "/metrics", [], {})[0] == 200
+    assert call(closed, "GET", "/metrics", [], {})[0] == 401  # it names models and rates
+    right = {"Authorization": "Bearer " + "t" * 16}
+    assert call(closed, "GET", "/metrics", [], right)[0] == 200
+    scraped = ServeConfig(token="t" * 16, predict_requires_token=True, open_metrics=True)
+    assert call(GuardMiddleware(Recorder(), scraped), "GET", "/metrics", [], {})[0] == 200
+    assert call(GuardMiddleware(Recorder(), ServeConfig()), "GET", "/metrics", [], {})[0] == 200
     # every read that says something about the model is closed too
     for path in ("/status", "/models/tth:abc/card", "/aliases", "/registry"):
         assert call(closed, "GET", path, [], {})[0] == 401, path

@@ -10,7 +10,10 @@ Read once per process by ``serving/service.py`` from an optional YAML file (its 
                                     ``production``); aliases are followed live
 ``MLAAS4HEP_SERVE_TOKEN``           the bearer token for mutating registry endpoints (no
                                     token: those endpoints are refused; never a default)
-``MLAAS4HEP_SERVE_PREDICT_AUTH``    ``1``: prediction endpoints need the token too
+``MLAAS4HEP_SERVE_PREDICT_AUTH``    ``1``: prediction and every read endpoint need the
+                                    token too (``/metrics`` included)
+``MLAAS4HEP_SERVE_OPEN_METRICS``    ``1``: ``/metrics`` stays open under predict-auth (for
+                                    a scraper that cannot send a token)
 ``MLAAS4HEP_SERVE_TRUST_USER_CODE`` ``1``: load bundles that hold a user ``model.py``
                                     (arbitrary code); off by default (safe mode)
 ``MLAAS4HEP_SERVE_WORKERS``         worker processes (default: 2)
@@ -36,12 +39,12 @@ Read once per process by ``serving/service.py`` from an optional YAML file (its 
 ==================================  =======================================================
 
 The YAML file takes the same settings by their field names (``model``, ``token``,
-``predict_requires_token``, ``trust_user_code``, ``engine``, ``bulk_threads``, ``workers``,
-``models_bucket``,
-``poll_seconds``, ``file_sources``) plus the ``limits`` below; unknown keys are refused
-with a suggestion. Limits not given are sized from the task's memory and the number of
-workers (:meth:`Limits.sized`): each worker may hold one bulk request at a time, so
-what one request may decode is its share of the memory, not a fixed number.
+``predict_requires_token``, ``open_metrics``, ``trust_user_code``, ``engine``,
+``bulk_threads``, ``workers``, ``models_bucket``, ``poll_seconds``, ``file_sources``)
+plus the ``limits`` below; unknown keys are refused with a suggestion. Limits not given
+are sized from the task's memory and the number of workers (:meth:`Limits.sized`): each
+worker may hold one bulk request at a time, so what one request may decode is its share
+of the memory, not a fixed number.
 """
 
 from __future__ import annotations
@@ -113,6 +116,7 @@ class ServeConfig:
     model: str = DEFAULT_ALIAS
     token: str | None = None
     predict_requires_token: bool = False
+    open_metrics: bool = False
     trust_user_code: bool = False
     engine: str = "auto"
     bulk_threads: int = 0
@@ -168,6 +172,7 @@ class ServeConfig:
                 updates[key] = env[ENV_PREFIX + name]
         for key, name in (
             ("predict_requires_token", "PREDICT_AUTH"),
+            ("open_metrics", "OPEN_METRICS"),
             ("trust_user_code", "TRUST_USER_CODE"),
         ):
             if env.get(ENV_PREFIX + name):
@@ -226,6 +231,7 @@ class ServeConfig:
             "model": self.model,
             "token_configured": self.token is not None,
             "predict_requires_token": self.predict_requires_token,
+            "open_metrics": self.open_metrics,
             "trust_user_code": self.trust_user_code,
             "engine": self.engine,
             "bulk_threads": self.threads_for_bulk,

@@ -10,8 +10,9 @@ of every route. The handlers are thin: they read the request, call the
 Auth: mutating registry endpoints (POST/DELETE under ``/models`` and ``/aliases``) need
 ``Authorization: Bearer <token>``; with no token configured they are refused (403), so
 a service never runs with a default token. Prediction and every read endpoint
-(``/status`` and the model cards included) need it only with ``predict_requires_token``;
-health, readiness and metrics (:data:`OPEN_PATHS`) stay open. A read answered without
+(``/status``, the model cards and ``/metrics`` included) need it only with
+``predict_requires_token``; health and readiness (:data:`OPEN_PATHS`) stay open, and
+``/metrics`` too with ``open_metrics`` (a scraper that cannot send a token). A read answered without
 the token is redacted (:func:`~mlaas4hep.serve.registry_documents.redact`: no bucket
 paths, hosts or credential-like settings).
 
@@ -52,10 +53,9 @@ log = logging.getLogger("mlaas4hep.serving")
 DRAIN_BYTES = 64 << 20  # read (and drop) this much of a refused body so the client sees the answer
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 REGISTRY_PREFIXES = ("/models", "/aliases")
-#: What a load balancer and Prometheus read: never behind the token.
-OPEN_PATHS = frozenset(
-    {"/healthz", "/livez", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"}
-)
+#: What a load balancer reads: never behind the token.
+OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/v2/health/live", "/v2/health/ready"})
+METRICS = "/metrics"
 
 
 def error_response(err: BaseException) -> JSONResponse:
@@ -426,6 +426,8 @@ class GuardMiddleware:
             return limits.json_bytes, not open_reads
         if path in OPEN_PATHS:
             return limits.json_bytes, False
+        if path == METRICS:
+            return limits.json_bytes, not (open_reads or self.config.open_metrics)
         return limits.json_bytes, not open_reads  # /status and every other read
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:

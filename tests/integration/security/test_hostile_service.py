@@ -351,6 +351,7 @@ def test_every_route_but_health_needs_the_token(hostile: Service, good: list[dic
         ("GET", "/models"),
         ("GET", f"/models/{tag}"),
         ("GET", "/aliases"),
+        ("GET", "/metrics"),
         ("POST", "/models?name=tth"),
         ("DELETE", f"/models/{tag}"),
         ("POST", f"/models/{tag}/promote"),
@@ -369,8 +370,10 @@ def test_every_route_but_health_needs_the_token(hostile: Service, good: list[dic
             for headers in wrong:
                 response = client.request(method, path, headers=headers, json={"events": good})
                 refused(response, 401, "authorization")
-        for path in ("/healthz", "/livez", "/readyz", "/metrics"):
+        for path in ("/healthz", "/livez", "/readyz"):
             assert client.get(path).status_code == 200, path
         right = {"Authorization": f"Bearer {hostile.token}"}
         assert client.get("/status", headers=right).status_code == 200
+        metrics = client.get("/metrics", headers=right)
+        assert metrics.status_code == 200 and "mlaas4hep_model_info" in metrics.text
         assert hostile.registry.resolve("tth") == tag  # nothing was changed
