@@ -1,7 +1,8 @@
 """The tf-keras training loop: one worker of a Ray ``TensorflowTrainer``, or one process.
 
-Under Ray the model lives in a ``MultiWorkerMirroredStrategy`` (gradients all-reduced
-between workers); in one process in TensorFlow's default strategy. Nothing pins a
+Under Ray with several workers the model lives in a ``MultiWorkerMirroredStrategy``
+(gradients all-reduced between workers); with one Ray worker, or in one process, in
+TensorFlow's default strategy. Nothing pins a
 device: TensorFlow places the ops itself, on a GPU when it sees one (``use_gpu: true``
 gives each Ray worker its GPU).
 

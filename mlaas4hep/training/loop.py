@@ -445,6 +445,8 @@ def unit_record(
         **timings,
         "steps": steps,
         "events": steps * worker.plan.batch_size * worker.world,
+        # gradients all-reduced among workers (one worker trains as one process does)
+        "distributed": worker.session.distributed,
         **extra,
     }
 

@@ -39,12 +39,13 @@ class Session:
 class RaySession(Session):
     """A Ray Train worker: rank and world from the train context; Ray keeps checkpoints."""
 
-    distributed = True
-
     def __init__(self) -> None:
         self._train = extras.require("ray.train")
         context = self._train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+        # one worker (one per node, all its CPUs) trains as one process does: no
+        # MultiWorkerMirroredStrategy, whose collectives a step would wait on for nothing
+        self.distributed = self.world_size > 1
 
     @contextmanager
     def last_checkpoint(self) -> Iterator[Path | None]:

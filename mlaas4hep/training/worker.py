@@ -21,7 +21,7 @@ __all__ = ["InjectedFailure", "failure_marker", "train_loop_tensorflow", "train_
 
 
 def train_loop_tensorflow(config: dict[str, Any]) -> None:
-    """Ray Train worker loop for tf-keras under MultiWorkerMirroredStrategy."""
+    """Ray Train worker loop for tf-keras (MultiWorkerMirroredStrategy when several)."""
     from mlaas4hep.training.keras_loop import train_keras
 
     train_keras(config, RaySession())

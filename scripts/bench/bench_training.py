@@ -19,7 +19,9 @@ one run, side by side:
     with torch.
 (d) the model-step limit per framework (``step_limit.py``: the default model in a plain
     loop on in-memory tensors, one thread) and each job's training rate per worker as a
-    share of it (goal >= 0.5); validation and start-up as shares of each job (goal <= 10 %).
+    share of it (goal >= 0.5); validation and start-up as shares of each job (goal <= 10 %);
+    for 2 workers of 1 CPU (MultiWorkerMirroredStrategy / DDP) and for 1 worker with both
+    CPUs (one process per node: no all-reduce).
 
     python scripts/bench/bench_training.py [--events N] [--epochs E] [--repeat R]
                                            [--skip-pipeline] [--skip-job]
@@ -49,15 +51,18 @@ from mlaas4hep.training.result import job_result
 ROOT = Path(__file__).resolve().parents[2]
 INCLUDE = ["Jet_pt", "Jet_eta", "Jet_btagDeepB", "Jet_mass", "nJet", "MET_pt", "HT"]
 LABELS = {"ttH_signal.root": 1, "*": 0}
+ONE = ("tensorflow-one", "torch-one")  # the jobs of one worker with both CPUs
 
 
-def train_config(data: Path, out: Path, spec: str, epochs: int, workers: int) -> dict[str, Any]:
+def train_config(
+    data: Path, out: Path, spec: str, epochs: int, workers: int, cpus: int = 1
+) -> dict[str, Any]:
     return {
         "dataset": {"files": [str(data)], "labels": LABELS, "include": INCLUDE},
         "spec": spec,
         "vectorizer": {"padding": 8},
         "training": {"epochs": epochs, "chunk_size": 20_000, "batch_size": 256},
-        "scaling": {"num_workers": workers},
+        "scaling": {"num_workers": workers, "cpus_per_worker": cpus},
         "output": {"location": str(out), "name": "bench-tth", "bentoml_store": True},
     }
 
@@ -297,6 +302,12 @@ def main() -> int:
             config["training"]["prefetch_batches"] = 0
             config["output"]["bentoml_store"] = False
             jobs["none"] = run_job(head.address, config, work, env)
+            for framework in ("tensorflow", "torch"):
+                print(f"(d) one worker with both CPUs (no all-reduce), {framework} …")
+                config = train_config(args.data, work / "out", str(spec_path), args.epochs, 1, 2)
+                config["framework"] = framework
+                config["output"]["bentoml_store"] = False
+                jobs[f"{framework}-one"] = run_job(head.address, config, work, env)
     finally:
         head.stop()
 
@@ -342,19 +353,27 @@ def main() -> int:
             f" {wall:.1f} s, test AUC {result['test_auc']:.3f}"
         )
         breakdown(result, history, wall)
-        print("(d) training rate per worker / model-step limit (goal >= 0.5)")
-        for framework, key in (("tensorflow", "ahead"), ("torch", "torch")):
-            rate = per_worker_rate(jobs[key][1])
-            print(
-                f"    {framework:<10} limit {limits[framework]:>9,.0f} events/s, job"
-                f" {rate:>9,.0f} per worker: {rate / limits[framework]:.2f}"
-            )
-        for framework, key in (("tensorflow", "ahead"), ("torch", "torch")):
-            share = shares(*jobs[key])
-            print(
-                f"    {framework:<10} validation {100 * share['validation']:4.1f} % of the job,"
-                f" start-up {100 * share['startup']:4.1f} % (goal <= 10 % each)"
-            )
+        layouts = {"2 workers x 1 CPU": ("ahead", "torch"), "1 worker x 2 CPUs": ONE}
+        print("(d) training rate per worker / model-step limit (goal >= 0.5; one thread)")
+        for layout, keys in layouts.items():
+            for framework, key in zip(("tensorflow", "torch"), keys, strict=True):
+                rate, cpus = per_worker_rate(jobs[key][1]), 2 if key in ONE else 1
+                print(
+                    f"    {layout}, {framework:<10} limit {limits[framework]:>9,.0f} events/s,"
+                    f" job {rate:>9,.0f} per worker: {rate / limits[framework]:.2f}"
+                    f" ({rate / cpus / limits[framework]:.2f} per CPU)"
+                )
+        for layout, keys in layouts.items():
+            for framework, key in zip(("tensorflow", "torch"), keys, strict=True):
+                share, wall = shares(*jobs[key]), jobs[key][2]
+                print(
+                    f"    {layout}, {framework:<10} validation {100 * share['validation']:4.1f} %"
+                    f" of the job, start-up {100 * share['startup']:4.1f} % (goal <= 10 % each),"
+                    f" job {wall:.1f} s"
+                )
+        for key in ONE:
+            waits = ", ".join(f"{100 * h['data_wait_fraction']:.1f} %" for h in jobs[key][1])
+            print(f"    {key}: data wait per epoch {waits}")
     return 0
 
 

@@ -98,14 +98,17 @@ def base_config(files: list[str], output: str, **training: object) -> dict:
     }
 
 
-def test_tensorflow_two_workers_from_s3_to_bundle(
+def test_tensorflow_one_worker_per_node_from_s3_to_bundle(
     ray_head: RayHead, moto_server, publish_to_s3: Callable[..., str], tth_files, tmp_path,
     bentoml_home: Path,
 ) -> None:  # fmt: skip
+    """One Ray worker with both CPUs trains as one process does (no all-reduce); the
+    uneven-shards test below runs Keras under MultiWorkerMirroredStrategy."""
     for path in tth_files:
         publish_to_s3(path, bucket="data", key=f"datasets/tth/{path.name}")
     moto_server.client("s3").create_bucket(Bucket="models")
     config = base_config(["s3://data/datasets/tth/"], "s3://models/runs")
+    config["scaling"].update(num_workers=1, cpus_per_worker=2)
     config["output"]["models_bucket"] = "s3://models/bundles"
     env = {**moto_server.env(), "BENTOML_HOME": str(bentoml_home)}
     status, logs, result = run_job(ray_head, tmp_path, config, env)
@@ -122,6 +125,8 @@ def test_tensorflow_two_workers_from_s3_to_bundle(
     np.testing.assert_allclose(scores, bundle.reference["scores"], rtol=1e-5, atol=1e-6)
     assert bundle.metrics["test_auc"] == pytest.approx(result["test_auc"])
     assert len(bundle.metrics["history"]) == 2
+    assert [len(h["workers"]) for h in bundle.metrics["history"]] == [1, 1]
+    assert not any(h["distributed"] for h in bundle.metrics["history"])
     assert all("val_auc" in h and "val_loss" in h for h in bundle.metrics["history"])
     lineage = bundle.lineage
     assert len(lineage["files"]) == 9 and all(f["identity"] for f in lineage["files"].values())
@@ -262,6 +267,7 @@ def test_every_unit_trains_exactly_its_planned_steps_with_uneven_shards(
     assert_planned_steps(history, job.plan)  # after a restart too: Adam's count goes on
     assert result["units"] == len(history) >= 2
     assert all(0 <= h["data_wait_fraction"] <= 1 and len(h["workers"]) == 2 for h in history)
+    assert all(h["distributed"] for h in history)  # gradients all-reduced between the two
     assert ("injected failure after unit 0" in logs) == fail
     assert result["task"] == task
     if task == "multiclass":
