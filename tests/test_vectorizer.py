@@ -240,3 +240,35 @@ def test_kept_nonfinite_values_pass_unclipped():
     assert out.X[3, 0] == 1.0 and out.X[4, 0] == np.inf
     zero = Vectorizer(spec, normalization="robust", nonfinite="zero", robust_clip=1.0)(columns)
     assert zero.X[4, 0] == -1.0  # zero replaces inf, then it is normalised and clipped
+
+
+@settings(max_examples=60, deadline=None)
+@given(jagged_lists, st.integers(0, 7), st.floats(-2, 2, width=32), st.randoms())
+def test_rows_padded_by_the_kernel_equal_rows_padded_first(lists, pad, pad_value, rnd):
+    """``pad_rows`` into garbage (an uninitialised output) gives what a padded output
+    does, for rows in any order split over several calls, some events dropped."""
+    n = len(lists)
+    columns = {
+        "j": ak.values_astype(ak.Array(lists), np.float32),
+        "f": np.arange(n, dtype=np.float64),
+    }
+    v = Vectorizer(_spec_of(columns), padding={"j": pad}, pad_value=float(pad_value))
+    order = list(range(n))
+    rnd.shuffle(order)
+    rows = np.asarray(order, dtype=np.int64)
+    rows[rnd.sample(range(n), k=n // 3)] = -1  # dropped events: those rows stay unwritten
+    cut = rnd.randint(0, n)
+    padded_first = v.empty(n)
+    garbage = v.uninitialised(n)
+    garbage.X.fill(np.nan)
+    garbage.mask.fill(True)
+    for part in (slice(0, cut), slice(cut, n)):
+        piece = {name: values[part] for name, values in columns.items()}
+        v.transform(piece, out=padded_first, rows=rows[part])
+        v.transform(piece, out=garbage, rows=rows[part], pad_rows=True)
+    written = rows[rows >= 0]
+    np.testing.assert_array_equal(garbage.X[written], padded_first.X[written])
+    np.testing.assert_array_equal(garbage.mask[written], padded_first.mask[written])
+    assert np.isnan(np.delete(garbage.X, written, axis=0)).all()  # untouched
+    whole = v(columns)  # no out: every row written once, padded by the kernel
+    np.testing.assert_array_equal(whole.X, v.transform(columns, out=v.empty(n)).X)

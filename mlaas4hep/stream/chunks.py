@@ -435,7 +435,8 @@ class ChunkStream:
             file_index=np.empty(n, dtype=np.int32),
             entry=np.empty(n, dtype=np.int64),
         )
-        out = self.vectorizer.empty(n) if self.vectorizer is not None else None
+        # every row is written once (destination is a permutation): padded by the kernel
+        out = self.vectorizer.uninitialised(n) if self.vectorizer is not None else None
         labels = np.empty(n, dtype=np.float32) if self.has_labels else None
         weights = np.empty(n, dtype=np.float32) if self.weight_expr is not None else None
         raw: dict[str, list[Any]] = {name: [] for name in self.output_branches or []}
@@ -448,7 +449,7 @@ class ChunkStream:
             chunk.file_index[targets] = piece.file
             chunk.entry[targets] = piece.entries[piece.keep]
             if out is not None:
-                self.vectorizer.transform(piece.columns, out=out, rows=rows)
+                self.vectorizer.transform(piece.columns, out=out, rows=rows, pad_rows=True)
             if labels is not None:
                 labels[targets] = self._piece_labels(piece)[piece.keep]
             if weights is not None:

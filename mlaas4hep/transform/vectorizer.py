@@ -309,10 +309,16 @@ class Vectorizer:
     # --- forward --------------------------------------------------------------------
     def empty(self, n: int) -> VectorizedChunk:
         """An output for ``n`` events holding only padding (X = pad value, mask False)."""
+        out = self.uninitialised(n)
+        out.X.fill(self.pad_value)
+        out.mask.fill(False)
+        return out
+
+    def uninitialised(self, n: int) -> VectorizedChunk:
+        """An output for ``n`` events whose values are undefined: for :meth:`transform`
+        with ``pad_rows=True`` when every row will be written once."""
         X = POOL.empty((n, self.n_features), np.float32)
-        X.fill(self.pad_value)
         mask = POOL.empty((n, self.n_features), np.bool_)
-        mask.fill(False)
         return VectorizedChunk(X, mask)
 
     def transform(
@@ -321,12 +327,15 @@ class Vectorizer:
         *,
         out: VectorizedChunk | None = None,
         rows: np.ndarray | None = None,
+        pad_rows: bool = False,
     ) -> VectorizedChunk:
         """``X``, ``mask`` and per-branch clip counts for a chunk of events.
 
         With ``out`` (from :meth:`empty`) and ``rows``, event ``i`` is written to row
         ``rows[i]`` of ``out`` (dropped where negative): the ChunkStream fills a shuffled
-        chunk from several files this way without any intermediate copy.
+        chunk from several files this way without any intermediate copy. With
+        ``pad_rows`` the rows written are padded first, in cache, so ``out`` may come
+        from :meth:`uninitialised` (the rows no call writes stay undefined).
         """
         columns = columns_of(chunk, self.branches)
         n = _num_events(columns, self.branches)
@@ -334,11 +343,15 @@ class Vectorizer:
             rows = np.arange(n, dtype=np.int64)
         elif len(rows) != n:
             raise ValueError(f"rows has {len(rows)} entries for {n} events")
-        if out is None:
-            out = self.empty(int(rows.max()) + 1 if n else 0)
-        if self.image is not None:
-            self._fill_image(columns, out, rows)
+        if out is None:  # every row written once: padded by the kernel, in cache
+            out, pad_rows = self.uninitialised(int(rows.max()) + 1 if n else 0), True
         if not self.blocks:
+            if pad_rows:
+                kept = rows[rows >= 0]
+                out.X[kept] = self.pad_value
+                out.mask[kept] = False
+            if self.image is not None:
+                self._fill_image(columns, out, rows)
             return out
         lists = _KernelInputs()
         for block in self.blocks:
@@ -353,8 +366,11 @@ class Vectorizer:
                 lists.add(block, content[first:last], offsets)
         clipped, bad = kernels.fill_rows(
             out.X, out.mask, np.ascontiguousarray(rows, dtype=np.int64),
-            _NONFINITE_CODES[self.nonfinite], *lists.arguments(),
+            _NONFINITE_CODES[self.nonfinite], pad_rows, np.float32(self.pad_value),
+            *lists.arguments(),
         )  # fmt: skip
+        if self.image is not None:  # after the kernel, which may pad whole rows
+            self._fill_image(columns, out, rows)
         for index, block in enumerate(lists.order):
             if clipped[index]:
                 out.clipped[block.name] = out.clipped.get(block.name, 0) + int(clipped[index])
