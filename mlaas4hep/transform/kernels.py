@@ -78,7 +78,8 @@ def fill_rows(
     content_f32, content_starts_f32, offsets_f32, offset_starts_f32, params_f32,
     content_f64, content_starts_f64, offsets_f64, offset_starts_f64, params_f64,
 ):  # fmt: skip
-    """Write the real values of every branch into ``X``/``M`` (already holding padding).
+    """Write the real values of every branch into ``X``/``M`` (holding padding already,
+    unless ``pad_rows``).
 
     Event ``i`` goes to row ``rows[i]``; a negative row drops it (a cut, another split).
     With ``pad_rows`` every row written is first set to padding (``X = pad``, mask
