@@ -60,6 +60,8 @@ def test_config_typo_names_the_key_and_a_suggestion(tth: Path) -> None:
         ("training__batch_size", "big", "training.batch_size must be int"),
         ("training__mode", "perchunk", "did you mean 'per_chunk'"),
         ("scaling__num_workers", 0, "num_workers must be >= 1"),
+        ("scaling__trainer", "raytrain", "did you mean 'ray_train'"),
+        ("scaling__trainer", "actor", "trainer actor runs one worker, not 2"),
         ("framework", "jax", "framework must be one of"),
         ("staging__enabled", True, "staging.cache"),
         ("staging__mode", "whilst", "did you mean 'while'"),

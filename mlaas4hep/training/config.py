@@ -29,6 +29,10 @@ PRECISIONS = ("32", "bf16", "fp16")
 NORMALIZATIONS = ("minmax", "zscore", "robust", "none")
 NONFINITE = ("mask", "keep", "zero", "raise")
 REPRESENTATIONS = ("vector", "image")
+#: Who runs the workers: ``ray_train`` (Ray Train's worker group, any number of workers),
+#: ``actor`` (one worker as a plain Ray actor, started as the job begins: no worker group
+#: to start, no collectives), ``auto`` (the actor for one worker, Ray Train for more).
+TRAINERS = ("auto", "ray_train", "actor")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -102,12 +106,19 @@ class TrainingConfig:
 
 @dataclass
 class ScalingConfig:
-    """Ray Train workers; ``use_gpu`` is passed through to Ray untouched."""
+    """The training workers on Ray; ``use_gpu`` is passed through to Ray untouched;
+    ``trainer``: one of :data:`TRAINERS`."""
 
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     max_failures: int = 2
+    trainer: str = "auto"
+
+    @property
+    def one_actor(self) -> bool:
+        """Whether the job trains in one plain Ray actor rather than under Ray Train."""
+        return self.trainer == "actor" or (self.trainer == "auto" and self.num_workers == 1)
 
 
 @dataclass
@@ -232,6 +243,12 @@ class TrainConfig:
             raise ConfigError(f"scaling.num_workers must be >= 1, not {s.num_workers}")
         if s.cpus_per_worker <= 0 or s.max_failures < 0:
             raise ConfigError("scaling.cpus_per_worker must be > 0 and max_failures >= 0")
+        _choice("scaling.trainer", s.trainer, TRAINERS)
+        if s.trainer == "actor" and s.num_workers != 1:
+            raise ConfigError(
+                f"scaling.trainer actor runs one worker, not {s.num_workers}: "
+                "use ray_train (or auto) for several"
+            )
         if t.chunk_size < s.num_workers * t.batch_size:
             raise ConfigError(
                 f"training.chunk_size ({t.chunk_size}) must hold at least one batch per worker "

@@ -19,7 +19,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +43,7 @@ from mlaas4hep.stream.chunks import ChunkStream
 from mlaas4hep.stream.options import Selection, Split
 from mlaas4hep.training.config import TrainConfig
 from mlaas4hep.training.plan import StepPlan, make_plan
+from mlaas4hep.training.storage import run_storage
 from mlaas4hep.transform import images
 from mlaas4hep.transform.vectorizer import Vectorizer
 
@@ -51,6 +52,7 @@ ONNX_CHECK_ROWS = 2048
 
 if TYPE_CHECKING:
     from mlaas4hep.io.staging import StagingRun, StagingTable
+    from mlaas4hep.training.actor import OneWorker
 
 
 @dataclass
@@ -242,32 +244,12 @@ def worker_config(job: PreparedJob) -> dict[str, Any]:
     }
 
 
-def _storage(output: str) -> tuple[str, Any]:
-    """Ray Train's storage path and filesystem for the output location."""
-    if scheme(output) == "s3":
-        import os
-
-        fs = extras.require("pyarrow.fs")
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        kwargs: dict[str, Any] = {}
-        if endpoint:
-            kwargs["endpoint_override"] = endpoint
-            kwargs["scheme"] = endpoint.split("://", 1)[0]
-        region = os.environ.get("AWS_DEFAULT_REGION")
-        if region:
-            kwargs["region"] = region
-        return output.removeprefix("s3://") + "/checkpoints", fs.S3FileSystem(**kwargs)
-    path = Path(output).resolve() / "checkpoints"
-    path.mkdir(parents=True, exist_ok=True)
-    return str(path), None
-
-
 def fit(job: PreparedJob) -> Any:
     """Run Ray Train; return its Result (metrics, last checkpoint)."""
     train = extras.require("ray.train")
     from mlaas4hep.training.worker import train_loop_tensorflow, train_loop_torch
 
-    storage_path, filesystem = _storage(job.output)
+    storage_path, filesystem = run_storage(job.output)
     scaling = job.config.scaling
     run_config = train.RunConfig(
         name=job.run_name,
@@ -531,36 +513,79 @@ def finish(
     return summary
 
 
-def run_training(config: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """The whole job: stage, prepare, fit, evaluate, plot, bundle. Returns a summary."""
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
-    with timed(timings, "staging"):
-        staging = begin_staging(config, log)
-    with timed(timings, "prepare"):
-        job = prepare(config, staging)
-    timings.update(job.timings)
-    log(
-        f"prepared {job.run_name}: {len(job.files)} files, {job.vectorizer.n_features} features, "
-        f"{job.framework}, {job.plan.mode} mode, {job.plan.units} units, "
-        f"{job.plan.train_events} training events on {job.plan.num_workers} workers"
-    )
-    start_copies(staging)
-    fit_started = time.time()
-    with timed(timings, "fit"):
-        result = fit(job)
-    fit_window = (fit_started, time.time())
+def framework_hint(config: TrainConfig) -> str | None:
+    """The framework the job trains with, where the config alone says (None: the model
+    file says, once read)."""
+    if config.framework != "auto":
+        return config.framework
+    return "tensorflow" if config.model == DEFAULT_MODEL else None
+
+
+def train_workers(
+    job: PreparedJob, one: OneWorker | None
+) -> tuple[Callable[[], AbstractContextManager[Any]], str]:
+    """Train on Ray: in the job's one actor, or under Ray Train. Returns a context
+    manager of the last checkpoint's local directory, and where the checkpoint is kept."""
+    if one is not None:
+        storage = run_storage(job.output)
+        session = one.fit(worker_config(job), job.framework, storage, job.run_name)
+        with session.last_checkpoint() as directory:
+            if directory is None:
+                raise RuntimeError(f"training run {job.run_name} produced no checkpoint")
+            return session.last_checkpoint, session.location(directory.name)
+    result = fit(job)
     if result.error is not None:
         raise result.error
     if result.checkpoint is None:
         raise RuntimeError(f"training run {job.run_name} produced no checkpoint")
-    with result.checkpoint.as_directory() as directory:
+    return result.checkpoint.as_directory, str(result.checkpoint.path)
+
+
+def run_training(config: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The whole job: stage, prepare, fit, evaluate, plot, bundle. Returns a summary.
+
+    A one-worker job (``scaling.trainer``: see :mod:`mlaas4hep.training.actor`) starts
+    its worker first, so that the worker imports its framework while the job prepares.
+    """
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    one = None
+    if config.scaling.one_actor:
+        from mlaas4hep.training.actor import OneWorker
+
+        one = OneWorker(config.scaling, framework_hint(config), log)
+    try:
+        with timed(timings, "staging"):
+            staging = begin_staging(config, log)
+        with timed(timings, "prepare"):
+            job = prepare(config, staging)
+        timings.update(job.timings)
+        trainer = "one Ray actor" if one is not None else "Ray Train"
+        log(
+            f"prepared {job.run_name}: {len(job.files)} files, "
+            f"{job.vectorizer.n_features} features, {job.framework}, {job.plan.mode} mode, "
+            f"{job.plan.units} units, {job.plan.train_events} training events on "
+            f"{job.plan.num_workers} worker(s) ({trainer})"
+        )
+        start_copies(staging)
+        fit_started = time.time()
+        with timed(timings, "fit"):
+            if one is not None:
+                warm = one.warm_up_seconds()
+                if warm is not None:  # overlapped with staging and prepare
+                    timings["worker_warm_up"] = warm
+            opened, checkpoint = train_workers(job, one)
+        fit_window = (fit_started, time.time())
+    finally:
+        if one is not None:
+            one.close()
+    with opened() as directory:
         return finish(
             job,
             Path(directory),
             timings=timings,
             started=started,
-            checkpoint=str(result.checkpoint.path),
+            checkpoint=checkpoint,
             staging=staging,
             fit_window=fit_window,
         )

@@ -36,9 +36,8 @@ from mlaas4hep.stream.batches import Batch, concat_batches
 from mlaas4hep.stream.chunks import ChunkStream
 from mlaas4hep.training.feed import BatchFeed, batches_per_unit, plan_batches
 from mlaas4hep.training.plan import StepPlan, exact_batches
+from mlaas4hep.training.session import STATE as STATE_FILE
 from mlaas4hep.training.session import LocalSession, Session
-
-STATE_FILE = "state.json"
 
 
 class InjectedFailure(RuntimeError):

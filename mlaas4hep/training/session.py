@@ -3,19 +3,24 @@
 The worker loops (:mod:`mlaas4hep.training.keras_loop`, :mod:`~.torch_loop`) talk to a
 :class:`Session` instead of to Ray, so that the same loop runs under Ray Train
 (:class:`RaySession`: ``ray.train.get_context``, ``get_checkpoint`` and ``report``) and
-in one plain process (:class:`LocalSession`: checkpoints in a local directory, the
-last one resumed). A checkpoint is a directory of files the loop wrote, one per unit.
+in one plain process or one Ray actor (:class:`LocalSession`: checkpoints in a local
+directory, the last one resumed; :class:`StoredSession`: the same, kept in an object
+store). A checkpoint is a directory of files the loop wrote, one per unit.
 """
 
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from mlaas4hep import extras
+
+#: The file a checkpoint holds last: its state (see :mod:`mlaas4hep.training.loop`).
+STATE = "state.json"
 
 
 class Session:
@@ -87,6 +92,10 @@ class LocalSession(Session):
         found = self.checkpoints()
         yield found[-1] if found else None
 
+    def location(self, name: str) -> str:
+        """Where the checkpoint ``name`` is kept (a path or a URL)."""
+        return str(self.directory / name)
+
     def report(self, record: dict[str, Any], checkpoint: Path, name: str) -> None:
         self.records.append(record)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -98,3 +107,56 @@ class LocalSession(Session):
         partial.rename(target)
         for old in self.checkpoints()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+class StoredSession(LocalSession):
+    """A :class:`LocalSession` whose checkpoints are kept under ``path`` of a pyarrow
+    ``filesystem`` (S3) as well: the newest one is fetched on start (to resume from), and
+    every one reported is uploaded, its ``state.json`` last, so that a checkpoint without
+    one (an upload cut short) is never resumed from; ``keep`` are kept there too.
+    """
+
+    def __init__(self, filesystem: Any, path: str, keep: int = 2) -> None:
+        super().__init__(tempfile.mkdtemp(prefix="mlaas4hep-checkpoints-"), keep)
+        self.filesystem, self.path = filesystem, path.rstrip("/")
+        stored = self.stored()
+        if stored:
+            self._copy(self._path(stored[-1]), str(self.directory / stored[-1]), upload=False)
+
+    def stored(self) -> list[str]:
+        """The names of the complete checkpoints in the store, oldest first."""
+        fs = extras.require("pyarrow.fs")
+        selector = fs.FileSelector(self.path, allow_not_found=True)
+        names = [i.base_name for i in self.filesystem.get_file_info(selector)]
+        complete = [
+            name
+            for name in names
+            if self.filesystem.get_file_info(f"{self.path}/{name}/{STATE}").type == fs.FileType.File
+        ]
+        return sorted(complete)
+
+    def location(self, name: str) -> str:
+        return f"{self.filesystem.type_name}://{self._path(name)}"
+
+    def _path(self, name: str) -> str:
+        return f"{self.path}/{name}"
+
+    def report(self, record: dict[str, Any], checkpoint: Path, name: str) -> None:
+        super().report(record, checkpoint, name)
+        target = self._path(name)
+        for entry in sorted(checkpoint.iterdir(), key=lambda p: p.name == STATE):
+            self._copy(str(entry), f"{target}/{entry.name}", upload=True)
+        for old in self.stored()[: -self.keep]:
+            self.filesystem.delete_dir(self._path(old))
+
+    def _copy(self, source: str, destination: str, *, upload: bool) -> None:
+        fs = extras.require("pyarrow.fs")
+        local = fs.LocalFileSystem()
+        if not upload:  # pyarrow creates the subdirectories, not the directory itself
+            Path(destination).mkdir(parents=True, exist_ok=True)
+        fs.copy_files(
+            source,
+            destination,
+            source_filesystem=local if upload else self.filesystem,
+            destination_filesystem=self.filesystem if upload else local,
+        )

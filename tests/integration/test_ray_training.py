@@ -279,3 +279,41 @@ def test_every_unit_trains_exactly_its_planned_steps_with_uneven_shards(
         assert [h["unit"] for h in history] == [0, 1, 2]
         assert history[1]["worker_entered_at"] > history[0]["worker_entered_at"]
         assert set(result["timings"]) >= {"fit_workers_start", "fit_worker_setup"}
+
+
+def test_one_worker_actor_resumes_from_its_checkpoint_after_a_failure(
+    ray_head: RayHead, uneven_files, tmp_path
+) -> None:
+    """A one-worker job trains in one plain Ray actor (no Ray Train worker group): when
+    its loop fails after unit 0, a new actor resumes from unit 0's checkpoint, as Ray
+    Train's FailureConfig would; with ``max_failures: 0`` the job fails, naming why."""
+    pytest.importorskip("torch")
+    files = [str(p) for p in uneven_files]
+    config = {
+        "dataset": {"files": files, "labels": {"sig.root": 1, "*": 0},
+                    "include": ["Jet_pt", "Jet_eta", "nJet", "MET_pt", "nPV"]},
+        "vectorizer": {"padding": 5},
+        "framework": "torch",
+        "training": {"epochs": 3, "chunk_size": 1000, "batch_size": 64},
+        "scaling": {"num_workers": 1, "cpus_per_worker": 2, "max_failures": 1},
+        "output": {"location": str(tmp_path / "out"), "name": "actor", "bentoml_store": False},
+        "inject_failure": {"rank": 0, "unit": 0},
+    }  # fmt: skip
+    job = prepare(TrainConfig.from_dict(config))
+    status, logs, result = run_job(ray_head, tmp_path, config, {})
+    assert status == "SUCCEEDED", logs[-3000:]
+    assert "(one Ray actor)" in logs and "TrainController" not in logs
+    assert "injected failure after unit 0" in logs and "restart 1 of 1" in logs
+    import json
+
+    history = json.loads(Path(result["bundle"]["output"], "metrics.json").read_text())["history"]
+    assert_planned_steps(history, job.plan)  # Adam's step count goes on after the restart
+    assert [h["unit"] for h in history] == [0, 1, 2]
+    assert history[1]["worker_entered_at"] > history[0]["worker_entered_at"]
+    assert not any(h["distributed"] for h in history)
+    assert result["checkpoint"].endswith(f"checkpoints/{result['run_name']}/unit-00002")
+    assert result["timings"]["worker_warm_up"] > 0
+    config["scaling"]["max_failures"] = 0
+    status, logs, result = run_job(ray_head, tmp_path, config, {})
+    assert status == "FAILED" and result is None
+    assert "injected failure after unit 0" in logs and "restart 1" not in logs
