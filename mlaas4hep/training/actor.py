@@ -45,11 +45,18 @@ class TrainingWorker:
 
     def warm_up(self, framework: str | None, threads: int) -> float:
         """Import ``framework`` (None: not known yet) with its compute threads set to the
-        actor's CPUs, before the job's config is ready; return when it was done."""
+        actor's CPUs, and the data path with its compiled kernel, before the job's config
+        is ready; return when it was done."""
+        from mlaas4hep.model import architectures
+        from mlaas4hep.transform import kernel_inputs
+
+        kernel_inputs.warm_up()
         if framework == "torch":
+            from mlaas4hep.training import torch_loop  # noqa: F401 - imported ahead
+
             extras.torch().set_num_threads(threads)
         elif framework == "tensorflow":
-            from mlaas4hep.model import architectures
+            from mlaas4hep.training import keras_loop  # noqa: F401 - imported ahead
 
             architectures.keras()  # tf-keras chosen before TensorFlow is first imported
             tf = extras.tensorflow()

@@ -43,6 +43,7 @@ from mlaas4hep.stream.chunks import ChunkStream
 from mlaas4hep.stream.options import Selection, Split
 from mlaas4hep.training.config import TrainConfig
 from mlaas4hep.training.plan import StepPlan, make_plan
+from mlaas4hep.training.result import process_seconds
 from mlaas4hep.training.storage import run_storage
 from mlaas4hep.transform import images
 from mlaas4hep.transform.vectorizer import Vectorizer
@@ -549,6 +550,9 @@ def run_training(config: TrainConfig, log: Callable[[str], None] = print) -> dic
     """
     started = time.perf_counter()
     timings: dict[str, float] = {}
+    driver_start = process_seconds()  # the driver's interpreter, imports and config
+    if driver_start is not None:
+        timings["driver_start"] = driver_start
     one = None
     if config.scaling.one_actor:
         from mlaas4hep.training.actor import OneWorker

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,16 @@ def job_result(logs: str) -> dict[str, Any] | None:
         if line.startswith(RESULT_PREFIX):
             return json.loads(line[len(RESULT_PREFIX) :])
     return None
+
+
+def process_seconds() -> float | None:
+    """Seconds since this process started (its interpreter's start and imports, when a
+    job asks first thing), or None where the system does not say."""
+    try:
+        import psutil  # with Ray, which every training job runs on
+    except ImportError:
+        return None
+    return max(0.0, time.time() - psutil.Process().create_time())
 
 
 def report(body: Callable[[], dict[str, Any]]) -> int:

@@ -71,3 +71,12 @@ def joined(arrays: list[np.ndarray], dtype: Any) -> tuple[np.ndarray, np.ndarray
     if not arrays:
         return np.zeros(0, dtype=dtype), starts
     return np.concatenate(arrays, dtype=dtype, casting="unsafe"), starts
+
+
+def warm_up() -> None:
+    """Call the kernel once on no events, with the types a chunk gives it: a fresh
+    process pays numba's first use (its start-up and loading the compiled kernel from
+    the cache) here, ahead of its first chunk (a training worker does while it starts)."""
+    X, mask = np.zeros((1, 1), dtype=np.float32), np.zeros((1, 1), dtype=bool)
+    rows = np.zeros(0, dtype=np.int64)
+    kernels.fill_rows(X, mask, rows, 0, True, np.float32(0), *KernelInputs().arguments())
