@@ -94,6 +94,8 @@ class OneWorker:
         if not self.ray.is_initialized():
             self.ray.init()
         self.scaling, self.framework, self.log = scaling, framework, log
+        if scaling.use_gpu and not self.ray.cluster_resources().get("GPU"):
+            log("scaling.use_gpu: the Ray cluster has no GPU now; the worker waits for one")
         self.threads = max(1, int(scaling.cpus_per_worker))
         self.restarts = 0
         self.started_at = time.time()

@@ -5,12 +5,13 @@ or computes the DatasetSpec, builds the Vectorizer (a branch absent from the spe
 here), opens every file of every split (a missing or unreadable file fails here, named),
 resolves the labels and counts the steps each worker will run. :func:`run_training`
 stages ``root://`` inputs if asked (before training, or while it runs: see
-:mod:`mlaas4hep.io.staging`), runs Ray Train (``TensorflowTrainer`` or ``TorchTrainer``)
-with checkpoints under the output location, then :func:`finish` evaluates the final
-model on the test split in the driver (the task's metrics), draws the plots and saves the model
-bundle to the BentoML store and the models bucket. The summary it returns holds the
-time each step took (``timings``) and the input pipeline's stall
-(``data_wait_fraction``).
+:mod:`mlaas4hep.io.staging`), runs Ray Train (``TensorflowTrainer`` or ``TorchTrainer``),
+or for one worker the same loop in one Ray actor started as the job begins
+(:mod:`mlaas4hep.training.actor`), with checkpoints under the output location, then
+:func:`finish` evaluates the final model on the test split in the driver (the task's
+metrics), draws the plots and saves the model bundle to the BentoML store and the models
+bucket. The summary it returns holds the time each step took (``timings``) and the input
+pipeline's stall (``data_wait_fraction``).
 """
 
 from __future__ import annotations

@@ -45,7 +45,8 @@ def test_checkpoints_in_s3_resume_from_the_newest_complete_one(moto_server, tmp_
     }  # unit 0 pruned: two kept
     assert session.location("unit-00002") == "s3://runs/team/checkpoints/run-1/unit-00002"
     # an upload cut short before its state: not a checkpoint to resume from
-    s3.put_object(Bucket="runs", Key="team/checkpoints/run-1/unit-00003/weights/model.bin", Body=b"")
+    cut_short = "team/checkpoints/run-1/unit-00003/weights/model.bin"
+    s3.put_object(Bucket="runs", Key=cut_short, Body=b"")
     resumed = StoredSession(filesystem, f"{path}/run-1")
     assert resumed.stored() == ["unit-00001", "unit-00002"]
     with resumed.last_checkpoint() as directory:
