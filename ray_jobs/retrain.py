@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from mlaas4hep.pipeline.retraining import DEFAULT_MARGIN, retrain
 from mlaas4hep.serve.protocol import DEFAULT_ALIAS
-from mlaas4hep.training.result import report
+from mlaas4hep.training.result import end_process, report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,4 +63,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    end_process(main())

@@ -11,10 +11,9 @@ status 2 and a one-line message before any training starts.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from mlaas4hep.training import TrainConfig, run_training
-from mlaas4hep.training.result import report
+from mlaas4hep.training.result import end_process, report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,4 +33,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    end_process(main())

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,7 +36,7 @@ from mlaas4hep.training.job import (
     timed,
     worker_config,
 )
-from mlaas4hep.training.result import report
+from mlaas4hep.training.result import end_process, report
 from mlaas4hep.training.session import LocalSession
 
 
@@ -111,4 +110,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    end_process(main())

@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from mlaas4hep.errors import MlaasError
 
@@ -33,6 +33,27 @@ def process_seconds() -> float | None:
     except ImportError:
         return None
     return max(0.0, time.time() - psutil.Process().create_time())
+
+
+def end_process(code: int) -> NoReturn:
+    """End a job's process with ``code`` once its work is done: Ray's driver disconnected
+    (``ray.shutdown``), the logs and both streams flushed, then ``os._exit``.
+
+    Every file is written and every actor stopped by then; what is left is the
+    interpreter's own teardown (the finalisers of TensorFlow, PyTorch and the rest),
+    which writes nothing and took about 3 s at the end of every job on the 2-core
+    machine, against 0.03–0.3 s for the disconnect.
+    """
+    import logging
+    import os
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def report(body: Callable[[], dict[str, Any]]) -> int:
