@@ -13,8 +13,8 @@ an ``s3://`` prefix: :class:`~.session.StoredSession`).
 
 Failures are handled as Ray Train's ``FailureConfig`` does: when the actor dies (its
 process or its node lost) or its loop raises, a new actor resumes from the last
-checkpoint, at most ``scaling.max_failures`` times; a configuration error (the same
-on every try) is raised at once.
+checkpoint, at most ``scaling.max_failures`` times; a configuration error or a missing
+package (the same on every try) is raised at once.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ class OneWorker:
                 self.ray.get(self.actor.train.remote(config, framework, storage, run_name, device))
                 break
             except exceptions.RayTaskError as err:
-                if isinstance(err.cause, ConfigError):
+                if isinstance(err.cause, ConfigError | ImportError):  # the same every time
                     raise err.cause from None
                 error: Exception = err
             except exceptions.RayActorError as err:
