@@ -22,7 +22,7 @@ from mlaas4hep.serve.open_inference import (
     model_metadata,
     parse_request,
 )
-from mlaas4hep.serve.payloads import RequestError
+from mlaas4hep.serve.payloads import RequestError, decimal_length
 
 LIMIT = 10**6
 
@@ -183,6 +183,22 @@ def test_malformed_tensors_are_refused_by_name(mutate, field: str, problem: str)
     err = refused(json.dumps(body).encode())
     assert err.field == field and problem in err.problem, err
     assert err.status == (413 if "limit" in problem else 400)
+
+
+@given(st.integers(min_value=0, max_value=10**18 - 1), st.text(max_size=24))
+def test_a_length_header_is_its_ascii_digits_or_nothing(n: int, text: str) -> None:
+    """The one reading of Content-Length and Inference-Header-Content-Length: a decimal
+    number of bytes, spaces around allowed; anything else (a sign, '²', '٣', more digits
+    than any body has) is None and never an exception."""
+    assert decimal_length(str(n)) == decimal_length(f" {n} ") == decimal_length(b"%d" % n) == n
+    found = decimal_length(text)
+    stripped = text.strip()
+    if stripped.isascii() and stripped.isdigit() and len(stripped) <= 18:
+        assert found == int(stripped)
+    else:
+        assert found is None
+    assert decimal_length("²") is None and decimal_length("+1") is None
+    assert decimal_length("9" * 5000) is None  # int() would raise: over 4300 digits
 
 
 def test_binary_lengths_that_do_not_add_up_are_refused() -> None:

@@ -42,7 +42,7 @@ from mlaas4hep.serve import registry_page
 from mlaas4hep.serve.answers import negotiate
 from mlaas4hep.serve.config import ServeConfig
 from mlaas4hep.serve.open_inference import HEADER_LENGTH
-from mlaas4hep.serve.payloads import RequestError
+from mlaas4hep.serve.payloads import RequestError, decimal_length
 from mlaas4hep.serve.predictor import UnsafeBundleError
 from mlaas4hep.serve.protocol import ARROW_STREAM, DEFAULT_ALIAS, JSON
 from mlaas4hep.serve.registry_documents import redact
@@ -137,17 +137,17 @@ SMALL_BODY = 64 * 1024
 async def read_body(request: Request) -> bytes | bytearray:
     """The request body, read into one buffer (sized by ``Content-Length`` when given)
     so that a bulk body is held once, not as its pieces and their join."""
-    length = request.headers.get("content-length", "")
-    if not (length.isascii() and length.isdigit()):  # not '²', which int() refuses
+    length = decimal_length(request.headers.get("content-length", ""))
+    if length is None:
         return await request.body()
-    if int(length) <= SMALL_BODY:  # one piece, as a one-event request is: no copy loop
+    if length <= SMALL_BODY:  # one piece, as a one-event request is: no copy loop
         body = await request.body()
-        if len(body) != int(length):
+        if len(body) != length:
             raise RequestError(
                 f"the body has {len(body)} bytes, not its Content-Length {length}", field="body"
             )
         return body
-    buffer = bytearray(int(length))
+    buffer = bytearray(length)
     view, filled = memoryview(buffer), 0
     async for piece in request.stream():
         end = filled + len(piece)
@@ -440,7 +440,7 @@ class GuardMiddleware:
         authorization = b""
         for key, value in scope["headers"]:
             if key == b"content-length":
-                length = int(value) if value.isdigit() else None
+                length = decimal_length(value)
             elif key == b"authorization":
                 authorization = value
         refusal = self._check_token(authorization) if needs_token or authorization else None

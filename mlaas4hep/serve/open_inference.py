@@ -46,6 +46,7 @@ from mlaas4hep.serve.payloads import (
     EventColumns,
     RequestError,
     check_event_count,
+    decimal_length,
     typed_column,
 )
 from mlaas4hep.transform.vectorizer import Vectorizer
@@ -172,15 +173,13 @@ def parse_request(
     if header_length is None:
         header, binary = view, view[:0]
     else:
-        digits = header_length.strip()
-        # ASCII digits only: str.isdigit() also takes '²', which int() refuses
-        if not (digits.isascii() and digits.isdigit()) or int(digits) > len(view):
+        split_at = decimal_length(header_length)
+        if split_at is None or split_at > len(view):
             raise RequestError(
                 f"Inference-Header-Content-Length {header_length[:40]!r} is not a length "
                 f"within the body's {len(view)} bytes",
                 field="Inference-Header-Content-Length",
             )
-        split_at = int(digits)
         header, binary = view[:split_at], view[split_at:]
     try:
         document = json.loads(bytes(header))

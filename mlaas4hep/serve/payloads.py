@@ -54,6 +54,21 @@ class RequestError(MlaasError, ValueError):
         return {"error": str(self), "field": self.field, "problem": self.problem}
 
 
+#: Digits of the longest length header read as a number: no body comes near 10**18
+#: bytes, and ``int()`` refuses strings of more than 4300 digits with a ValueError.
+LENGTH_DIGITS = 18
+
+
+def decimal_length(text: str | bytes) -> int | None:
+    """A length header's value as a number of bytes, or None unless it is ASCII digits
+    alone (``str.isdigit`` also takes ``'²'``, which ``int()`` refuses), at most
+    :data:`LENGTH_DIGITS` of them."""
+    text = text.strip()
+    if len(text) > LENGTH_DIGITS or not (text.isascii() and text.isdigit()):
+        return None
+    return int(text)
+
+
 @dataclass
 class EventColumns:
     """Columns of ``n`` events, one per branch of the model, ready for the Vectorizer."""
