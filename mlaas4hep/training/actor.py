@@ -27,7 +27,8 @@ from typing import Any
 
 from mlaas4hep import extras
 from mlaas4hep.errors import ConfigError
-from mlaas4hep.training.config import ScalingConfig
+from mlaas4hep.model.manifest import DEFAULT_MODEL
+from mlaas4hep.training.config import ScalingConfig, TrainConfig
 from mlaas4hep.training.session import LocalSession, StoredSession
 
 
@@ -38,6 +39,14 @@ def run_session(storage: tuple[str, Any], run_name: str) -> LocalSession:
     if filesystem is None:
         return LocalSession(Path(path) / run_name)
     return StoredSession(filesystem, f"{path}/{run_name}")
+
+
+def framework_hint(config: TrainConfig) -> str | None:
+    """The framework the job trains with, where the config alone says (None: the model
+    file says, once read)."""
+    if config.framework != "auto":
+        return config.framework
+    return "tensorflow" if config.model == DEFAULT_MODEL else None
 
 
 class TrainingWorker:
@@ -74,14 +83,17 @@ class TrainingWorker:
     ) -> None:
         """Train (or resume) the run with the checkpoints in ``storage``."""
         session = run_session(storage, run_name)
-        if framework == "torch":
-            from mlaas4hep.training.torch_loop import train_torch
+        try:
+            if framework == "torch":
+                from mlaas4hep.training.torch_loop import train_torch
 
-            train_torch(config, device, session)
-        else:
-            from mlaas4hep.training.keras_loop import train_keras
+                train_torch(config, device, session)
+            else:
+                from mlaas4hep.training.keras_loop import train_keras
 
-            train_keras(config, session)
+                train_keras(config, session)
+        finally:
+            session.close()
 
 
 class OneWorker:

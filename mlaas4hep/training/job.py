@@ -515,14 +515,6 @@ def finish(
     return summary
 
 
-def framework_hint(config: TrainConfig) -> str | None:
-    """The framework the job trains with, where the config alone says (None: the model
-    file says, once read)."""
-    if config.framework != "auto":
-        return config.framework
-    return "tensorflow" if config.model == DEFAULT_MODEL else None
-
-
 def train_workers(
     job: PreparedJob, one: OneWorker | None
 ) -> tuple[Callable[[], AbstractContextManager[Any]], str]:
@@ -531,10 +523,11 @@ def train_workers(
     if one is not None:
         storage = run_storage(job.output)
         session = one.fit(worker_config(job), job.framework, storage, job.run_name)
-        with session.last_checkpoint() as directory:
-            if directory is None:
-                raise RuntimeError(f"training run {job.run_name} produced no checkpoint")
-            return session.last_checkpoint, session.location(directory.name)
+        found = session.checkpoints()
+        if not found:
+            session.close()
+            raise RuntimeError(f"training run {job.run_name} produced no checkpoint")
+        return session.final_checkpoint, session.location(found[-1].name)
     result = fit(job)
     if result.error is not None:
         raise result.error
@@ -556,7 +549,7 @@ def run_training(config: TrainConfig, log: Callable[[str], None] = print) -> dic
         timings["driver_start"] = driver_start
     one = None
     if config.scaling.one_actor:
-        from mlaas4hep.training.actor import OneWorker
+        from mlaas4hep.training.actor import OneWorker, framework_hint
 
         one = OneWorker(config.scaling, framework_hint(config), log)
     try:

@@ -96,6 +96,20 @@ class LocalSession(Session):
         """Where the checkpoint ``name`` is kept (a path or a URL)."""
         return str(self.directory / name)
 
+    def close(self) -> None:
+        """Release what the session holds locally (nothing: the directory is the store)."""
+
+    @contextmanager
+    def final_checkpoint(self) -> Iterator[Path]:
+        """The last checkpoint's directory, for the driver to read; then :meth:`close`."""
+        try:
+            with self.last_checkpoint() as directory:
+                if directory is None:
+                    raise RuntimeError(f"no checkpoint in {self.directory}")
+                yield directory
+        finally:
+            self.close()
+
     def report(self, record: dict[str, Any], checkpoint: Path, name: str) -> None:
         self.records.append(record)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -141,9 +155,16 @@ class StoredSession(LocalSession):
     def _path(self, name: str) -> str:
         return f"{self.path}/{name}"
 
+    def close(self) -> None:
+        """Remove the local mirror (the store keeps the checkpoints)."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+
     def report(self, record: dict[str, Any], checkpoint: Path, name: str) -> None:
         super().report(record, checkpoint, name)
         target = self._path(name)
+        fs = extras.require("pyarrow.fs")
+        if self.filesystem.get_file_info(f"{target}/{STATE}").type == fs.FileType.File:
+            self.filesystem.delete_file(f"{target}/{STATE}")  # incomplete until written again
         for entry in sorted(checkpoint.iterdir(), key=lambda p: p.name == STATE):
             self._copy(str(entry), f"{target}/{entry.name}", upload=True)
         for old in self.stored()[: -self.keep]:

@@ -53,4 +53,8 @@ def test_checkpoints_in_s3_resume_from_the_newest_complete_one(moto_server, tmp_
         assert directory is not None and directory.name == "unit-00002"
         assert json.loads((directory / "state.json").read_text()) == {"next_unit": 3}
         assert (directory / "weights" / "model.bin").read_bytes() == bytes([2]) * 1000
+    with resumed.final_checkpoint() as directory:
+        assert directory.name == "unit-00002"
+    assert not resumed.directory.exists()  # the local mirror goes; the store keeps them
+    assert resumed.stored() == ["unit-00001", "unit-00002"]
     assert StoredSession(filesystem, f"{path}/run-2").stored() == []
