@@ -301,7 +301,9 @@ def test_mixed_precision_trains_on_a_cpu(tth: Path, tmp_path: Path, framework: s
     assert all(np.isfinite(h["loss"]) for h in history)
     assert history[-1]["loss"] < history[0]["loss"]
     assert history[-1]["loss"] == pytest.approx(runs["32"][-1]["loss"], rel=0.05)
-    assert history[-1]["val_auc"] == pytest.approx(runs["32"][-1]["val_auc"], abs=0.03)
+    # three weak inputs, AUC ~0.6: the two runs' AUCs were seen 0.037 apart on a loaded
+    # 2-core machine; a bf16 run that learnt nothing would sit ~0.1 below
+    assert history[-1]["val_auc"] == pytest.approx(runs["32"][-1]["val_auc"], abs=0.06)
     assert history[-1]["optimizer_steps"] == sum(h["steps"] for h in history)
     weights = final_weights(framework, LocalSession(tmp_path / "bf16").checkpoints()[-1])
     assert {w.dtype for w in weights if w.ndim} == {np.dtype(np.float32)}
