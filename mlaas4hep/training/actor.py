@@ -56,7 +56,6 @@ class TrainingWorker:
         """Import ``framework`` (None: not known yet) with its compute threads set to the
         actor's CPUs, and the data path with its compiled kernel, before the job's config
         is ready; return when it was done."""
-        from mlaas4hep.model import architectures
         from mlaas4hep.transform import kernel_inputs
 
         kernel_inputs.warm_up()
@@ -65,12 +64,9 @@ class TrainingWorker:
 
             extras.torch().set_num_threads(threads)
         elif framework == "tensorflow":
-            from mlaas4hep.training import keras_loop  # noqa: F401 - imported ahead
+            from mlaas4hep.training.keras_loop import import_tensorflow
 
-            architectures.keras()  # tf-keras chosen before TensorFlow is first imported
-            tf = extras.tensorflow()
-            with contextlib.suppress(RuntimeError):  # before TensorFlow's runtime starts
-                tf.config.threading.set_intra_op_parallelism_threads(threads)
+            import_tensorflow(threads)
         return time.time()
 
     def train(
@@ -150,7 +146,8 @@ class OneWorker:
             if self.restarts >= self.scaling.max_failures:
                 raise error
             self.restarts += 1
-            reason = str(error).strip().splitlines()[-1] if str(error).strip() else repr(error)
+            text = str(error).strip()
+            reason = text.splitlines()[-1] if text else repr(error)
             self.log(
                 f"training worker failed ({reason}); restart {self.restarts} of "
                 f"{self.scaling.max_failures}, from the last checkpoint"

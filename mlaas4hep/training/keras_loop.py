@@ -200,12 +200,20 @@ def train_keras(config: dict[str, Any], session: Session | None = None) -> dict[
     ``session`` is where checkpoints go and come from (a fresh local directory if None).
     """
     with loop.started(config, session) as (worker, state, feed):
-        models.keras()  # tf-keras chosen before TensorFlow is first imported
-        tf = extras.tensorflow()
-        if "threads" in config:  # inter-op threads stay: the collectives wait in them
-            with contextlib.suppress(RuntimeError):  # before TensorFlow's runtime starts
-                tf.config.threading.set_intra_op_parallelism_threads(int(config["threads"]))
+        import_tensorflow(int(config["threads"]) if "threads" in config else None)
         return _train(worker, state, feed)
+
+
+def import_tensorflow(threads: int | None = None) -> Any:
+    """TensorFlow with tf-keras chosen before its first import and, given ``threads``,
+    that many intra-op threads (inter-op threads stay: the collectives wait in them);
+    the thread count only takes before TensorFlow's runtime starts."""
+    models.keras()
+    tf = extras.tensorflow()
+    if threads is not None:
+        with contextlib.suppress(RuntimeError):  # the runtime started already
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+    return tf
 
 
 def _train(worker: loop.Worker, state: dict[str, Any], feed: BatchFeed) -> dict[str, Any]:
