@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     specs.add_argument("files", nargs="+", help="files, directories, globs, or s3:// prefixes")
     specs.add_argument("-o", "--output", default="dataset-spec.json", help="where to write it")
     specs.add_argument("--workers", type=int, default=1, help="parallel processes")
+    specs.add_argument(
+        "--threads",
+        type=int,
+        help="decompressing threads per process (default: the process's share of the CPUs)",
+    )
     specs.add_argument("--tree", help="tree name (found automatically when unique)")
     specs.add_argument("--include", nargs="+", help="branch names or glob patterns")
     specs.add_argument("--exclude", nargs="+", help="branch names or glob patterns to drop")
@@ -287,6 +292,7 @@ def _specs(args: argparse.Namespace) -> int:
             step_size=_step_size(args.step_size),
             progress=advance,
             previous=previous,
+            threads=args.threads,
         )
     elapsed = time.perf_counter() - started
     dataset = run.dataset

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from rootfiles import write_events
 
 from mlaas4hep.errors import BranchError, ReadError, SchemaVersionError, SpecError
+from mlaas4hep.io.decompression import MAX_THREADS, decompression_threads
 from mlaas4hep.io.tree import open_tree
 from mlaas4hep.spec.compute import compute_dataset_spec, compute_file_spec
 from mlaas4hep.spec.documents import DatasetSpec, FileSpec, load_spec
@@ -69,6 +70,18 @@ def test_step_size_does_not_change_the_result(shared_data):
             other.length_hist,
         )
         assert stats.sum == pytest.approx(other.sum, rel=1e-9, abs=1e-6)
+
+
+def test_decompressing_threads_do_not_change_the_spec(shared_data):
+    """The NanoAOD's 947 branches decompressed by 1 and by 3 threads, in small steps
+    (baskets met across step boundaries): the same content, and with ``--workers`` each
+    process asks for its share of the CPUs."""
+    path = shared_data / "nanoAOD_2015_CMS_Open_Data_ttbar.root"
+    one = compute_file_spec(path, step_size=300, threads=1)
+    three = compute_file_spec(path, step_size=300, threads=3)
+    assert one.content() == three.content()
+    assert decompression_threads(3) == 3 and decompression_threads(0) == 1
+    assert 1 <= decompression_threads(processes=64) <= decompression_threads() <= MAX_THREADS
 
 
 def test_nan_and_inf_are_counted(tmp_path):

@@ -47,9 +47,15 @@ class EventSource(Protocol):
         ...
 
     def iterate(
-        self, names: Sequence[str], step: int, entry_start: int, entry_stop: int | None
+        self,
+        names: Sequence[str],
+        step: int,
+        entry_start: int,
+        entry_stop: int | None,
+        executor: Any = None,
     ) -> Iterator[dict[str, ak.Array]]:
-        """``names`` in steps of ``step`` entries."""
+        """``names`` in steps of ``step`` entries; ``executor`` (if any) decompresses in
+        parallel where the format allows it."""
         ...
 
     def step_entries(self, names: Sequence[str], target_bytes: int, entries: int) -> int:

@@ -108,9 +108,14 @@ class RNTupleEvents:
         return {name: _extract(raw, column) for name, column in columns.items()}
 
     def iterate(
-        self, names: Sequence[str], step: int, entry_start: int, entry_stop: int | None
+        self,
+        names: Sequence[str],
+        step: int,
+        entry_start: int,
+        entry_stop: int | None,
+        executor: Any = None,
     ) -> Iterator[dict[str, ak.Array]]:
-        """``names`` in steps of ``step`` entries."""
+        """``names`` in steps of ``step`` entries (``executor`` unused, as in :meth:`arrays`)."""
         stop = self.num_entries if entry_stop is None else min(entry_stop, self.num_entries)
         for start in range(entry_start, stop, max(1, step)):
             yield self.arrays(names, start, min(start + step, stop), None)

@@ -164,15 +164,18 @@ class RootTree:
         step_size: int | str = "64 MB",
         entry_start: int = 0,
         entry_stop: int | None = None,
+        *,
+        executor: Any = None,
     ) -> Iterator[dict[str, ak.Array]]:
         """Chunks of ``branches`` (a dict name → array per chunk), reading only those branches.
 
         ``step_size`` is a number of events or a memory size such as ``"64 MB"``; memory
-        stays bounded whatever the size of the file.
+        stays bounded whatever the size of the file. ``executor`` (a ``concurrent.futures``
+        executor) decompresses a TTree's baskets in parallel.
         """
         step = self.step_entries(branches, step_size)
         try:
-            iterator = self.events.iterate(branches, step, entry_start, entry_stop)
+            iterator = self.events.iterate(branches, step, entry_start, entry_stop, executor)
         except READ_FAILURES as err:
             raise as_read_error(self.url, err) from err
         while True:

@@ -93,9 +93,16 @@ class TTreeEvents:
         return self._expand(names, raw)
 
     def iterate(
-        self, names: Sequence[str], step: int, entry_start: int, entry_stop: int | None
+        self,
+        names: Sequence[str],
+        step: int,
+        entry_start: int,
+        entry_stop: int | None,
+        executor: Any = None,
     ) -> Iterator[dict[str, ak.Array]]:
-        """``names`` in steps of ``step`` entries (uproot keeps baskets across steps)."""
+        """``names`` in steps of ``step`` entries (uproot keeps baskets across steps);
+        ``executor`` (if any) decompresses baskets in parallel."""
+        options = {"decompression_executor": executor} if executor is not None else {}
         chunks = self.tree.iterate(
             self._sources(names),
             step_size=step,
@@ -103,6 +110,7 @@ class TTreeEvents:
             entry_stop=entry_stop,
             library="ak",
             how=dict,
+            **options,
         )
         return (self._expand(names, raw) for raw in chunks)
 

@@ -14,6 +14,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 from mlaas4hep.errors import MlaasError
+from mlaas4hep.io.decompression import decompression_pool, decompression_threads
 from mlaas4hep.io.expand import expand_sources
 from mlaas4hep.io.identity import file_identity
 from mlaas4hep.io.location import normalize_url
@@ -33,20 +34,24 @@ def compute_file_spec(
     *,
     step_size: int | str = DEFAULT_STEP_SIZE,
     identity: bool = True,
+    threads: int | None = None,
 ) -> FileSpec:
     """The FileSpec of one file, in one streaming pass over the selected numeric branches.
 
-    Memory is bounded by ``step_size`` whatever the size of the file. Raises
+    Memory is bounded by ``step_size`` whatever the size of the file. ``threads``
+    decompress a TTree's baskets (None: as the CPUs allow, see
+    :func:`~mlaas4hep.io.decompression.decompression_threads`). Raises
     :class:`~mlaas4hep.errors.ReadError` (naming the file) for unreadable files and
     :class:`~mlaas4hep.errors.BranchError` for a selection that matches nothing.
     """
     source = normalize_url(url)
     ident = file_identity(source) if identity else {}
-    with open_tree(source, tree) as root_tree:
+    pool = decompression_pool(decompression_threads(threads))
+    with open_tree(source, tree) as root_tree, pool as executor:
         names = root_tree.select(include, exclude)
         infos = {name: root_tree.branches[name] for name in names}
         totals = {name: empty_stats(info) for name, info in infos.items()}
-        for chunk in root_tree.iterate(names, step_size=step_size):
+        for chunk in root_tree.iterate(names, step_size=step_size, executor=executor):
             for name, info in infos.items():
                 totals[name] = totals[name].merge(array_stats(info, chunk[name]))
         skipped = {n: r for n, r in root_tree.skipped.items() if _selected(n, include, exclude)}
@@ -88,6 +93,7 @@ def compute_dataset_spec(
     step_size: int | str = DEFAULT_STEP_SIZE,
     progress: Callable[[str, str | None], None] | None = None,
     previous: DatasetSpec | None = None,
+    threads: int | None = None,
 ) -> SpecRun:
     """Specs of many files, in parallel processes, merged into one DatasetSpec.
 
@@ -96,7 +102,8 @@ def compute_dataset_spec(
     ``urls`` may hold directories, globs and ``s3://`` prefixes (see ``expand_sources``).
     A file that cannot be read is reported in ``failures`` (file → error) and the spec of
     the good ones is still returned, unless ``strict``, where the first failure raises.
-    ``progress(url, error_or_None)`` is called as each file finishes.
+    ``progress(url, error_or_None)`` is called as each file finishes. ``threads``
+    decompress in each process (None: the process's share of the CPUs).
 
     (One keyword per option of ``mlaas4hep specs``, which calls it: the options are the
     command's, not a group of their own.)
@@ -125,8 +132,15 @@ def compute_dataset_spec(
         if progress is not None:
             progress(url, failures.get(url))
 
-    kwargs = {"tree": tree, "include": include, "exclude": exclude, "step_size": step_size}
-    if workers <= 1 or len(sources) <= 1:
+    processes = 1 if workers <= 1 or len(sources) <= 1 else min(workers, len(sources))
+    kwargs = {
+        "tree": tree,
+        "include": include,
+        "exclude": exclude,
+        "step_size": step_size,
+        "threads": decompression_threads(threads, processes),
+    }
+    if processes == 1:
         for url in sources:
             try:
                 outcome: FileSpec | BaseException = compute_file_spec(url, **kwargs)

@@ -33,6 +33,7 @@ import numpy as np
 
 from mlaas4hep.errors import BranchError, ConfigError
 from mlaas4hep.io.columns import numpy_column
+from mlaas4hep.io.decompression import decompression_threads
 from mlaas4hep.io.expand import expand_sources
 from mlaas4hep.io.location import normalize_url
 from mlaas4hep.io.tree import RootTree, open_tree
@@ -203,10 +204,7 @@ class ChunkStream:
         self.block_size = int(reading.block_size)
         self.prefetch = int(reading.prefetch)
         self.open_workers = int(reading.open_workers)
-        threads = reading.decompression_threads
-        self.decompression_threads = int(
-            threads if threads is not None else min(4, os.cpu_count() or 1)
-        )
+        self.decompression_threads = decompression_threads(reading.decompression_threads)
         self._pool: ThreadPoolExecutor | None = None
         self._read_pool: ThreadPoolExecutor | None = None
         self.shards: tuple[tuple[int, int], ...] = ()
