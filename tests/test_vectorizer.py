@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import awkward as ak
 import numpy as np
 import pytest
@@ -272,3 +274,35 @@ def test_rows_padded_by_the_kernel_equal_rows_padded_first(lists, pad, pad_value
     assert np.isnan(np.delete(garbage.X, written, axis=0)).all()  # untouched
     whole = v(columns)  # no out: every row written once, padded by the kernel
     np.testing.assert_array_equal(whole.X, v.transform(columns, out=v.empty(n)).X)
+
+
+@settings(max_examples=60, deadline=None)
+@given(jagged_lists, st.randoms(), st.integers(0, 5))
+def test_branches_sharing_offsets_equal_each_branch_alone(lists, rnd, start):
+    """Branches of one collection share one offsets array in the kernel: a branch with
+    the same offsets, one with the same total but other counts (moved values), one of
+    another dtype and sliced reads (offsets not starting at 0) each vectorise as they
+    do alone."""
+    counts = [len(row) for row in lists]
+    values = [x for row in lists for x in row]
+    moved = counts[::-1]  # same number of events and values, other counts
+    offsets = np.concatenate([[0], np.cumsum(moved)]).astype(np.int64)
+    columns = {
+        "a": ak.values_astype(ak.Array(lists), np.float32),
+        "b": ak.values_astype(ak.Array([[2 * x for x in row] for row in lists]), np.float32),
+        "c": ak.values_astype(
+            ak.Array([values[s:e] for s, e in itertools.pairwise(offsets)]), np.float32
+        ),
+        "d": ak.values_astype(ak.Array(lists), np.float64),
+    }
+    stop = len(lists) - rnd.randint(0, min(start, len(lists) - 1))
+    begin = min(start, stop - 1)
+    piece = {name: array[begin:stop] for name, array in columns.items()}
+    spec = _spec_of(columns)
+    vectorizer = Vectorizer(spec, padding={"*": 4})
+    together = vectorizer(piece)
+    for name in columns:
+        alone = Vectorizer(spec, [name], padding={"*": 4})(piece)
+        block = vectorizer.block(name)
+        np.testing.assert_array_equal(together.X[:, block.column : block.stop], alone.X)
+        np.testing.assert_array_equal(together.mask[:, block.column : block.stop], alone.mask)

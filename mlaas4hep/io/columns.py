@@ -49,6 +49,50 @@ def numpy_column(array: ak.Array | np.ndarray, kind: str) -> np.ndarray | Jagged
     return flat_values(array) if kind == "flat" else JaggedView.of(array)
 
 
+class DistinctOffsets:
+    """Offsets arrays, each distinct one kept once, by index.
+
+    uproot gives every branch of a collection (``Jet_pt``, ``Jet_eta``… counted by
+    ``nJet``) its own copy of the same offsets. Equal means equal values, compared in
+    full (or the same memory), never "the same counter branch": a file's own word about
+    its counters must not decide what indexes a compiled kernel's reads.
+    """
+
+    def __init__(self) -> None:
+        self.arrays: list[np.ndarray] = []
+        self._by_ends: dict[tuple[int, int, int], list[int]] = {}
+
+    def index(self, offsets: np.ndarray) -> int:
+        """Where an array equal to ``offsets`` is in :attr:`arrays` (added if new)."""
+        ends = (len(offsets), int(offsets[0]), int(offsets[-1])) if len(offsets) else (0, 0, 0)
+        candidates = self._by_ends.setdefault(ends, [])
+        for index in candidates:
+            known = self.arrays[index]
+            if _same_memory(known, offsets) or np.array_equal(known, offsets):
+                return index
+        self.arrays.append(offsets)
+        candidates.append(len(self.arrays) - 1)
+        return len(self.arrays) - 1
+
+
+def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and a.strides == b.strides and a.ctypes.data == b.ctypes.data
+
+
+def share_offsets(columns: dict[str, Any]) -> dict[str, Any]:
+    """``columns`` with the JaggedViews of equal offsets holding one offsets array: a
+    stream reads a block once and slices it many times, so the values are compared
+    here, once per block, and the Vectorizer then knows them by their memory."""
+    table = DistinctOffsets()
+    out = dict(columns)
+    for name, column in columns.items():
+        if isinstance(column, JaggedView):
+            known = table.arrays[table.index(column.offsets)]
+            if known is not column.offsets:
+                out[name] = JaggedView(known, column.content)
+    return out
+
+
 def jagged_parts(array: ak.Array | np.ndarray | JaggedView) -> tuple[np.ndarray, np.ndarray]:
     """``(offsets, content)`` of a one-level jagged or fixed-size array, as numpy views.
 

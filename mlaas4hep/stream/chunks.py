@@ -32,7 +32,7 @@ import awkward as ak
 import numpy as np
 
 from mlaas4hep.errors import BranchError, ConfigError
-from mlaas4hep.io.columns import numpy_column
+from mlaas4hep.io.columns import numpy_column, share_offsets
 from mlaas4hep.io.decompression import decompression_threads
 from mlaas4hep.io.expand import expand_sources
 from mlaas4hep.io.location import normalize_url
@@ -144,7 +144,9 @@ class _Cursor:
         vectorizer = self.stream.vectorizer
         columns = {}
         if vectorizer is not None:
-            columns = {b.name: numpy_column(arrays[b.name], b.kind) for b in vectorizer.inputs}
+            columns = share_offsets(
+                {b.name: numpy_column(arrays[b.name], b.kind) for b in vectorizer.inputs}
+            )
         entries = np.arange(block.start, block.stop, dtype=np.int64)
         members = np.flatnonzero(self.stream._members(self.layout.key, entries))
         awkward = {name: arrays[name] for name in self.stream.awkward_branches}

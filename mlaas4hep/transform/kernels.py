@@ -24,9 +24,13 @@ NONFINITE_ZERO = 2  # replaced by 0 before normalisation, mask True
 
 #: Columns of the per-branch parameter table given to :func:`fill_rows`: where the
 #: branch goes, the range finite values are clipped to before normalisation (low, high),
-#: and the bound of the normalised value (|x| <= bound); infinities clip nothing.
-P_COLUMN, P_LENGTH, P_SHIFT, P_INV_SCALE, P_JAGGED, P_LOW, P_HIGH, P_BOUND = range(8)
-N_PARAMS = 8
+#: the bound of the normalised value (|x| <= bound; infinities clip nothing), which of
+#: the shared offsets arrays the branch uses and the offset its content starts at.
+(
+    P_COLUMN, P_LENGTH, P_SHIFT, P_INV_SCALE, P_JAGGED, P_LOW, P_HIGH, P_BOUND,
+    P_OFFSETS, P_BASE,
+) = range(10)  # fmt: skip
+N_PARAMS = 10
 ROW_BLOCK = 512  # rows of the paper layout (3 kB each) that stay in L2/L3 cache
 
 
@@ -41,13 +45,14 @@ def _fill_branch(X, M, rows, lo, hi, content, offsets, params, mode, clipped, ba
     low = params[P_LOW]
     high = params[P_HIGH]
     bound = params[P_BOUND]
+    base = np.int64(params[P_BASE])
     for i in range(lo, hi):
         e = rows[i]
         if e < 0:
             continue
         if jagged:
-            start = offsets[i]
-            count = offsets[i + 1] - start
+            start = offsets[i] - base
+            count = offsets[i + 1] - offsets[i]
             if count > length:
                 clipped[b] += count - length
                 count = length
@@ -74,9 +79,9 @@ def _fill_branch(X, M, rows, lo, hi, content, offsets, params, mode, clipped, ba
 
 @_jit
 def fill_rows(
-    X, M, rows, mode, pad_rows, pad,
-    content_f32, content_starts_f32, offsets_f32, offset_starts_f32, params_f32,
-    content_f64, content_starts_f64, offsets_f64, offset_starts_f64, params_f64,
+    X, M, rows, mode, pad_rows, pad, offsets, offset_starts,
+    content_f32, content_starts_f32, params_f32,
+    content_f64, content_starts_f64, params_f64,
 ):  # fmt: skip
     """Write the real values of every branch into ``X``/``M`` (holding padding already,
     unless ``pad_rows``).
@@ -84,11 +89,13 @@ def fill_rows(
     Event ``i`` goes to row ``rows[i]``; a negative row drops it (a cut, another split).
     With ``pad_rows`` every row written is first set to padding (``X = pad``, mask
     False), so ``X``/``M`` may come uninitialised when every row is written once.
-    Branches come in two groups (float32 content, and everything else as float64), each
-    as one content array and one offsets array holding every branch end to end, with
-    where each branch starts in them (offsets unused for flat branches), and a row of
-    parameters per branch. Returns per-branch counts of clipped values and of non-finite
-    values met.
+    The distinct offsets arrays of the jagged branches come end to end in ``offsets``
+    (array ``k`` is ``offsets[offset_starts[k]:offset_starts[k + 1]]``): the branches of
+    one collection share theirs. Branches come in two groups (float32 content, and
+    everything else as float64), each as one content array holding every branch end to
+    end, with where each branch starts in it, and a row of parameters per branch (its
+    offsets array, and the offset its content starts at). Returns per-branch counts of
+    clipped values and of non-finite values met.
     """
     n32 = len(content_starts_f32) - 1
     n64 = len(content_starts_f64) - 1
@@ -106,17 +113,19 @@ def fill_rows(
                         X[e, c] = pad
                         M[e, c] = False
         for b in range(n32):
+            k = np.int64(params_f32[b, P_OFFSETS])
             _fill_branch(
                 X, M, rows, lo, hi,
                 content_f32[content_starts_f32[b] : content_starts_f32[b + 1]],
-                offsets_f32[offset_starts_f32[b] : offset_starts_f32[b + 1]],
+                offsets[offset_starts[k] : offset_starts[k + 1]],
                 params_f32[b], mode, clipped, bad, b,
             )  # fmt: skip
         for b in range(n64):
+            k = np.int64(params_f64[b, P_OFFSETS])
             _fill_branch(
                 X, M, rows, lo, hi,
                 content_f64[content_starts_f64[b] : content_starts_f64[b + 1]],
-                offsets_f64[offset_starts_f64[b] : offset_starts_f64[b + 1]],
+                offsets[offset_starts[k] : offset_starts[k + 1]],
                 params_f64[b], mode, clipped, bad, n32 + b,
             )  # fmt: skip
     return clipped, bad

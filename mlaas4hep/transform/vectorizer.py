@@ -358,13 +358,10 @@ class Vectorizer:
         for block in self.blocks:
             data = columns[block.name]
             if block.kind == "flat":
-                lists.add(block, _flat(block.name, data), _NO_OFFSETS)
+                lists.add(block, _flat(block.name, data), None)
             else:
                 offsets, content = _jagged(block.name, data)
-                first, last = int(offsets[0]), int(offsets[-1])
-                if first:
-                    offsets = offsets - first
-                lists.add(block, content[first:last], offsets)
+                lists.add(block, content[int(offsets[0]) : int(offsets[-1])], offsets)
         clipped, bad = kernels.fill_rows(
             out.X, out.mask, np.ascontiguousarray(rows, dtype=np.int64),
             _NONFINITE_CODES[self.nonfinite], pad_rows, np.float32(self.pad_value),
@@ -503,9 +500,6 @@ def _block_dict(b: FeatureBlock) -> dict[str, Any]:
     if b.bound != _INF:
         out["bound"] = b.bound
     return out
-
-
-_NO_OFFSETS = np.zeros(1, dtype=np.int64)
 
 
 def _first_rule(name: str, rules: Mapping[str, int | str], default: int | str) -> int | str:
