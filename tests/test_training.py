@@ -130,7 +130,10 @@ def test_plan_gives_every_worker_the_same_full_batches(tth: Path, mode: str, cut
     cfg = TrainConfig.from_dict(config([str(tth)], training__mode=mode, dataset__cut=cut))
     job = prepare(cfg)
     counts = shard_counts(job.streams["train"], 2)
-    assert abs(sum(counts[0]) - sum(counts[1])) < 50
+    # The split hashes each file's URL (a temporary path here), so which events pass the
+    # cut in each shard changes from run to run: the shards agree to a few per cent
+    # (1873 against 1923 in one run), the batches below exactly.
+    assert abs(sum(counts[0]) - sum(counts[1])) <= 0.04 * (sum(counts[0]) + sum(counts[1]))
     steps = job.plan.steps_per_epoch if mode == "standard" else job.plan.steps_per_chunk[0]
     assert steps > 0
     for rank in range(2):
