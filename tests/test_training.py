@@ -538,3 +538,22 @@ def test_images_train_with_the_default_cnn_and_serve_from_raw_events(
     assert served.mode == "onnx"
     scores = served.score(EventColumns(columns, len(events)))
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_driver_imports_the_framework_in_a_background_thread_of_low_priority() -> None:
+    """While the one actor trains, the driver imports what its test evaluation needs,
+    in a thread at nice 19 (Linux): the driver's own priority is left as it is, and a
+    framework that is not known or fails to import is left to the evaluation."""
+    import os
+    import sys
+
+    from mlaas4hep.training.actor import import_in_background
+
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    thread = import_in_background("torch")
+    thread.join(timeout=300)
+    assert not thread.is_alive() and "torch" in sys.modules
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before
+    quiet = import_in_background("no-such-framework")
+    quiet.join(timeout=10)
+    assert not quiet.is_alive()
