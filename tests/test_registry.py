@@ -399,6 +399,7 @@ def test_the_server_switches_on_promotion_and_keeps_serving_after_a_bad_one(
     assert not server.refresh() and server.tag == second
     assert "trust_user_code" in server.error and not (tmp_path / "ran.txt").exists()
     assert server.status()["model"]["tag"] == second
+    assert server.status()["worker"] == os.getpid()  # which of the service's workers said so
     registry.promote(first)
     assert server.refresh() and server.tag == first and server.error is None
     empty = ModelServer(ServeConfig(model="ghost"), registry, watch=False)

@@ -300,6 +300,28 @@ class Demo:
             return None
         return model.get("tag") if isinstance(model, dict) else None
 
+    def serving_everywhere(self, tag: str) -> Callable[[], bool]:
+        """A check for :func:`wait_until`: True once as many workers as the service runs
+        have each said, in their latest answer to ``GET /status``, that they serve
+        ``tag``. Each worker follows the registry on its own, and one answer comes from
+        one of them: a request right after one switched may meet another that has not."""
+        from mlaas4hep.serve.client import Client
+
+        latest: dict[int, str | None] = {}
+
+        def check() -> bool:
+            try:
+                status = Client(self.stack.bento.url, timeout=5).status()
+            except Exception:
+                return False
+            model, worker = status.get("model"), status.get("worker")
+            if isinstance(worker, int):
+                latest[worker] = model.get("tag") if isinstance(model, dict) else None
+            workers = int((status.get("config") or {}).get("workers") or 1)
+            return sum(1 for served in latest.values() if served == tag) >= workers
+
+        return check
+
     # --- stages --------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Every stage in order (one call each), the stack stopped whatever happens."""
@@ -347,10 +369,11 @@ class Demo:
         tag = decision["candidate"]
         with self.stages.stage("serving picks the new version up") as notes:
             wait_until(
-                "the service serving " + tag,
-                lambda: self.served_tag() == tag,
+                "every worker of the service serving " + tag,
+                self.serving_everywhere(tag),
                 120,
                 str(self.stack.state_dir / "bento.log"),
+                interval=0.2,
             )
             notes.append(f"{self.stack.bento.url} serves {tag}, fetched from the registry")
         with self.stages.stage("scoring held-out events over HTTP") as notes:
@@ -448,10 +471,11 @@ class Demo:
                 decision = record["decision"]
                 expected = decision["candidate"] if decision["promote"] else before
                 wait_until(
-                    "the service serving " + str(expected),
-                    lambda: self.served_tag() == expected,
+                    "every worker of the service serving " + str(expected),
+                    self.serving_everywhere(str(expected)),
                     120,
                     str(self.stack.state_dir / "bento.log"),
+                    interval=0.2,
                 )
                 time.sleep(2.0)
             self.summary["continuous"] = {

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -149,8 +150,12 @@ class ModelServer:
         return self.current is not None
 
     def status(self) -> dict[str, Any]:
+        """What this worker serves. ``worker`` is its process id: a service runs several
+        workers, each following the registry on its own, so a caller that must know
+        every worker switched counts the workers that say so (``config.workers``)."""
         return {
             "model": self.current.predictor.describe() if self.current else None,
+            "worker": os.getpid(),
             "reference": self.config.model,
             "error": self.error,
             "config": self.config.public(),
