@@ -301,26 +301,10 @@ class Demo:
         return model.get("tag") if isinstance(model, dict) else None
 
     def serving_everywhere(self, tag: str) -> Callable[[], bool]:
-        """A check for :func:`wait_until`: True once as many workers as the service runs
-        have each said, in their latest answer to ``GET /status``, that they serve
-        ``tag``. Each worker follows the registry on its own, and one answer comes from
-        one of them: a request right after one switched may meet another that has not."""
-        from mlaas4hep.serve.client import Client
+        """A check for :func:`wait_until`: every worker of the service serves ``tag``."""
+        from mlaas4hep.serve.client import Client, every_worker_serves
 
-        latest: dict[int, str | None] = {}
-
-        def check() -> bool:
-            try:
-                status = Client(self.stack.bento.url, timeout=5).status()
-            except Exception:
-                return False
-            model, worker = status.get("model"), status.get("worker")
-            if isinstance(worker, int):
-                latest[worker] = model.get("tag") if isinstance(model, dict) else None
-            workers = int((status.get("config") or {}).get("workers") or 1)
-            return sum(1 for served in latest.values() if served == tag) >= workers
-
-        return check
+        return every_worker_serves(Client(self.stack.bento.url, timeout=5), tag)
 
     # --- stages --------------------------------------------------------------------
     def run(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,6 +211,32 @@ class Client:
             raise _service_error(err) from None
         except urllib.error.URLError as err:
             raise ServiceError(0, f"cannot reach {self.url}: {err.reason}") from None
+
+
+def every_worker_serves(client: Client, tag: str) -> Callable[[], bool]:
+    """A check to poll: True once as many workers as the service runs
+    (``config.workers``) have each said, in their latest ``GET /status``, that they
+    serve ``tag``; an unanswered poll is False.
+
+    Each worker follows the registry on its own and one answer comes from one worker
+    (``worker`` names it), so a request right after one switched may meet another that
+    has not. The client opens a new connection per request: a kept-alive connection
+    would reach the same worker every time.
+    """
+    latest: dict[int, str | None] = {}
+
+    def check() -> bool:
+        try:
+            status = client.status()
+        except ServiceError:
+            return False
+        model, worker = status.get("model"), status.get("worker")
+        if isinstance(worker, int):
+            latest[worker] = model.get("tag") if isinstance(model, dict) else None
+        workers = int((status.get("config") or {}).get("workers") or 1)
+        return sum(served == tag for served in latest.values()) >= workers
+
+    return check
 
 
 def to_arrow_stream(events: Any) -> bytes:

@@ -13,14 +13,13 @@ and ``bentoml serve`` on a free loopback port.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,21 +104,6 @@ def wait_until(check, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not within {timeout:g} s")
         time.sleep(0.1)
-
-
-def every_worker_serves(url: str, tag: str) -> Callable[[], bool]:
-    """A check for :func:`wait_until`: True once as many workers as the service at
-    ``url`` runs have each said, in their latest ``GET /status``, that they serve
-    ``tag``. One answer comes from one worker (``worker`` names it), and a kept-alive
-    connection always reaches the same one: each check opens a new connection."""
-    latest: dict[int, str | None] = {}
-
-    def check() -> bool:
-        status = json.loads(http_get(f"{url}/status"))
-        latest[status["worker"]] = (status["model"] or {}).get("tag")
-        return sum(served == tag for served in latest.values()) >= status["config"]["workers"]
-
-    return check
 
 
 @pytest.fixture(scope="module")

@@ -24,18 +24,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import uproot
-from serving_fixtures import (
-    JSON_LIMIT,
-    UPLOAD_LIMIT,
-    Service,
-    every_worker_serves,
-    http_get,
-    wait_until,
-)
+from serving_fixtures import JSON_LIMIT, UPLOAD_LIMIT, Service, http_get, wait_until
 
 from mlaas4hep import cli
 from mlaas4hep.model.bundle import ModelBundle
-from mlaas4hep.serve.client import Client, ServiceError
+from mlaas4hep.serve.client import Client, ServiceError, every_worker_serves
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 TOLERANCE = 1e-6
@@ -373,7 +366,7 @@ def test_user_code_is_never_run_refused_without_a_graph_and_served_from_one(
         (copy / "bundle.json").write_text(json.dumps({**manifest, "model": "model.py"}))
         served = client.upload(bundle_archive(copy), name="tth")
         client.promote(served)
-        wait_until(every_worker_serves(service.url, served), 20, "every worker serving it")
+        wait_until(every_worker_serves(client, served), 20, "every worker serving it")
         for _ in range(6):  # whichever worker answers
             assert http.post("/predict", json={"events": events}).json()["model"] == served
         answer = http.post("/predict", json={"events": events}).json()
